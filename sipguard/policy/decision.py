@@ -1,0 +1,47 @@
+"""Decisions as values: what a policy concluded, why, and what it changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = ["Verdict", "Mode", "Decision", "Evidence"]
+
+
+class Verdict(Enum):
+    ALLOW = "allow"
+    REJECT = "reject"
+    REWRITE = "rewrite"
+    FLAG = "flag"
+
+
+class Mode(Enum):
+    ENFORCE = "enforce"
+    SHADOW = "shadow"
+
+
+Evidence = tuple[tuple[str, str | int | float | bool | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One rule's conclusion about one request.
+
+    verdict: what it concluded; rule: which rule fired ("attribution", ...);
+    reason: words for a person; evidence: the values it looked at;
+    mode: ENFORCE (carried out) or SHADOW (recorded, call let through);
+    status: the SIP status of a rejection.
+    """
+
+    verdict: Verdict
+    rule: str
+    reason: str
+    account: str | None = None
+    evidence: Evidence = ()
+    mode: Mode = Mode.ENFORCE
+    status: int = 0
+
+    @property
+    def logged(self) -> bool:
+        """Rejects, rewrites and flags are logged; plain allows are only counted."""
+        return self.verdict is not Verdict.ALLOW

@@ -1,0 +1,493 @@
+"""YAML policy files -> Policy, with every error named by file, line and key.
+
+``load(path)`` reads one file or every ``*.yaml``/``*.yml`` in a folder (in
+name order: ``service`` may stand in one file, accounts in others).  All
+errors are collected before anything is raised, so ``sipguard check`` shows
+them at once.  Unknown keys are errors: a typo must not silently disable a rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..sip.actions import Peer
+from ..sip.errors import ParseError
+from ..sip.message import parse_uri
+from .model import (
+    DEVICE_TYPES,
+    REFUSED_DEVICE_TYPES,
+    USER_KINDS,
+    Account,
+    Band,
+    Device,
+    Network,
+    NumberBlock,
+    Policy,
+    RejectCodes,
+    RuleMode,
+    Service,
+    SipTimers,
+    Site,
+    User,
+)
+
+__all__ = ["PolicyError", "Problem", "load", "load_text"]
+
+RULES = ("channel_limit", "caller_id", "emergency", "autodialer", "edge")
+_E164 = re.compile(r"\+[1-9]\d{3,14}")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.key}: {self.message}"
+
+
+class PolicyError(Exception):
+    """A policy that cannot be loaded; ``problems`` lists every error found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class _Ctx:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def error(self, node: yaml.Node | None, key: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.problems.append(Problem(self.file, line, key, message))
+
+    # -- typed readers; each returns None after recording an error
+    def mapping(self, node: yaml.Node, key: str, allowed: tuple[str, ...] | None) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, key, "must be a mapping")
+            return None
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for knode, vnode in node.value:
+            name = knode.value if isinstance(knode, yaml.ScalarNode) else None
+            if not isinstance(name, str):
+                self.error(knode, key, "keys must be strings")
+                continue
+            sub = f"{key}.{name}" if key else name
+            if allowed is not None and name not in allowed:
+                self.error(knode, sub, f"unknown key (expected one of: {', '.join(allowed)})")
+                continue
+            if name in out:
+                self.error(knode, sub, "given twice")
+                continue
+            out[name] = (knode, vnode)
+        return out
+
+    def scalar(self, node: yaml.Node, key: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, key, "must be a single value")
+            return None
+        return yaml.safe_load(yaml.serialize(node))
+
+    def string(self, node: yaml.Node, key: str) -> str | None:
+        value = self.scalar(node, key)
+        if value is None and isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~"):
+            return None
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            if value is not None:
+                self.error(node, key, "must be a string")
+            return None
+        return str(value)
+
+    def number(self, node: yaml.Node, key: str, *, minimum: float = 0, integer: bool = False) -> float | None:
+        value = self.scalar(node, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            self.error(node, key, "must be a whole number" if integer else "must be a number")
+            return None
+        if value < minimum:
+            self.error(node, key, f"must be at least {minimum}")
+            return None
+        return value
+
+    def seq(self, node: yaml.Node, key: str) -> list[yaml.Node] | None:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, key, "must be a list")
+            return None
+        return list(node.value)
+
+    def strings(self, node: yaml.Node, key: str) -> tuple[str, ...]:
+        items = self.seq(node, key)
+        out = []
+        for i, item in enumerate(items or []):
+            s = self.string(item, f"{key}[{i}]")
+            if s is not None:
+                out.append(s)
+        return tuple(out)
+
+    def networks(self, node: yaml.Node, key: str) -> tuple[Network, ...]:
+        out = []
+        for i, item in enumerate(self.seq(node, key) or []):
+            s = self.string(item, f"{key}[{i}]")
+            if s is None:
+                continue
+            try:
+                out.append(ipaddress.ip_network(s, strict=False))
+            except ValueError:
+                self.error(item, f"{key}[{i}]", f"not an IP network: {s!r}")
+        return tuple(out)
+
+    def sip_peer(self, node: yaml.Node, key: str) -> Peer | None:
+        s = self.string(node, key)
+        if s is None:
+            self.error(node, key, "must be a SIP URI like sip:192.0.2.10:5060")
+            return None
+        try:
+            uri = parse_uri(s)
+        except ParseError:
+            self.error(node, key, f"not a SIP URI: {s!r}")
+            return None
+        host = uri.host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            self.error(node, key, f"the host must be an IP address (no DNS yet): {s!r}")
+            return None
+        transport = (uri.param("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
+        if transport not in ("udp", "tcp", "tls"):
+            self.error(node, key, f"unknown transport {transport!r}")
+            return None
+        return Peer(transport, host, uri.port or (5061 if transport == "tls" else 5060))
+
+
+def load(path: str | os.PathLike[str]) -> Policy:
+    """Load a policy file or folder.  Raises PolicyError (every problem) or OSError."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+        if not files:
+            raise PolicyError([Problem(str(p), 1, "", "no *.yaml files in this folder")])
+    else:
+        files = [p]
+    return _load_many([(str(f), f.read_text(encoding="utf-8")) for f in files])
+
+
+def load_text(text: str, name: str = "<policy>") -> Policy:
+    """Load a policy from a YAML string (tests, admin API)."""
+    return _load_many([(name, text)])
+
+
+def _load_many(sources: list[tuple[str, str]]) -> Policy:
+    problems: list[Problem] = []
+    service: Service | None = None
+    service_seen = False
+    accounts: list[Account] = []
+    account_nodes: list[tuple[_Ctx, str, yaml.Node, yaml.Node]] = []
+    for name, text in sources:
+        ctx = _Ctx(name)
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            problems.append(Problem(name, (mark.line + 1) if mark else 1, "", f"YAML syntax: {err}"))
+            continue
+        if root is None:
+            continue
+        top = ctx.mapping(root, "", ("service", "accounts"))
+        if top is not None:
+            if "service" in top:
+                if service_seen:
+                    ctx.error(top["service"][0], "service", "given in more than one file")
+                service_seen = True
+                service = _service(ctx, top["service"][1])
+            if "accounts" in top:
+                accs = ctx.mapping(top["accounts"][1], "accounts", None)
+                for acc_name, (knode, vnode) in (accs or {}).items():
+                    account_nodes.append((ctx, acc_name, knode, vnode))
+        problems.extend(ctx.problems)
+    if not service_seen:
+        problems.append(Problem(sources[0][0] if sources else "<policy>", 1, "service", "missing"))
+    if service is None:
+        service = Service()
+    seen_names: set[str] = set()
+    for ctx, acc_name, knode, vnode in account_nodes:
+        before = len(ctx.problems)
+        if acc_name in seen_names:
+            ctx.error(knode, f"accounts.{acc_name}", "account defined twice")
+        seen_names.add(acc_name)
+        acc = _account(ctx, acc_name, vnode, service)
+        problems.extend(ctx.problems[before:])
+        if acc is not None:
+            accounts.append(acc)
+    if problems:
+        raise PolicyError(problems)
+    return Policy(service, tuple(accounts), tuple(name for name, _t in sources))
+
+
+_SERVICE_KEYS = tuple(f.name for f in fields(Service))
+
+
+def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
+    m = ctx.mapping(node, "service", _SERVICE_KEYS)
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    for key, (_k, v) in m.items():
+        path = f"service.{key}"
+        if key == "listen":
+            listen = ctx.strings(v, path)
+            for i, item in enumerate(listen):
+                if not re.fullmatch(r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[0-9.]+):\d{1,5}", item):
+                    ctx.error(v, f"{path}[{i}]", f"expected udp:HOST:PORT (IPv6 in brackets), got {item!r}")
+            if not listen:
+                ctx.error(v, path, "must name at least one address")
+            kw[key] = listen
+        elif key in ("advertise", "country"):
+            kw[key] = ctx.string(v, path)
+        elif key == "admin":
+            s = ctx.string(v, path)
+            if s is not None and not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):\d{1,5}", s):
+                ctx.error(v, path, f"expected HOST:PORT, got {s!r}")
+            kw[key] = s
+        elif key == "upstreams":
+            ups = ctx.mapping(v, path, None) or {}
+            kw[key] = {name: peer for name, (_k2, v2) in ups.items() if (peer := ctx.sip_peer(v2, f"{path}.{name}"))}
+        elif key == "emergency_numbers":
+            nums = ctx.strings(v, path)
+            for i, n in enumerate(nums):
+                if not re.fullmatch(r"\+?\d{2,15}", n):
+                    ctx.error(v, f"{path}[{i}]", f"not a dialable number: {n!r}")
+            kw[key] = nums
+        elif key == "channel_bands":
+            kw[key] = _bands(ctx, v, path)
+        elif key == "channel_rounding":
+            s = ctx.string(v, path)
+            if s not in ("floor", "round", "ceil"):
+                ctx.error(v, path, "must be floor, round or ceil")
+            kw[key] = s
+        elif key == "dialog_timeout_s":
+            kw[key] = ctx.number(v, path, minimum=1)
+        elif key == "max_message_bytes":
+            kw[key] = ctx.number(v, path, minimum=1024, integer=True)
+        elif key == "reject":
+            codes = ctx.mapping(v, path, tuple(f.name for f in fields(RejectCodes))) or {}
+            rk = {}
+            for ckey, (_k2, v2) in codes.items():
+                code = ctx.number(v2, f"{path}.{ckey}", minimum=400, integer=True)
+                if code is not None and code > 699:
+                    ctx.error(v2, f"{path}.{ckey}", "must be a SIP final status 400-699")
+                rk[ckey] = code
+            kw[key] = RejectCodes(**{k: int(c) for k, c in rk.items() if c is not None})
+        elif key == "sip_timers":
+            tm = ctx.mapping(v, path, tuple(f.name for f in fields(SipTimers))) or {}
+            tk = {}
+            for tkey, (_k2, v2) in tm.items():
+                val = ctx.number(v2, f"{path}.{tkey}", minimum=1, integer=tkey.endswith("_ms"))
+                if val is not None:
+                    tk[tkey] = val
+            kw[key] = SipTimers(**tk)
+    if any(value is None and key not in ("advertise",) for key, value in kw.items()):
+        return None
+    return Service(**kw)
+
+
+def _bands(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[Band, ...]:
+    bands = []
+    previous = 0
+    items = ctx.seq(node, path) or []
+    for i, item in enumerate(items):
+        bp = f"{path}[{i}]"
+        m = ctx.mapping(item, bp, ("up_to", "per_user"))
+        if m is None:
+            continue
+        if "per_user" not in m:
+            ctx.error(item, f"{bp}.per_user", "missing")
+            continue
+        per_user = ctx.number(m["per_user"][1], f"{bp}.per_user")
+        up_to = None
+        if "up_to" in m:
+            up_to_v = ctx.number(m["up_to"][1], f"{bp}.up_to", minimum=1, integer=True)
+            if up_to_v is not None:
+                up_to = int(up_to_v)
+                if up_to <= previous:
+                    ctx.error(m["up_to"][1], f"{bp}.up_to", "bands must increase")
+                previous = up_to
+        elif i != len(items) - 1:
+            ctx.error(item, f"{bp}.up_to", "only the last band may leave up_to out")
+        if per_user is not None:
+            bands.append(Band(up_to, float(per_user)))
+    if items and "up_to" in (ctx.mapping(items[-1], path, None) or {}):
+        ctx.error(items[-1], f"{path}[{len(items) - 1}]", "the last band must have no up_to")
+    return tuple(bands)
+
+
+_ACCOUNT_KEYS = ("kind", "match", "upstream", "deliver_to", "channels", "users", "devices", "sites", "numbers", "rules")
+
+
+def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account | None:
+    path = f"accounts.{name}"
+    before = len(ctx.problems)
+    m = ctx.mapping(node, path, _ACCOUNT_KEYS)
+    if m is None:
+        return None
+    kind = "hosted"
+    if "kind" in m:
+        kind = ctx.string(m["kind"][1], f"{path}.kind") or ""
+        if kind not in ("hosted", "trunk"):
+            ctx.error(m["kind"][1], f"{path}.kind", "must be hosted or trunk")
+    sources: tuple[Network, ...] = ()
+    domains: tuple[str, ...] = ()
+    if "match" in m:
+        mm = ctx.mapping(m["match"][1], f"{path}.match", ("sources", "domains")) or {}
+        if "sources" in mm:
+            sources = ctx.networks(mm["sources"][1], f"{path}.match.sources")
+        if "domains" in mm:
+            domains = tuple(d.lower() for d in ctx.strings(mm["domains"][1], f"{path}.match.domains"))
+    if not sources and not domains:
+        ctx.error(node, f"{path}.match", "an account needs match.sources or match.domains")
+    upstream = ""
+    if "upstream" not in m:
+        ctx.error(node, f"{path}.upstream", "missing")
+    else:
+        upstream = ctx.string(m["upstream"][1], f"{path}.upstream") or ""
+        if upstream not in service.upstreams:
+            ctx.error(m["upstream"][1], f"{path}.upstream", f"no upstream named {upstream!r} in service.upstreams")
+    deliver_to = ctx.sip_peer(m["deliver_to"][1], f"{path}.deliver_to") if "deliver_to" in m else None
+    channels = None
+    if "channels" in m:
+        ch = ctx.number(m["channels"][1], f"{path}.channels", integer=True)
+        channels = int(ch) if ch is not None else None
+        if kind != "trunk":
+            ctx.error(m["channels"][1], f"{path}.channels", "only a trunk may declare its channels")
+    sites: dict[str, Site] = {}
+    if "sites" in m:
+        for sname, (_k, sv) in (ctx.mapping(m["sites"][1], f"{path}.sites", None) or {}).items():
+            site = _site(ctx, sname, sv, f"{path}.sites.{sname}")
+            if site is not None:
+                sites[sname] = site
+    users = tuple(_users(ctx, m["users"][1], f"{path}.users", sites)) if "users" in m else ()
+    devices = tuple(_devices(ctx, m["devices"][1], f"{path}.devices", sites)) if "devices" in m else ()
+    numbers = tuple(_numbers(ctx, m["numbers"][1], f"{path}.numbers", sites)) if "numbers" in m else ()
+    rules: dict[str, RuleMode] = {}
+    if "rules" in m:
+        for rname, (_k, rv) in (ctx.mapping(m["rules"][1], f"{path}.rules", RULES) or {}).items():
+            mode = ctx.string(rv, f"{path}.rules.{rname}")
+            try:
+                rules[rname] = RuleMode(mode)
+            except ValueError:
+                ctx.error(rv, f"{path}.rules.{rname}", "must be enforce, shadow or off")
+    if len(ctx.problems) > before:
+        return None
+    return Account(name, kind, sources, domains, upstream, deliver_to, channels, users, devices, sites, numbers, rules)
+
+
+def _site(ctx: _Ctx, name: str, node: yaml.Node, path: str) -> Site | None:
+    m = ctx.mapping(node, path, ("address", "sources", "emergency_caller_id"))
+    if m is None:
+        return None
+    if "address" not in m:
+        ctx.error(node, f"{path}.address", "a site needs its postal address")
+        return None
+    address = ctx.string(m["address"][1], f"{path}.address") or ""
+    sources = ctx.networks(m["sources"][1], f"{path}.sources") if "sources" in m else ()
+    ecid = None
+    if "emergency_caller_id" in m:
+        ecid = ctx.string(m["emergency_caller_id"][1], f"{path}.emergency_caller_id")
+        if ecid is not None and not _E164.fullmatch(ecid):
+            ctx.error(m["emergency_caller_id"][1], f"{path}.emergency_caller_id", f"must be E.164 (+...): {ecid!r}")
+    return Site(name, address, sources, ecid)
+
+
+def _site_ref(ctx: _Ctx, m: dict[str, tuple[yaml.Node, yaml.Node]], path: str, sites: dict[str, Site]) -> str | None:
+    if "site" not in m:
+        return None
+    site = ctx.string(m["site"][1], f"{path}.site")
+    if site is not None and site not in sites:
+        ctx.error(m["site"][1], f"{path}.site", f"no site named {site!r} in this account")
+    return site
+
+
+def _users(ctx: _Ctx, node: yaml.Node, path: str, sites: dict[str, Site]) -> list[User]:
+    out = []
+    for i, item in enumerate(ctx.seq(node, path) or []):
+        ip = f"{path}[{i}]"
+        m = ctx.mapping(item, ip, ("name", "kind", "sip_users", "site", "phones"))
+        if m is None:
+            continue
+        if "name" not in m:
+            ctx.error(item, f"{ip}.name", "missing")
+            continue
+        uname = ctx.string(m["name"][1], f"{ip}.name") or ""
+        kind = ctx.string(m["kind"][1], f"{ip}.kind") if "kind" in m else "person"
+        if kind not in USER_KINDS:
+            ctx.error(m["kind"][1], f"{ip}.kind", f"must be one of {', '.join(USER_KINDS)}")
+            continue
+        sip_users = ctx.strings(m["sip_users"][1], f"{ip}.sip_users") if "sip_users" in m else ()
+        phones = len(sip_users) or 1
+        if "phones" in m:
+            ph = ctx.number(m["phones"][1], f"{ip}.phones", minimum=1, integer=True)
+            phones = int(ph) if ph is not None else phones
+        out.append(User(uname, kind, sip_users, _site_ref(ctx, m, ip, sites), phones))
+    return out
+
+
+def _devices(ctx: _Ctx, node: yaml.Node, path: str, sites: dict[str, Site]) -> list[Device]:
+    out = []
+    for i, item in enumerate(ctx.seq(node, path) or []):
+        ip = f"{path}[{i}]"
+        m = ctx.mapping(item, ip, ("name", "type", "sip_users", "site"))
+        if m is None:
+            continue
+        dname = ctx.string(m["name"][1], f"{ip}.name") if "name" in m else None
+        if dname is None:
+            ctx.error(item, f"{ip}.name", "missing")
+            continue
+        dtype = ctx.string(m["type"][1], f"{ip}.type") if "type" in m else None
+        if dtype in REFUSED_DEVICE_TYPES:
+            ctx.error(m["type"][1], f"{ip}.type",
+                      f"{dtype} lines may not be provisioned on this service (terms of use: alarm-system and "
+                      "lift emergency lines are refused by law)")
+            continue
+        if dtype not in DEVICE_TYPES:
+            ctx.error(item if "type" not in m else m["type"][1], f"{ip}.type",
+                      f"must be one of {', '.join(DEVICE_TYPES)}")
+            continue
+        sip_users = ctx.strings(m["sip_users"][1], f"{ip}.sip_users") if "sip_users" in m else ()
+        out.append(Device(dname, dtype, sip_users, _site_ref(ctx, m, ip, sites)))
+    return out
+
+
+def _numbers(ctx: _Ctx, node: yaml.Node, path: str, sites: dict[str, Site]) -> list[NumberBlock]:
+    out = []
+    for i, item in enumerate(ctx.seq(node, path) or []):
+        ip = f"{path}[{i}]"
+        m = ctx.mapping(item, ip, ("range", "number", "site"))
+        if m is None:
+            continue
+        if ("range" in m) == ("number" in m):
+            ctx.error(item, ip, "give exactly one of range or number")
+            continue
+        if "number" in m:
+            num = ctx.string(m["number"][1], f"{ip}.number") or ""
+            if not _E164.fullmatch(num):
+                ctx.error(m["number"][1], f"{ip}.number", f"must be E.164 (+...): {num!r}")
+                continue
+            first = last = num
+        else:
+            rng = ctx.string(m["range"][1], f"{ip}.range") or ""
+            a, _sep, b = rng.partition("-")
+            if not (_E164.fullmatch(a) and _E164.fullmatch(b) and len(a) == len(b) and a <= b):
+                ctx.error(m["range"][1], f"{ip}.range", f"must be +FIRST-+LAST of equal length, FIRST <= LAST: {rng!r}")
+                continue
+            first, last = a, b
+        out.append(NumberBlock(first, last, _site_ref(ctx, m, ip, sites)))
+    return out

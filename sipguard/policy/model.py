@@ -1,0 +1,136 @@
+"""The policy as frozen values: what the YAML files say, validated.
+
+YAML key names are the field names (SPEC §5 is the public interface).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..sip.actions import Peer
+
+__all__ = [
+    "Network",
+    "RuleMode",
+    "Band",
+    "RejectCodes",
+    "SipTimers",
+    "Service",
+    "User",
+    "Device",
+    "Site",
+    "NumberBlock",
+    "Account",
+    "Policy",
+    "USER_KINDS",
+    "DEVICE_TYPES",
+    "REFUSED_DEVICE_TYPES",
+]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RuleMode(Enum):
+    ENFORCE = "enforce"
+    SHADOW = "shadow"
+    OFF = "off"
+
+
+USER_KINDS = ("person", "shared_room", "meeting_room", "admin_no_service", "supervisor_no_service")
+DEVICE_TYPES = ("door_phone", "fax", "emergency_phone", "pager", "buzzer", "flasher", "other")
+# SPEC §4.5: alarm-system and lift emergency lines may not be carried by law
+REFUSED_DEVICE_TYPES = ("alarm", "lift")
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    up_to: int | None  # None: the last, open band
+    per_user: float
+
+
+@dataclass(frozen=True, slots=True)
+class RejectCodes:
+    channel_limit: int = 486
+    caller_id: int = 403
+    unknown_source: int = 403
+
+
+@dataclass(frozen=True, slots=True)
+class SipTimers:
+    t1_ms: int = 500
+    t2_ms: int = 4000
+    t4_ms: int = 5000
+    timer_c_s: float = 180.0
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    listen: tuple[str, ...] = ("udp:0.0.0.0:5060",)
+    advertise: str | None = None
+    admin: str = "127.0.0.1:9090"
+    upstreams: dict[str, Peer] = field(default_factory=dict)
+    country: str = "BE"
+    emergency_numbers: tuple[str, ...] = ("112", "100", "101")
+    channel_bands: tuple[Band, ...] = (Band(2, 2), Band(5, 1), Band(10, 0.5), Band(None, 0.25))
+    channel_rounding: str = "floor"
+    dialog_timeout_s: float = 7200.0
+    reject: RejectCodes = RejectCodes()
+    sip_timers: SipTimers = SipTimers()
+    max_message_bytes: int = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    kind: str
+    sip_users: tuple[str, ...]
+    site: str | None
+    phones: int  # shared_room: one user per phone
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    name: str
+    type: str
+    sip_users: tuple[str, ...]
+    site: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    name: str
+    address: str
+    sources: tuple[Network, ...]
+    emergency_caller_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NumberBlock:
+    first: str  # E.164 with '+'
+    last: str
+    site: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    kind: str  # hosted | trunk
+    sources: tuple[Network, ...]
+    domains: tuple[str, ...]
+    upstream: str
+    deliver_to: Peer | None
+    channels: int | None
+    users: tuple[User, ...]
+    devices: tuple[Device, ...]
+    sites: dict[str, Site]
+    numbers: tuple[NumberBlock, ...]
+    rules: dict[str, RuleMode]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    service: Service
+    accounts: tuple[Account, ...]
+    files: tuple[str, ...]

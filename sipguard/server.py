@@ -1,0 +1,315 @@
+"""Wiring: sockets -> ProxyCore -> actions; one timer; admin HTTP; reload.
+
+Owns every side effect of the proxy: sending bytes, the single loop timer
+armed at ``core.next_deadline()``, settling channel claims in the store,
+writing the decision log, counting metrics, SIGHUP reload and graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .config import Settings
+from .decisionlog import DecisionLog
+from .metrics import Metrics
+from .policy import Engine, Policy, PolicyError, load
+from .policy.decision import Decision, Verdict
+from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Send, Settle
+from .sip.message import Request, ip_literal
+from .sip.proxy import Local, ProxyCore
+from .sip.timers import TimerConfig
+from .state import ChannelClaim, InMemoryStore
+from .transport.udp import UdpListener, parse_listen
+
+__all__ = ["Server", "timer_config"]
+
+log = logging.getLogger("sipguard")
+
+
+def timer_config(policy: Policy) -> TimerConfig:
+    t = policy.service.sip_timers
+    return TimerConfig(
+        t1_s=t.t1_ms / 1000, t2_s=t.t2_ms / 1000, t4_s=t.t4_ms / 1000, timer_c_s=t.timer_c_s,
+        dialog_timeout_s=policy.service.dialog_timeout_s,
+    )
+
+
+def _auto_address(family: int) -> str:
+    """A concrete address of this host for Via/Record-Route when listening on a wildcard."""
+    target = ("2001:db8::1", 9) if family == 6 else ("192.0.2.1", 9)  # documentation ranges: no packet is sent
+    with socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(target)
+            return str(s.getsockname()[0])
+        except OSError:
+            return "::1" if family == 6 else "127.0.0.1"
+
+
+def _split_hostport(text: str) -> tuple[str, int | None]:
+    """'[::1]:5060' / '192.0.2.1:5060' / 'sip.example.com' -> (host, port or None)."""
+    if text.startswith("["):
+        host, _sep, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if text.count(":") == 1:
+        host, _sep, port = text.partition(":")
+        return host, int(port) if port.isdigit() else None
+    return text, None
+
+
+class _TimedRouter:
+    """The Engine, with each decision timed into the latency histogram."""
+
+    __slots__ = ("engine", "_observe")
+
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+        self.engine = engine
+        self._observe = metrics.decision_seconds.observe
+
+    def admit(self, request: Request, source: Peer, now: float) -> Admission:
+        t0 = time.perf_counter()
+        adm = self.engine.admit(request, source, now)
+        self._observe(time.perf_counter() - t0)
+        return adm
+
+    def is_known(self, source: Peer) -> bool:
+        return self.engine.is_known(source)
+
+
+class Server:
+    """One sipguard process.  ``await start()``, then ``await serve_forever()`` or ``stop()``."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
+                 decision_stream: TextIO | None = None) -> None:
+        self.settings = settings
+        self.policy = load(settings.policy_path)  # PolicyError propagates: nothing started yet
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, lambda: self.core)
+        self._decision_file: TextIO | None = None
+        if decision_stream is None and settings.decision_log:
+            self._decision_file = open(settings.decision_log, "a", encoding="utf-8")  # noqa: SIM115
+            decision_stream = self._decision_file
+        self.decisions = DecisionLog(decision_stream or sys.stderr)
+        self.store = InMemoryStore()
+        self.listeners: list[UdpListener] = []
+        self._by_family: dict[tuple[str, int], UdpListener] = {}
+        self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._admin: asyncio.base_events.Server | None = None
+        self.admin_port: int | None = None
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        service = self.policy.service
+        specs: Sequence[str] = self.settings.listen or service.listen
+        advertise = self.settings.advertise or service.advertise
+        locals_: list[Local] = []
+        aliases: list[str] = list(self.settings.extra_aliases)
+        try:
+            for spec in specs:
+                transport, host, port = parse_listen(spec)
+                if transport != "udp":
+                    raise ValueError(f"{spec}: only udp listeners are implemented so far")
+                listener = UdpListener(host, port, self._on_datagram)
+                await listener.start()
+                self.listeners.append(listener)
+                self._by_family.setdefault(("udp", listener.family), listener)
+                adv_host, adv_port = host, listener.port
+                if host in ("0.0.0.0", "::"):
+                    adv_host = _auto_address(listener.family)
+                    aliases.append(adv_host)
+                if advertise:
+                    a_host, a_port = _split_hostport(advertise)
+                    # a name applies to every listener, an address to those of its family
+                    if ip_literal(a_host) is None or (6 if ":" in a_host else 4) == listener.family:
+                        aliases.append(adv_host)
+                        adv_host, adv_port = a_host, a_port or adv_port
+                locals_.append(Local(transport, adv_host, adv_port))
+        except Exception:
+            self._close_listeners()
+            raise
+        self.core = ProxyCore(
+            locals_, _TimedRouter(Engine(self.policy), self.metrics), timer_config(self.policy),
+            max_message_bytes=service.max_message_bytes, aliases=aliases,
+        )
+        admin = self.settings.admin or service.admin
+        a_host, _sep, a_port = admin.rpartition(":")
+        self._admin = await asyncio.start_server(self._admin_conn, a_host.strip("[]"), int(a_port))
+        self.admin_port = self._admin.sockets[0].getsockname()[1]
+        try:
+            self._loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+        log.info("sipguard listening on %s, admin on %s:%s", ", ".join(l.hostport for l in locals_),
+                 a_host, self.admin_port)
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stopped.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self._stopped.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._close_listeners()
+        if self._admin is not None:
+            self._admin.close()
+            await self._admin.wait_closed()
+            self._admin = None
+        if self._decision_file is not None:
+            self._decision_file.close()
+            self._decision_file = None
+
+    def _close_listeners(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+        self._by_family.clear()
+
+    # ------------------------------------------------------------------ hot path
+    def _on_datagram(self, data: bytes, peer: Peer) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            actions = self.core.receive(data, peer, loop.time())
+            if actions:
+                self._carry_out(actions)
+        except Exception:  # the one guard: a bug must not stop the service
+            self.metrics.internal_errors.inc()
+            log.exception("internal error on a message from %s:%s", peer.host, peer.port)
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        by_family = self._by_family
+        for action in actions:
+            if type(action) is Send:
+                dest = action.dest
+                listener = by_family.get((dest.transport, 6 if ":" in dest.host else 4))
+                if listener is not None:
+                    listener.send(action.data, dest.host, dest.port)
+            elif isinstance(action, Decided):
+                self._decided(action)
+            elif isinstance(action, DialogStarted):
+                self.metrics.dialogs_started.labels(action.direction).inc()
+            elif isinstance(action, DialogEnded):
+                self.metrics.dialogs_ended.labels(action.reason).inc()
+                if isinstance(action.claim, ChannelClaim):
+                    self.store.release_now(action.claim)
+            elif isinstance(action, Settle):
+                self._settle(action)
+        self._arm_timer()
+
+    def _decided(self, action: Decided) -> None:
+        decision = action.decision
+        if not isinstance(decision, Decision):
+            return
+        self.metrics.decisions.labels(decision.rule, decision.verdict.value).inc()
+        if decision.verdict is not Verdict.ALLOW:
+            self.decisions.write(decision, action.call_id, action.account)
+
+    def _settle(self, action: Settle) -> None:
+        claim = action.claim
+        granted = isinstance(claim, ChannelClaim) and self.store.claim_now(claim)
+        loop = self._loop
+        assert loop is not None
+        more = self.core.settled(action.ticket, granted, loop.time())
+        if more:
+            self._carry_out(more)
+
+    def _arm_timer(self) -> None:
+        at = self.core.next_deadline()
+        if at is None or (self._timer_at is not None and self._timer_at <= at):
+            return
+        loop = self._loop
+        assert loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        self._timer_at = None
+        try:
+            actions = self.core.on_timer(loop.time())
+            self._carry_out(actions)
+        except Exception:
+            self.metrics.internal_errors.inc()
+            log.exception("internal error in a timer")
+            self._arm_timer()
+
+    # ------------------------------------------------------------------ reload
+    def reload(self) -> list[str]:
+        """Validate the policy file again and swap it in.  Returns the problems (empty: swapped)."""
+        try:
+            policy = load(self.settings.policy_path)
+        except PolicyError as err:
+            self.metrics.reloads.labels("refused").inc()
+            problems = [str(p) for p in err.problems]
+            log.error("policy reload refused; the running policy stays in force:\n%s", "\n".join(problems))
+            return problems
+        except OSError as err:
+            self.metrics.reloads.labels("refused").inc()
+            log.error("policy reload refused: %s", err)
+            return [str(err)]
+        self.policy = policy
+        self.core.set_router(_TimedRouter(Engine(policy), self.metrics))
+        self.core.set_dialog_timeout(policy.service.dialog_timeout_s)
+        self.metrics.reloads.labels("applied").inc()
+        log.info("policy reloaded from %s", self.settings.policy_path)
+        return []
+
+    def _sighup(self) -> None:
+        self.reload()
+
+    # ------------------------------------------------------------------ admin HTTP
+    async def _admin_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = request_line.split(" ")
+            method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+            path = path.split("?", 1)[0]
+            if method == "GET" and path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            elif method == "GET" and path == "/healthz":
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif method == "POST" and path == "/reload":
+                problems = self.reload()
+                if problems:
+                    status, body = "400 Bad Request", ("\n".join(problems) + "\n").encode()
+                else:
+                    status, body = "200 OK", b"reloaded\n"
+                ctype = "text/plain"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode() + body
+            )
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()

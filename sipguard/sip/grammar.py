@@ -1,0 +1,144 @@
+"""RFC 3261 §25 tokens as compiled regular expressions.
+
+Each pattern quotes the ABNF it implements.  LWS inside header values is matched
+after unfolding (the parser joins continuation lines with one space), so
+``LWS`` here is ``[ \\t]*``.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "TOKEN",
+    "TOKEN_RE",
+    "REQUEST_LINE_RE",
+    "STATUS_LINE_RE",
+    "HEADER_NAME_RE",
+    "SIP_URI_RE",
+    "ABSOLUTE_URI_RE",
+    "HOSTNAME_RE",
+    "VIA_RE",
+    "VIA_PARAM_RE",
+    "NAME_ADDR_RE",
+    "ADDR_SPEC_RE",
+    "GENERIC_PARAM_RE",
+    "CSEQ_RE",
+    "DIGITS_RE",
+    "DATE_RE",
+    "COMPACT_FORMS",
+    "CANONICAL_NAMES",
+]
+
+# token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+TOKEN_RE = re.compile(TOKEN)
+
+# Request-Line = Method SP Request-URI SP SIP-Version CRLF   (exactly one SP each)
+# SIP-Version  = "SIP" "/" 1*DIGIT "." 1*DIGIT
+REQUEST_LINE_RE = re.compile(r"(" + TOKEN + r") ([^ \t]+) SIP/(\d+\.\d+)")
+
+# Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF; Status-Code = 3DIGIT
+STATUS_LINE_RE = re.compile(r"SIP/(\d+\.\d+) ([1-6]\d\d) (.*)", re.DOTALL)
+
+# message-header: header-name HCOLON header-value; HCOLON = *( SP / HTAB ) ":" SWS
+HEADER_NAME_RE = re.compile(r"(" + TOKEN + r")[ \t]*:")
+
+# hostname / IPv4address / IPv6reference; IPv6reference = "[" IPv6address "]"
+HOSTNAME_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?")
+
+# SIP-URI = "sip:" [ userinfo ] hostport uri-parameters [ headers ]
+# userinfo = ( user / telephone-subscriber ) [ ":" password ] "@"
+# hostport = host [ ":" port ]
+SIP_URI_RE = re.compile(
+    r"(sips?):"
+    r"(?:([^@\s<>\"]*)@)?"  # userinfo (user may hold ';' per §19.1.1, semiuri)
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)"  # host
+    r"(?::(\d{1,5}))?"  # port
+    r"((?:;[^?\s<>\"]*)?)"  # uri-parameters
+    r"(\?[^\s<>\"]*)?",  # headers
+    re.IGNORECASE,
+)
+
+# absoluteURI = scheme ":" ( hier-part / opaque-part ); scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+ABSOLUTE_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
+
+# via-parm = sent-protocol LWS sent-by *( SEMI via-params )
+# sent-protocol = protocol-name SLASH protocol-version SLASH transport
+VIA_RE = re.compile(
+    r"[ \t]*(" + TOKEN + r")[ \t]*/[ \t]*(" + TOKEN + r")[ \t]*/[ \t]*(" + TOKEN + r")[ \t]+"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:[ \t]*:[ \t]*(\d{1,5}))?[ \t]*((?:;.*)?)"
+)
+# via-params = via-ttl / via-maddr / via-received / via-branch / via-extension
+# generic-param = token [ EQUAL gen-value ]; gen-value = token / host / quoted-string
+VIA_PARAM_RE = re.compile(
+    r"[ \t]*(" + TOKEN + r")[ \t]*(?:=[ \t]*(" + TOKEN + r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+|\"(?:[^\"\\]|\\.)*\")[ \t]*)?"
+)
+GENERIC_PARAM_RE = VIA_PARAM_RE
+
+# name-addr = [ display-name ] LAQUOT addr-spec RAQUOT
+# display-name = *(token LWS) / quoted-string
+NAME_ADDR_RE = re.compile(
+    r"[ \t]*((?:" + TOKEN + r"[ \t]*)*|\"(?:[^\"\\]|\\.)*\")[ \t]*<([^<>\s]+)>[ \t]*((?:;.*)?)"
+)
+# addr-spec form of from-spec/to-spec/contact-param: the URI ends at the first ';'
+# (its params belong to the header, §20.10) and may not hold '?', ',' or ';' headers.
+ADDR_SPEC_RE = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9+\-.]*:[^\s;<>\"?,]+)[ \t]*((?:;.*)?)")
+
+# CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
+CSEQ_RE = re.compile(r"[ \t]*(\d{1,10})[ \t]+(" + TOKEN + r")[ \t]*")
+DIGITS_RE = re.compile(r"[ \t]*(\d{1,10})[ \t]*")
+
+# SIP-date = rfc1123-date = wkday "," SP date1 SP time SP "GMT"
+DATE_RE = re.compile(
+    r"[ \t]*(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
+    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT[ \t]*"
+)
+
+# RFC 3261 §7.3.3 compact forms, and the RFC 3515/3892/4028/3265/3841 ones.
+COMPACT_FORMS: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "u": "allow-events",
+    "x": "session-expires",
+    "y": "identity",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+}
+
+# How we spell the headers we write ourselves.
+CANONICAL_NAMES: dict[str, str] = {
+    "via": "Via",
+    "route": "Route",
+    "record-route": "Record-Route",
+    "max-forwards": "Max-Forwards",
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "from": "From",
+    "to": "To",
+    "content-length": "Content-Length",
+    "contact": "Contact",
+    "warning": "Warning",
+    "retry-after": "Retry-After",
+    "unsupported": "Unsupported",
+    "p-asserted-identity": "P-Asserted-Identity",
+    "p-preferred-identity": "P-Preferred-Identity",
+    "remote-party-id": "Remote-Party-ID",
+    "server": "Server",
+    "allow": "Allow",
+    "user-agent": "User-Agent",
+    "www-authenticate": "WWW-Authenticate",
+    "proxy-authenticate": "Proxy-Authenticate",
+}

@@ -1,0 +1,343 @@
+"""SIP messages as immutable values.
+
+A message keeps its header fields in received order as ``(key, name, value)``
+triples: ``key`` is the lower-case long form (compact forms expanded), ``name``
+the spelling as received, ``value`` the unfolded text.  The exact received lines
+are kept beside them (``raw_lines``, not part of equality) so that a forwarded
+message is the input plus recorded edits (see serializer.py).
+
+Via, Route and Record-Route lines holding several comma-separated values are
+split into one field per value at parse time: they are the lists a proxy edits.
+
+The fields every message needs (Call-ID, CSeq, tags, the Via list,
+Max-Forwards) are parsed once by the parser and stored as attributes.
+From/To/Contact/URIs are parsed on demand with the helpers below.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from .errors import ParseError
+from .grammar import (
+    ADDR_SPEC_RE,
+    GENERIC_PARAM_RE,
+    HOSTNAME_RE,
+    NAME_ADDR_RE,
+    SIP_URI_RE,
+    VIA_PARAM_RE,
+    VIA_RE,
+)
+
+__all__ = [
+    "HeaderField",
+    "Params",
+    "SipUri",
+    "NameAddr",
+    "Via",
+    "Request",
+    "Response",
+    "Message",
+    "parse_uri",
+    "parse_name_addr",
+    "parse_params",
+    "parse_via",
+    "split_list",
+    "normalize_host",
+    "ip_literal",
+]
+
+HeaderField = tuple[str, str, str]  # (key, name as received, value)
+Params = tuple[tuple[str, str | None], ...]
+
+
+def _param(params: Params, name: str) -> str | None:
+    for key, value in params:
+        if key == name:
+            return value if value is not None else ""
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    """A sip:/sips: URI (RFC 3261 §19.1)."""
+
+    scheme: str
+    user: str | None
+    host: str  # lower-case; IPv6 in brackets
+    port: int | None
+    params: Params
+    headers: str | None  # the '?...' part, unparsed
+
+    def param(self, name: str) -> str | None:
+        return _param(self.params, name)
+
+    @property
+    def lr(self) -> bool:
+        return self.param("lr") is not None
+
+    def hostport(self) -> tuple[str, int]:
+        default = 5061 if self.scheme == "sips" else 5060
+        return (self.host.strip("[]"), self.port or default)
+
+    def __str__(self) -> str:
+        out = self.scheme + ":"
+        if self.user is not None:
+            out += self.user + "@"
+        out += self.host
+        if self.port is not None:
+            out += f":{self.port}"
+        for key, value in self.params:
+            out += f";{key}" if value is None else f";{key}={value}"
+        if self.headers:
+            out += self.headers
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """name-addr / addr-spec with header parameters (From, To, Contact, Route...)."""
+
+    display: str | None
+    uri: str
+    params: Params
+    bracketed: bool
+
+    def param(self, name: str) -> str | None:
+        return _param(self.params, name)
+
+    @property
+    def tag(self) -> str | None:
+        return self.param("tag")
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One via-parm (RFC 3261 §20.42)."""
+
+    version: str
+    transport: str  # upper-case
+    host: str  # lower-case, IPv6 bracketed
+    port: int | None
+    params: Params
+
+    def param(self, name: str) -> str | None:
+        return _param(self.params, name)
+
+    @property
+    def branch(self) -> str | None:
+        return self.param("branch")
+
+    @property
+    def sent_by(self) -> tuple[str, int]:
+        return (self.host, self.port or (5061 if self.transport == "TLS" else 5060))
+
+    def __str__(self) -> str:
+        out = f"SIP/{self.version}/{self.transport} {self.host}"
+        if self.port is not None:
+            out += f":{self.port}"
+        for key, value in self.params:
+            out += f";{key}" if value is None else f";{key}={value}"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    headers: tuple[HeaderField, ...]
+    body: bytes
+    call_id: str
+    cseq: int
+    cseq_method: str
+    from_tag: str | None
+    to_tag: str | None
+    vias: tuple[Via, ...]
+    raw_lines: tuple[str | None, ...] = field(compare=False, repr=False)
+
+    def get(self, key: str) -> str | None:
+        """The value of the first field with this (lower-case, long-form) key."""
+        for k, _n, v in self.headers:
+            if k == key:
+                return v
+        return None
+
+    def get_all(self, key: str) -> list[str]:
+        """Every value of this key, comma-separated lists split into items."""
+        out: list[str] = []
+        for k, _n, v in self.headers:
+            if k == key:
+                out.extend(split_list(v))
+        return out
+
+    def has(self, key: str) -> bool:
+        for k, _n, _v in self.headers:
+            if k == key:
+                return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Request(_Base):
+    method: str = ""
+    uri: str = ""
+    ruri: SipUri | None = None  # None for tel: and other accepted schemes
+    max_forwards: int | None = None
+
+    @property
+    def is_request(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Response(_Base):
+    status: int = 0
+    reason: str = ""
+
+    @property
+    def is_request(self) -> bool:
+        return False
+
+
+Message = Request | Response
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-separated header value, respecting quotes and <>.
+
+    Raises ParseError on an empty item (``a,,b``), as RFC 3261 §7.3.1 allows none.
+    """
+    if "," not in value:
+        return [value.strip()]
+    items: list[str] = []
+    depth = 0
+    quoted = False
+    escaped = False
+    start = 0
+    for i, ch in enumerate(value):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(value[start:i].strip())
+            start = i + 1
+    items.append(value[start:].strip())
+    if any(not item for item in items):
+        raise ParseError(f"empty item in list {value!r}")
+    return items
+
+
+def normalize_host(host: str) -> str:
+    """Lower-case a host; validate and canonicalise a bracketed IPv6 reference.
+
+    Raises ParseError for an IPv6 reference that is not an IPv6 address.
+    """
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ParseError(f"bad IPv6 reference {host!r}")
+        try:
+            addr = ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ParseError(f"bad IPv6 reference {host!r}") from None
+        return f"[{addr.compressed}]"
+    if not HOSTNAME_RE.fullmatch(host):
+        raise ParseError(f"bad host {host!r}")
+    return host.lower()
+
+
+def parse_params(text: str, *, what: str) -> Params:
+    """Parse ``;name[=value]`` parameters; names lower-cased, values kept.
+
+    Raises ParseError on an empty or malformed parameter.
+    """
+    text = text.strip()
+    if not text:
+        return ()
+    if text[0] != ";":
+        raise ParseError(f"junk before parameters of {what}: {text!r}")
+    out: list[tuple[str, str | None]] = []
+    for part in text[1:].split(";"):
+        m = GENERIC_PARAM_RE.fullmatch(part)
+        if m is None:
+            raise ParseError(f"bad parameter {part!r} in {what}")
+        out.append((m.group(1).lower(), m.group(2)))
+    return tuple(out)
+
+
+def parse_uri(text: str) -> SipUri:
+    """Parse a sip:/sips: URI.  Raises ParseError if it is not one."""
+    m = SIP_URI_RE.fullmatch(text)
+    if m is None:
+        raise ParseError(f"bad SIP URI {text!r}")
+    scheme, user, host, port, params, headers = m.groups()
+    uri_params: list[tuple[str, str | None]] = []
+    if params:
+        for part in params[1:].split(";"):
+            if not part:
+                raise ParseError(f"empty URI parameter in {text!r}")
+            name, eq, value = part.partition("=")
+            uri_params.append((name.lower(), value if eq else None))
+    port_no = int(port) if port else None
+    if port_no is not None and port_no > 65535:
+        raise ParseError(f"port out of range in {text!r}")
+    return SipUri(scheme.lower(), user, normalize_host(host), port_no, tuple(uri_params), headers)
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse name-addr or addr-spec with header params (From, To, Contact, Route...).
+
+    Raises ParseError: unbalanced quotes, spaces inside <>, an unquoted display
+    name that is not tokens (RFC 4475 §3.1.2.6, .14, .15), '?' or ',' in a bare
+    addr-spec (§3.1.2.13).
+    """
+    if "<" in text:
+        m = NAME_ADDR_RE.fullmatch(text)
+        if m is None:
+            raise ParseError(f"bad name-addr {text!r}")
+        display = m.group(1).strip() or None
+        return NameAddr(display, m.group(2), parse_params(m.group(3), what="name-addr"), True)
+    m = ADDR_SPEC_RE.fullmatch(text)
+    if m is None:
+        raise ParseError(f"bad addr-spec {text!r}")
+    return NameAddr(None, m.group(1), parse_params(m.group(2), what="addr-spec"), False)
+
+
+def parse_via(text: str) -> Via:
+    """Parse one via-parm.  Raises ParseError; the version is checked by the caller."""
+    m = VIA_RE.fullmatch(text)
+    if m is None:
+        raise ParseError(f"bad Via {text!r}")
+    proto, version, transport, host, port, params = m.groups()
+    if proto.upper() != "SIP":
+        raise ParseError(f"bad Via protocol {proto!r}")
+    plist: list[tuple[str, str | None]] = []
+    if params:
+        for part in params[1:].split(";"):
+            pm = VIA_PARAM_RE.fullmatch(part)
+            if pm is None:
+                raise ParseError(f"bad Via parameter {part!r}")
+            plist.append((pm.group(1).lower(), pm.group(2)))
+    port_no = int(port) if port else None
+    if port_no is not None and port_no > 65535:
+        raise ParseError(f"Via port out of range in {text!r}")
+    return Via(version, transport.upper(), normalize_host(host), port_no, tuple(plist))
+
+
+def ip_literal(host: str) -> str | None:
+    """The host as an IP literal without brackets, or None if it is a name."""
+    h = host.strip("[]")
+    if ":" in h:
+        return h
+    parts = h.split(".")
+    if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
+        return h
+    return None

@@ -1,0 +1,275 @@
+"""Bytes to Request/Response (RFC 3261 §7, §18.3, §20; RFC 4475 cases).
+
+Owns: framing of one datagram (header end, Content-Length, trailing octets),
+unfolding, compact forms, the checks that make a message unfit to process or
+forward.  Leaves to the proxy: Max-Forwards, loops, Proxy-Require, routing.
+
+``parse(data)`` returns a message or raises a SipError subclass (ParseError,
+VersionNotSupported, UnsupportedUriScheme, MessageTooLarge) with ``partial``
+set to whatever was readable, so the proxy can still answer a request whose Via
+it could read.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import MessageTooLarge, ParseError, SipError, UnsupportedUriScheme, VersionNotSupported
+from .grammar import (
+    ABSOLUTE_URI_RE,
+    COMPACT_FORMS,
+    CSEQ_RE,
+    DATE_RE,
+    DIGITS_RE,
+    HEADER_NAME_RE,
+    REQUEST_LINE_RE,
+    STATUS_LINE_RE,
+)
+from .message import (
+    HeaderField,
+    Message,
+    Request,
+    Response,
+    SipUri,
+    Via,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+    split_list,
+)
+
+__all__ = ["parse", "Partial", "DEFAULT_MAX_MESSAGE_BYTES", "is_keepalive"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 16384
+_CSEQ_MAX = 2**31 - 1  # RFC 3261 §8.1.1.5: less than 2**31
+_SINGLE = ("call-id", "cseq", "from", "to", "max-forwards", "content-length")
+_SPLIT = frozenset(("via", "route", "record-route"))
+# a CTL, unless quoted-pair-escaped (quoted-pair allows %x00-09 / %x0B-0C / %x0E-7F), or a bare CR/LF
+_CONTROL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+
+
+class Partial:
+    """What could be read of a message that failed: enough to answer it."""
+
+    __slots__ = ("is_request", "method", "headers", "vias")
+
+    def __init__(self) -> None:
+        self.is_request: bool | None = None
+        self.method: str | None = None
+        self.headers: list[HeaderField] = []
+        self.vias: list[Via] = []
+
+
+def is_keepalive(data: bytes) -> bool:
+    """CRLF keep-alives (RFC 5626 §4.4.1) and empty datagrams: not messages."""
+    return not data.strip(b"\r\n \t")
+
+
+def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, stream: bool = False) -> Message:
+    """Parse one SIP message from a datagram (or one framed stream message).
+
+    Args:
+        data: the bytes received.
+        max_bytes: larger messages raise MessageTooLarge (513) once their Via is read.
+        stream: True when framed by a stream transport, where Content-Length is
+            mandatory and already applied by the framer.
+
+    Returns: a Request or Response.
+    Raises: SipError subclasses; ``err.partial`` (a Partial) is attached.
+    """
+    partial = Partial()
+    try:
+        return _parse(data, max_bytes, stream, partial)
+    except SipError as err:
+        err.partial = partial  # type: ignore[attr-defined]
+        raise
+    except UnicodeError as err:  # surrogateescape cannot fail, but be explicit
+        perr = ParseError(f"undecodable: {err}")
+        perr.partial = partial  # type: ignore[attr-defined]
+        raise perr from None
+
+
+def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Message:
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise ParseError("no empty line after the headers")
+    head = data[:end].decode("utf-8", "surrogateescape")
+    ctl = _CONTROL_RE.search(head)
+    if ctl is not None:  # TEXT-UTF8 and the start lines exclude CTLs; only CRLF separates lines
+        raise ParseError(f"control character {ctl.group()!r} in the headers")
+    body_start = end + 4
+    lines = head.split("\r\n")
+    start = lines[0]
+    if start.startswith("SIP/"):
+        is_request = False
+        sm = STATUS_LINE_RE.fullmatch(start)
+        if sm is None:
+            raise ParseError(f"bad status line {start[:80]!r}")
+    else:
+        is_request = True
+        sm = REQUEST_LINE_RE.fullmatch(start)
+        if sm is None:
+            raise ParseError(f"bad request line {start[:80]!r}")
+        partial.method = sm.group(1)
+    partial.is_request = is_request
+
+    headers: list[HeaderField] = []
+    raw: list[str | None] = []
+    vias: list[Via] = []
+    seen: dict[str, int] = {}
+    cl_values: list[str] = []
+    previous: int = -1
+    for line in lines[1:]:
+        if not line:
+            raise ParseError("empty header line")
+        if line[0] in " \t":  # folding: continuation of the previous header (§7.3.1)
+            if previous == -2:  # a folded Content-Length
+                cl_values[-1] = (cl_values[-1] + " " + line.strip()).strip()
+                continue
+            if previous < 0:
+                raise ParseError("continuation line before any header")
+            key, name, value = headers[previous]
+            value = (value + " " + line.strip()).strip()
+            headers[previous] = (key, name, value)
+            raw[previous] = None
+            continue
+        hm = HEADER_NAME_RE.match(line)
+        if hm is None:
+            raise ParseError(f"bad header line {line[:60]!r}")
+        name = hm.group(1)
+        key = name.lower()
+        key = COMPACT_FORMS.get(key, key)
+        value = line[hm.end():].strip()
+        seen[key] = seen.get(key, 0) + 1
+        if key == "content-length":  # framing, not content: kept aside, rewritten on output
+            cl_values.append(value)
+            previous = -2
+            continue
+        headers.append((key, name, value))
+        raw.append(line)
+        previous = len(headers) - 1
+
+    # Split the list headers a proxy edits: one field per value.
+    if any(k in _SPLIT for k, _n, v in headers if "," in v):
+        split_headers: list[HeaderField] = []
+        split_raw: list[str | None] = []
+        for (key, name, value), line_raw in zip(headers, raw):
+            if key in _SPLIT and "," in value:
+                for item in split_list(value):
+                    split_headers.append((key, name, item))
+                    split_raw.append(None)
+            else:
+                split_headers.append((key, name, value))
+                split_raw.append(line_raw)
+        headers, raw = split_headers, split_raw
+    partial.headers = headers
+
+    for key, _name, value in headers:
+        if key == "via":
+            if not value:
+                raise ParseError("empty Via")
+            vias.append(parse_via(value))
+    partial.vias = vias
+
+    version = sm.group(1) if not is_request else sm.group(3)
+    if version != "2.0":
+        raise VersionNotSupported(f"SIP version {version}")
+    for via in vias:
+        if via.version != "2.0":
+            raise VersionNotSupported(f"Via version {via.version}")
+
+    if len(data) > max_bytes:
+        raise MessageTooLarge(f"{len(data)} bytes > {max_bytes}")
+
+    for key in _SINGLE:
+        if seen.get(key, 0) > 1:
+            raise ParseError(f"more than one {key} header")
+    if not vias:
+        raise ParseError("no Via")
+    values = {k: v for k, _n, v in headers if k in _SINGLE}
+    if cl_values:
+        values["content-length"] = cl_values[0]
+    call_id = values.get("call-id")
+    if not call_id:
+        raise ParseError("no Call-ID")
+    if " " in call_id or "\t" in call_id:
+        raise ParseError("bad Call-ID")
+    from_value = values.get("from")
+    to_value = values.get("to")
+    if not from_value or not to_value:
+        raise ParseError("no From or To")
+    from_na = parse_name_addr(from_value)
+    to_na = parse_name_addr(to_value)
+    cseq_value = values.get("cseq")
+    if cseq_value is None:
+        raise ParseError("no CSeq")
+    cm = CSEQ_RE.fullmatch(cseq_value)
+    if cm is None:
+        raise ParseError(f"bad CSeq {cseq_value!r}")
+    cseq = int(cm.group(1))
+    if cseq > _CSEQ_MAX:
+        raise ParseError(f"CSeq {cseq} out of range")
+    cseq_method = cm.group(2)
+
+    # Body and Content-Length (§18.3, §20.14)
+    cl_value = values.get("content-length")
+    available = len(data) - body_start
+    if cl_value is None:
+        if stream:
+            raise ParseError("no Content-Length on a stream transport")
+        body = data[body_start:]
+    else:
+        lm = DIGITS_RE.fullmatch(cl_value)
+        if lm is None:
+            raise ParseError(f"bad Content-Length {cl_value!r}")
+        length = int(lm.group(1))
+        if length > available:
+            raise ParseError(f"Content-Length {length} > {available} bytes received")
+        body = data[body_start : body_start + length]  # trailing octets ignored (§18.3)
+
+    for key, _name, value in headers:
+        if key == "contact" and value != "*":
+            for item in split_list(value):
+                parse_name_addr(item)
+        elif key == "date" and DATE_RE.fullmatch(value) is None:
+            raise ParseError(f"bad Date {value!r}")
+
+    common = dict(
+        headers=tuple(headers),
+        body=body,
+        call_id=call_id,
+        cseq=cseq,
+        cseq_method=cseq_method,
+        from_tag=from_na.tag,
+        to_tag=to_na.tag,
+        vias=tuple(vias),
+        raw_lines=tuple(raw),
+    )
+    if not is_request:
+        return Response(status=int(sm.group(2)), reason=sm.group(3), **common)  # type: ignore[arg-type]
+
+    method = sm.group(1)
+    uri = sm.group(2)
+    if method != cseq_method:
+        raise ParseError(f"CSeq method {cseq_method} does not match {method}")
+    ruri: SipUri | None = None
+    lower = uri[:5].lower()
+    if lower.startswith("sip:") or lower.startswith("sips:"):
+        ruri = parse_uri(uri)
+        if ruri.headers:
+            raise ParseError("headers in a Request-URI")  # RFC 4475 §3.1.2.11
+    elif lower.startswith("tel:"):
+        pass
+    elif ABSOLUTE_URI_RE.fullmatch(uri):
+        raise UnsupportedUriScheme(f"scheme of {uri[:40]!r}")
+    else:
+        raise ParseError(f"bad Request-URI {uri[:60]!r}")
+
+    max_forwards: int | None = None
+    mf_value = values.get("max-forwards")
+    if mf_value is not None:
+        mm = DIGITS_RE.fullmatch(mf_value)
+        if mm is None:
+            raise ParseError(f"bad Max-Forwards {mf_value!r}")
+        max_forwards = int(mm.group(1))
+    return Request(method=method, uri=uri, ruri=ruri, max_forwards=max_forwards, **common)  # type: ignore[arg-type]

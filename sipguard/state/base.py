@@ -1,0 +1,39 @@
+"""The state-store contract: channel claims per account.
+
+A claim is one call holding one channel of an account, from admission until
+its dialog ends.  Stores keep the *set* of live call keys per account, never a
+bare counter, so a release is idempotent and a count cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ChannelClaim", "StateStore", "StoreUnavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClaim:
+    account: str
+    limit: int
+    call_key: str
+    emergency: bool = False
+
+
+class StoreUnavailable(Exception):
+    """The shared store could not be reached (Redis down); policy decides what then."""
+
+
+class StateStore(Protocol):
+    async def claim(self, claim: ChannelClaim, now: float) -> bool:
+        """Add the call if the account is under its limit (always for emergency calls)."""
+        ...
+
+    async def release(self, claim: ChannelClaim) -> None:
+        """Remove the call; releasing an unknown call is a no-op."""
+        ...
+
+    async def active(self, account: str) -> int:
+        """How many calls the account holds now."""
+        ...

@@ -1,0 +1,38 @@
+"""The embedded default store: one process, sets of call keys per account."""
+
+from __future__ import annotations
+
+from .base import ChannelClaim
+
+__all__ = ["InMemoryStore"]
+
+
+class InMemoryStore:
+    def __init__(self) -> None:
+        self._calls: dict[str, set[str]] = {}
+
+    def claim_now(self, claim: ChannelClaim) -> bool:
+        calls = self._calls.setdefault(claim.account, set())
+        if claim.call_key in calls:
+            return True
+        if not claim.emergency and len(calls) >= claim.limit:
+            return False
+        calls.add(claim.call_key)
+        return True
+
+    def release_now(self, claim: ChannelClaim) -> None:
+        calls = self._calls.get(claim.account)
+        if calls is not None:
+            calls.discard(claim.call_key)
+
+    def active_now(self, account: str) -> int:
+        return len(self._calls.get(account, ()))
+
+    async def claim(self, claim: ChannelClaim, now: float) -> bool:
+        return self.claim_now(claim)
+
+    async def release(self, claim: ChannelClaim) -> None:
+        self.release_now(claim)
+
+    async def active(self, account: str) -> int:
+        return self.active_now(account)

@@ -1,0 +1,89 @@
+"""UDP listener: one socket per listen address, bytes straight to a callback.
+
+The transport interface the server relies on is ``send(data, host, port)`` and
+a ``Local`` describing the address; TCP/TLS listeners will offer the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+from ..sip.actions import Peer
+
+__all__ = ["UdpListener", "parse_listen"]
+
+RCVBUF_BYTES = 4 * 1024 * 1024
+
+
+def parse_listen(spec: str) -> tuple[str, str, int]:
+    """'udp:0.0.0.0:5060' / 'udp:[::1]:5060' -> ('udp', host, port).  ValueError if malformed."""
+    transport, _sep, rest = spec.partition(":")
+    host, _sep, port = rest.rpartition(":")
+    if transport not in ("udp", "tcp", "tls") or not host or not port.isdigit():
+        raise ValueError(f"listen address must be udp:HOST:PORT, got {spec!r}")
+    return transport, host.strip("[]"), int(port)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, listener: UdpListener) -> None:
+        self.listener = listener
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        self.listener.on_datagram(data, Peer("udp", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable from a previous sendto: the peer is gone; nothing to do
+        self.listener.errors += 1
+
+
+class UdpListener:
+    """A bound UDP socket.  ``on_datagram(data, peer)`` is called for each datagram."""
+
+    def __init__(self, host: str, port: int, on_datagram: Callable[[bytes, Peer], None]) -> None:
+        self.host = host
+        self.port = port
+        self.on_datagram = on_datagram
+        self.errors = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sendto: Callable[..., None] | None = None
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.host else 4
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if self.family == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF_BYTES)
+            except OSError:
+                pass
+            sock.bind((self.host, self.port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        if self.port == 0:
+            self.port = sock.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        transport, _proto = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        self._transport = transport  # type: ignore[assignment]
+        self._sendto = transport.sendto  # type: ignore[attr-defined]
+
+    def send(self, data: bytes, host: str, port: int) -> None:
+        if self._sendto is None:
+            raise RuntimeError("listener not started")
+        self._sendto(data, (host, port))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            self._sendto = None

@@ -1,0 +1,125 @@
+"""Hypothesis: any bytes parse or raise SipError; serialize and parse are inverse."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import corpus
+from helpers import UAC, Wire, feed
+from sipguard.sip import SipError, parse, serialize
+from sipguard.sip.grammar import STATUS_LINE_RE
+from sipguard.sip.serializer import Prepend, RemoveFirst, SetHeader
+
+SEEDS = [r["bytes"] for r in corpus("rfc4475") + corpus("rfc5118")]
+PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _parses_or_sip_error(data: bytes) -> None:
+    try:
+        msg = parse(data)
+    except SipError:
+        return
+    assert parse(serialize(msg)) == msg
+
+
+@PROPS
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes(data: bytes) -> None:
+    _parses_or_sip_error(data)
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[pos] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[pos:pos] = draw(st.sampled_from([b"\r\n", b",", b";", b" ", b":", b"\x00", b"<", b'"', b"\r\n "]))
+        elif kind == "delete" and data:
+            del data[pos : pos + draw(st.integers(1, 8))]
+        elif kind == "truncate":
+            del data[pos:]
+    return bytes(data)
+
+
+@PROPS
+@given(mutated())
+def test_mutated_torture_messages(data: bytes) -> None:
+    _parses_or_sip_error(data)
+
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.!%*_+~", min_size=1, max_size=12)
+LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
+
+
+@st.composite
+def messages(draw) -> bytes:
+    method = draw(st.sampled_from(["INVITE", "BYE", "OPTIONS", "MESSAGE", "REGISTER", "INFO"]))
+    n_via = draw(st.integers(1, 4))
+    vias = [f"SIP/2.0/{draw(st.sampled_from(['UDP', 'TCP']))} {draw(LABEL)}.example:{draw(st.integers(1, 65535))}"
+            f";branch=z9hG4bK{draw(TOKEN)}" for _ in range(n_via)]
+    lines = [f"{method} sip:{draw(TOKEN)}@example.com SIP/2.0"]
+    if draw(st.booleans()):
+        lines.append("Via: " + ", ".join(vias))
+    else:
+        lines.extend(f"{draw(st.sampled_from(['Via', 'v', 'VIA']))}: {v}" for v in vias)
+    lines += [
+        f"{draw(st.sampled_from(['From', 'f']))}: \"{draw(TOKEN)}\" <sip:{draw(TOKEN)}@a.example>;tag={draw(TOKEN)}",
+        f"{draw(st.sampled_from(['To', 't']))}: <sip:{draw(TOKEN)}@b.example>",
+        f"{draw(st.sampled_from(['Call-ID', 'i']))}: {draw(TOKEN)}",
+        f"CSeq: {draw(st.integers(0, 2**31 - 1))} {method}",
+        f"Max-Forwards: {draw(st.integers(0, 255))}",
+    ]
+    for _ in range(draw(st.integers(0, 4))):
+        lines.append(f"X-{draw(TOKEN)}: {draw(st.text(alphabet='abc xyz;=,<>', max_size=20)).strip() or 'v'}")
+    body = draw(st.binary(max_size=200))
+    lines.append(f"{draw(st.sampled_from(['Content-Length', 'l']))}: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@PROPS
+@given(messages())
+def test_generated_messages_round_trip(data: bytes) -> None:
+    msg = parse(data)
+    assert parse(serialize(msg)) == msg
+
+
+@PROPS
+@given(messages(), st.lists(st.sampled_from(["route", "record-route", "x-y", "max-forwards"]), max_size=4))
+def test_edits_keep_the_message_well_formed(data: bytes, keys: list[str]) -> None:
+    msg = parse(data)
+    edits = [Prepend("via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc"), SetHeader("max-forwards", "69")]
+    edits += [RemoveFirst(k) for k in keys]
+    out = parse(serialize(msg, edits))
+    assert out.vias[0].host == "127.0.0.1" and out.vias[1:] == msg.vias
+    assert out.get("max-forwards") == (None if "max-forwards" in keys else "69")
+    assert out.body == msg.body
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(mutated(), messages(), st.binary(max_size=600)))
+def test_core_never_raises_for_bad_input(data: bytes) -> None:
+    from conftest import BASE_POLICY
+    from sipguard.policy import Engine, load_text
+    from sipguard.sip import Local, ProxyCore
+
+    core = ProxyCore([Local("udp", "127.0.0.1", 5060)], Engine(load_text(BASE_POLICY)))
+    wire = Wire()
+    feed(core, data, UAC, 0.0, wire)
+    try:
+        parse(data)
+        well_formed = True
+    except SipError:
+        well_formed = False
+    for send in wire.sent:
+        if well_formed:
+            parse(send.data)  # whatever it sends for a good message is itself well-formed
+        else:
+            # a bad message is never forwarded; an answer to it echoes its headers (RFC 4475 wants
+            # 400/505 even where those headers are what is wrong) under a valid status line
+            assert send.status >= 400
+            assert STATUS_LINE_RE.fullmatch(send.data.split(b"\r\n", 1)[0].decode())

@@ -1,0 +1,104 @@
+"""Policy files: the example loads; broken files are refused with file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipguard.cli import main
+from sipguard.policy import PolicyError, load, load_text
+from sipguard.policy.model import RuleMode
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_example_policy_loads_with_every_key() -> None:
+    policy = load(ROOT / "policies" / "example.yaml")
+    names = [a.name for a in policy.accounts]
+    assert names == ["acme", "bigco-trunk"]
+    acme = policy.accounts[0]
+    assert acme.kind == "hosted" and acme.upstream == "pbx"
+    assert {u.kind for u in acme.users} == {"person", "shared_room", "meeting_room", "admin_no_service"}
+    assert acme.rules["caller_id"] is RuleMode.ENFORCE
+    trunk = policy.accounts[1]
+    assert trunk.channels == 30 and trunk.deliver_to is not None and trunk.deliver_to.port == 5060
+    assert policy.service.reject.channel_limit == 486
+
+
+def _problems(text: str) -> list[tuple[int, str, str]]:
+    with pytest.raises(PolicyError) as info:
+        load_text(text, "p.yaml")
+    return [(p.line, p.key, p.message) for p in info.value.problems]
+
+
+GOOD_SERVICE = """service:
+  listen: ["udp:127.0.0.1:5060"]
+  upstreams: {pbx: "sip:127.0.0.3:5060"}
+"""
+
+
+def test_every_error_is_reported_with_line_and_key() -> None:
+    text = GOOD_SERVICE + """accounts:
+  a:
+    kind: hosted
+    match: {sources: ["not-a-network"]}
+    upstream: nowhere
+    devices:
+      - {name: "Alarm panel", type: alarm}
+      - {name: "Lift", type: lift}
+    rules: {channel_limit: maybe}
+    colour: blue
+"""
+    problems = _problems(text)
+    keys = {(line, key) for line, key, _m in problems}
+    assert (7, "accounts.a.match.sources[0]") in keys
+    assert (8, "accounts.a.upstream") in keys
+    assert (10, "accounts.a.devices[0].type") in keys
+    assert (11, "accounts.a.devices[1].type") in keys
+    assert (12, "accounts.a.rules.channel_limit") in keys
+    assert (13, "accounts.a.colour") in keys
+    alarm = next(m for line, key, m in problems if key == "accounts.a.devices[0].type")
+    assert "may not be provisioned" in alarm
+
+
+def test_service_errors() -> None:
+    problems = _problems("""service:
+  listen: ["udp:nowhere"]
+  upstreams: {pbx: "http://x"}
+  channel_bands:
+    - {up_to: 5, per_user: 1}
+    - {up_to: 2, per_user: 1}
+  reject: {channel_limit: 200}
+  dialog_timeout_s: -1
+""")
+    keys = {key for _l, key, _m in problems}
+    assert {"service.listen[0]", "service.upstreams.pbx", "service.channel_bands[1].up_to",
+            "service.reject.channel_limit", "service.dialog_timeout_s"} <= keys
+
+
+def test_yaml_syntax_error_names_the_line() -> None:
+    problems = _problems(GOOD_SERVICE + "accounts:\n  a: [unclosed\n")
+    assert problems[0][0] >= 5 and "YAML" in problems[0][2]
+
+
+def test_missing_service_is_an_error() -> None:
+    assert ("service", "missing") in [(k, m) for _l, k, m in _problems("accounts: {}\n")]
+
+
+def test_check_command_prints_every_problem(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD_SERVICE + "accounts:\n  a: {match: {sources: [x]}, upstream: pbx, kind: pbx}\n")
+    assert main(["check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:5: accounts.a.match.sources[0]" in out
+    assert f"{bad}:5: accounts.a.kind" in out
+    assert main(["check", str(ROOT / "policies" / "example.yaml")]) == 0
+
+
+def test_policy_folder_is_read_in_name_order(tmp_path) -> None:
+    (tmp_path / "00-service.yaml").write_text(GOOD_SERVICE)
+    (tmp_path / "10-acme.yaml").write_text("accounts:\n  acme: {match: {sources: [192.0.2.0/28]}, upstream: pbx}\n")
+    (tmp_path / "20-other.yaml").write_text("accounts:\n  other: {match: {sources: [192.0.2.16/28]}, upstream: pbx}\n")
+    policy = load(tmp_path)
+    assert [a.name for a in policy.accounts] == ["acme", "other"]

@@ -1,0 +1,432 @@
+"""Every proxy rule of SPEC §2 on the pure core, driven with a manual clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import UAC, UAS, Wire, as_request, feed, request, response_to, run_timers
+from sipguard.policy import Engine, load_text
+from sipguard.sip import DialogEnded, DialogStarted, Local, Peer, ProxyCore, Request, TimerConfig, parse
+from sipguard.sip.message import parse_name_addr
+
+ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
+
+
+def call_up(core: ProxyCore, clock, wire: Wire, **kw) -> Request:
+    """INVITE -> 180 -> 200 through the core; returns the INVITE as the UAS got it."""
+    feed(core, request(**kw), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    assert isinstance(fwd, Request) and fwd.method == "INVITE"
+    feed(core, response_to(fwd, 180, "Ringing"), UAS, clock.advance(0.01), wire)
+    feed(core, response_to(fwd, 200, "OK"), UAS, clock.advance(0.01), wire)
+    return fwd
+
+
+def in_dialog(method: str, branch: str, cseq: int, **kw) -> bytes:
+    return request(method, ruri="sip:uas@127.0.0.3:5063", branch=branch, to_tag="uas-tag", cseq=cseq,
+                   extra=[ROUTE], **kw)
+
+
+# ---------------------------------------------------------------- forwarding an INVITE
+def test_invite_gets_100_trying_and_is_forwarded_with_via_rr_and_mf(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [100]
+    fwd = wire.last_to(UAS)
+    top = fwd.vias[0]
+    assert (top.host, top.port) == ("127.0.0.1", 5060)
+    assert top.branch.startswith("z9hG4bK") and len(top.branch) > len("z9hG4bK") + 4  # RFC 3261 branch
+    assert fwd.vias[1].branch == "z9hG4bK-uac-1"
+    assert fwd.max_forwards == 69
+    rr = fwd.get_all("record-route")
+    assert rr == ["<sip:127.0.0.1:5060;lr>"]
+    assert fwd.uri == "sip:+3250123400@127.0.0.3:5063"  # Request-URI untouched
+
+
+def test_missing_max_forwards_is_added_as_70(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(max_forwards=None), UAC, clock.now, wire)
+    assert wire.last_to(UAS).max_forwards == 70
+
+
+def test_max_forwards_zero_gets_483_and_is_not_forwarded(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(max_forwards=0), UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [483]
+    assert wire.to(UAS) == []
+
+
+def test_options_to_sipguard_itself_gets_200(core, clock) -> None:
+    wire = Wire()
+    feed(core, request("OPTIONS", ruri="sip:127.0.0.1:5060"), Peer("udp", "198.51.100.99", 5060), clock.now, wire)
+    sends = wire.to(Peer("udp", "198.51.100.99", 5062))
+    assert [s.status for s in sends] == [200]
+    resp = parse(sends[0].data)
+    assert "INVITE" in (resp.get("allow") or "")
+
+
+def test_options_with_max_forwards_zero_to_itself_still_gets_200(core, clock) -> None:
+    wire = Wire()
+    feed(core, request("OPTIONS", ruri="sip:127.0.0.1:5060", max_forwards=0), UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [200]
+
+
+def test_rport_and_received_are_set_on_the_forwarded_via(core, clock) -> None:
+    wire = Wire()
+    nat = Peer("udp", "127.0.0.2", 40000)  # the UAC is behind a NAT: port differs from its Via
+    feed(core, request(rport=True, via_host="10.1.1.1:5062"), nat, clock.now, wire)
+    # replies go to the source address and port (RFC 3581 §4)
+    assert [s.dest for s in wire.sent if s.status == 100] == [nat]
+    via = wire.last_to(UAS).vias[1]
+    assert via.param("received") == "127.0.0.2" and via.param("rport") == "40000"
+
+
+def test_received_without_rport_replies_to_the_via_port(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(via_host="uac.example.com:5070"), Peer("udp", "127.0.0.2", 40000), clock.now, wire)
+    assert [s.dest for s in wire.sent if s.status == 100] == [Peer("udp", "127.0.0.2", 5070)]
+    assert wire.last_to(UAS).vias[1].param("received") == "127.0.0.2"
+
+
+def test_loop_is_detected_with_482(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    looped = wire.sent[-1].data  # as if the next hop sent it straight back to us
+    wire.clear()
+    feed(core, looped, UAC, clock.advance(0.01), wire)
+    assert [s.status for s in wire.sent] == [482]  # answered, not forwarded again
+
+
+def test_spiral_with_a_changed_request_uri_is_not_a_loop(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    spiral = wire.sent[-1].data.replace(b"INVITE sip:+3250123400@", b"INVITE sip:+3250123401@", 1)
+    wire.clear()
+    feed(core, spiral, UAC, clock.advance(0.01), wire)
+    assert 482 not in [s.status for s in wire.sent]
+
+
+def test_proxy_require_gets_420_with_unsupported(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(extra=["Proxy-Require: foo, bar"]), UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [420]
+    assert parse(wire.sent[0].data).get("unsupported") == "foo, bar"
+
+
+def test_unknown_source_gets_403_and_is_not_forwarded(core, clock) -> None:
+    wire = Wire()
+    stranger = Peer("udp", "127.0.0.9", 5062)
+    feed(core, request(), stranger, clock.now, wire)
+    sends = wire.to(Peer("udp", "127.0.0.9", 5062))
+    assert [s.status for s in sends] == [403]
+    assert "belongs to no account" in (parse(sends[0].data).get("warning") or "")
+    assert wire.to(UAS) == []
+
+
+# ---------------------------------------------------------------- responses
+def test_responses_follow_the_via_path_and_100_is_hop_by_hop(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    feed(core, response_to(fwd, 100, "Trying"), UAS, clock.advance(0.01), wire)
+    feed(core, response_to(fwd, 180, "Ringing"), UAS, clock.advance(0.01), wire)
+    assert wire.statuses_to(UAC) == [100, 180]  # our 100, not the UAS's
+    ringing = wire.last_to(UAC)
+    assert [v.branch for v in ringing.vias] == ["z9hG4bK-uac-1"]  # our Via removed
+
+
+def test_response_whose_top_via_is_not_ours_is_dropped(core, clock) -> None:
+    wire = Wire()
+    stray = response_to(as_request(request()), 200, "OK")
+    feed(core, stray, UAS, clock.now, wire)
+    assert wire.sent == []
+    assert core.stats.drops["not_our_via"] == 1
+
+
+def test_stray_2xx_with_our_via_is_forwarded_statelessly(core, clock) -> None:
+    wire = Wire()
+    fwd = call_up(core, clock, wire)
+    run_timers(core, clock.advance(100), wire)  # every transaction gone
+    assert core.transaction_count == 0
+    wire.clear()
+    feed(core, response_to(fwd, 200, "OK"), UAS, clock.advance(0.1), wire)  # a late 2xx retransmission
+    assert wire.statuses_to(UAC) == [200]
+
+
+# ---------------------------------------------------------------- retransmissions
+def test_retransmitted_invite_is_absorbed_and_gets_the_last_response(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    feed(core, response_to(fwd, 180, "Ringing"), UAS, clock.advance(0.01), wire)
+    wire.clear()
+    feed(core, request(), UAC, clock.advance(0.01), wire)
+    assert wire.to(UAS) == []
+    assert wire.statuses_to(UAC) == [180]
+
+
+def test_retransmitted_bye_gets_the_final_again(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    feed(core, in_dialog("BYE", "z9hG4bK-bye", 2), UAC, clock.advance(0.1), wire)
+    bye = wire.last_to(UAS)
+    feed(core, response_to(bye, 200, "OK"), UAS, clock.advance(0.01), wire)
+    wire.clear()
+    feed(core, in_dialog("BYE", "z9hG4bK-bye", 2), UAC, clock.advance(0.01), wire)
+    assert wire.to(UAS) == [] and wire.statuses_to(UAC) == [200]
+
+
+def test_uas_retransmitting_its_200_reaches_the_uac_each_time(core, clock) -> None:
+    wire = Wire()
+    fwd = call_up(core, clock, wire)
+    feed(core, response_to(fwd, 200, "OK"), UAS, clock.advance(0.5), wire)
+    assert wire.statuses_to(UAC).count(200) == 2
+
+
+def test_invite_is_retransmitted_downstream_on_timer_a_and_times_out_408(core, clock) -> None:
+    wire = Wire()
+    start = clock.now
+    actions = feed(core, request(), UAC, start, wire)
+    assert any(isinstance(a, DialogStarted) for a in actions)
+    actions = run_timers(core, start + 40, wire)
+    sent_times = len(wire.to(UAS))
+    assert sent_times == 7  # the INVITE and 6 retransmissions within Timer B (0.5,1,2,4,8,16 s)
+    assert 408 in wire.statuses_to(UAC)
+    ended = [a for a in actions if isinstance(a, DialogEnded)]
+    assert [e.reason for e in ended] == ["no_response"]
+
+
+# ---------------------------------------------------------------- finals, ACK, CANCEL
+@pytest.mark.parametrize("status", [404, 486, 503, 603])
+def test_non_2xx_is_acked_hop_by_hop_and_forwarded(core, clock, status) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    actions = feed(core, response_to(fwd, status, "No"), UAS, clock.advance(0.01), wire)
+    ack = wire.last_to(UAS)
+    assert ack.method == "ACK" and ack.vias[0].branch == fwd.vias[0].branch  # same branch as the INVITE
+    assert ack.to_tag == "uas-tag"
+    assert wire.statuses_to(UAC) == [100, status]
+    assert [a.reason for a in actions if isinstance(a, DialogEnded)] == ["rejected"]
+    # the UAC's ACK is absorbed, not forwarded
+    wire.clear()
+    feed(core, request("ACK", to_tag="uas-tag"), UAC, clock.advance(0.01), wire)
+    assert wire.sent == []
+
+
+def test_final_non_2xx_is_retransmitted_upstream_until_ack(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    feed(core, response_to(wire.last_to(UAS), 486, "Busy"), UAS, clock.advance(0.01), wire)
+    run_timers(core, clock.now + 1.6, wire)  # Timer G at 0.5, 1.5
+    assert wire.statuses_to(UAC).count(486) == 3
+    feed(core, request("ACK", to_tag="uas-tag"), UAC, clock.advance(1.7), wire)
+    run_timers(core, clock.now + 100, wire)
+    assert wire.statuses_to(UAC).count(486) == 3
+    assert core.transaction_count == 0 and core.dialog_count == 0
+
+
+def test_cancel_after_provisional_is_relayed_and_487_comes_back(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    feed(core, response_to(fwd, 180, "Ringing"), UAS, clock.advance(0.01), wire)
+    feed(core, request("CANCEL"), UAC, clock.advance(0.5), wire)
+    assert wire.statuses_to(UAC)[-1] == 200  # the CANCEL answered hop-by-hop
+    cancel = wire.last_to(UAS)
+    assert cancel.method == "CANCEL" and cancel.vias[0].branch == fwd.vias[0].branch
+    feed(core, response_to(cancel, 200, "OK"), UAS, clock.advance(0.01), wire)
+    actions = feed(core, response_to(fwd, 487, "Request Terminated"), UAS, clock.advance(0.01), wire)
+    assert wire.statuses_to(UAC)[-1] == 487
+    assert [a.reason for a in actions if isinstance(a, DialogEnded)] == ["cancelled"]
+    feed(core, request("ACK", to_tag="uas-tag"), UAC, clock.advance(0.01), wire)
+    run_timers(core, clock.now + 100, wire)
+    assert core.transaction_count == 0 and core.dialog_count == 0
+
+
+def test_cancel_before_any_provisional_waits_for_one(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    feed(core, request("CANCEL"), UAC, clock.advance(0.1), wire)
+    assert [s.data[:6] for s in wire.to(UAS)] == [b"INVITE"]  # no CANCEL yet (RFC 3261 §9.1)
+    feed(core, response_to(fwd, 100, "Trying"), UAS, clock.advance(0.01), wire)
+    assert wire.last_to(UAS).method == "CANCEL"
+
+
+def test_cancel_for_no_transaction_gets_481(core, clock) -> None:
+    wire = Wire()
+    feed(core, request("CANCEL"), UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [481]
+
+
+def test_ack_for_2xx_is_routed_end_to_end(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    feed(core, in_dialog("ACK", "z9hG4bK-ack", 1), UAC, clock.advance(0.01), wire)
+    ack = wire.last_to(UAS)
+    assert ack.method == "ACK" and ack.get_all("route") == []  # our Route entry stripped
+    assert ack.vias[0].host == "127.0.0.1"
+    # a retransmitted ACK gets the same branch (stateless, deterministic)
+    feed(core, in_dialog("ACK", "z9hG4bK-ack", 1), UAC, clock.advance(0.01), wire)
+    assert wire.last_to(UAS).vias[0].branch == ack.vias[0].branch
+
+
+def test_loose_routing_forwards_to_the_next_route(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    data = request("BYE", ruri="sip:uas@127.0.0.3:5063", branch="z9hG4bK-b", to_tag="uas-tag", cseq=2,
+                   extra=["Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.5:5070;lr>"])
+    feed(core, data, UAC, clock.advance(0.01), wire)
+    nxt = Peer("udp", "127.0.0.5", 5070)
+    bye = wire.last_to(nxt)
+    assert bye.get_all("route") == ["<sip:127.0.0.5:5070;lr>"]
+
+
+def test_bye_from_the_callee_ends_the_dialog_too(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    data = ("BYE sip:uac@127.0.0.2:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.3:5063;branch=z9hG4bK-cb\r\n"
+            "Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:+3250123400@127.0.0.3>;tag=uas-tag\r\n"
+            "To: <sip:+3228807240@127.0.0.2>;tag=ft1\r\nCall-ID: call-1@127.0.0.2\r\nCSeq: 7 BYE\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    actions = feed(core, data, UAS, clock.advance(1), wire)
+    assert [a.reason for a in actions if isinstance(a, DialogEnded)] == ["bye"]
+    assert wire.last_to(UAC).method == "BYE"
+
+
+def test_in_dialog_request_from_a_stranger_for_no_dialog_gets_481(core, clock) -> None:
+    wire = Wire()
+    stranger = Peer("udp", "127.0.0.9", 5062)
+    feed(core, in_dialog("BYE", "z9hG4bK-x", 2), stranger, clock.now, wire)
+    assert [s.status for s in wire.sent] == [481]
+
+
+# ---------------------------------------------------------------- Timer C, dialogs
+def test_timer_c_cancels_downstream_and_answers_408(core, clock) -> None:
+    wire = Wire()
+    start = clock.now
+    feed(core, request(), UAC, start, wire)
+    fwd = wire.last_to(UAS)
+    feed(core, response_to(fwd, 180, "Ringing"), UAS, clock.advance(0.01), wire)
+    actions = run_timers(core, start + 181, wire)
+    assert wire.last_to(UAS).method == "CANCEL"
+    assert wire.statuses_to(UAC)[-1] == 408
+    assert [a.reason for a in actions if isinstance(a, DialogEnded)] == ["timer_c"]
+    run_timers(core, start + 400, wire)
+    assert core.transaction_count == 0 and core.dialog_count == 0
+
+
+def test_each_provisional_restarts_timer_c(core, clock) -> None:
+    wire = Wire()
+    start = clock.now
+    feed(core, request(), UAC, start, wire)
+    fwd = wire.last_to(UAS)
+    feed(core, response_to(fwd, 180, "Ringing"), UAS, start + 0.01, wire)
+    run_timers(core, start + 170, wire)
+    feed(core, response_to(fwd, 183, "Progress"), UAS, start + 170, wire)
+    run_timers(core, start + 300, wire)
+    assert 408 not in wire.statuses_to(UAC)
+
+
+def test_bye_ends_the_dialog_and_all_state_is_freed(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    assert core.dialog_count == 1
+    feed(core, in_dialog("ACK", "z9hG4bK-ack", 1), UAC, clock.advance(0.01), wire)
+    actions = feed(core, in_dialog("BYE", "z9hG4bK-bye", 2), UAC, clock.advance(5), wire)
+    ended = [a for a in actions if isinstance(a, DialogEnded)]
+    assert [e.reason for e in ended] == ["bye"] and ended[0].duration_s == pytest.approx(5.0, abs=0.1)
+    feed(core, response_to(wire.last_to(UAS), 200, "OK"), UAS, clock.advance(0.01), wire)
+    assert core.dialog_count == 0
+    run_timers(core, clock.now + 100, wire)
+    assert core.transaction_count == 0
+
+
+def test_lost_bye_ends_the_dialog_at_the_dialog_timeout(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    actions = run_timers(core, clock.now + 59, wire)
+    assert not [a for a in actions if isinstance(a, DialogEnded)]
+    actions = run_timers(core, clock.now + 61, wire)
+    assert [a.reason for a in actions if isinstance(a, DialogEnded)] == ["timeout"]
+    assert core.dialog_count == 0
+
+
+def test_in_dialog_requests_refresh_the_dialog_timeout(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    feed(core, in_dialog("INVITE", "z9hG4bK-re", 2), UAC, clock.advance(50), wire)
+    actions = run_timers(core, clock.now + 55, wire)
+    assert not [a for a in actions if isinstance(a, DialogEnded)]
+
+
+def test_reinvite_is_proxied_without_a_new_dialog(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    actions = feed(core, in_dialog("INVITE", "z9hG4bK-re", 2), UAC, clock.advance(1), wire)
+    assert not [a for a in actions if isinstance(a, DialogStarted)]
+    reinv = wire.last_to(UAS)
+    assert reinv.method == "INVITE" and reinv.to_tag == "uas-tag"
+    feed(core, response_to(reinv, 200, "OK"), UAS, clock.advance(0.01), wire)
+    assert wire.statuses_to(UAC)[-1] == 200 and core.dialog_count == 1
+
+
+def test_malformed_request_gets_400_and_the_core_keeps_serving(core, clock) -> None:
+    wire = Wire()
+    feed(core, request().replace(b"Content-Length: 0", b"Content-Length: zero"), UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [400]
+    assert "Content-Length" in (parse(wire.sent[0].data).get("warning") or "")
+    # a request whose CSeq is broken cannot get a well-formed answer: dropped
+    feed(core, request().replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE"), UAC, clock.now, wire)
+    feed(core, b"\x00garbage\r\n\r\n", UAC, clock.now, wire)
+    assert len(wire.sent) == 1 and core.stats.drops["malformed"] == 2
+    feed(core, request(call_id="c2"), UAC, clock.now, wire)
+    assert wire.last_to(UAS).method == "INVITE"
+
+
+def test_oversized_request_gets_513(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(body=b"x" * 20000), UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [513] and wire.to(UAS) == []
+
+
+def test_keepalive_crlf_is_ignored(core, clock) -> None:
+    wire = Wire()
+    assert feed(core, b"\r\n\r\n", UAC, clock.now, wire) == []
+    assert core.stats.parse_errors.total() == 0
+
+
+# ---------------------------------------------------------------- IPv6 and double Record-Route
+def test_ipv4_to_ipv6_gets_two_record_routes() -> None:
+    policy = load_text("""
+service:
+  listen: ["udp:127.0.0.1:5060", "udp:[::1]:5060"]
+  upstreams: {uas: "sip:[::1]:5063"}
+accounts:
+  a: {match: {sources: ["127.0.0.2/32"]}, upstream: uas}
+""")
+    core = ProxyCore([Local("udp", "127.0.0.1", 5060), Local("udp", "::1", 5060)], Engine(policy), TimerConfig())
+    wire = Wire()
+    feed(core, request(), UAC, 0.0, wire)
+    uas6 = Peer("udp", "::1", 5063)
+    fwd = wire.last_to(uas6)
+    assert fwd.vias[0].host == "[::1]"
+    rr = fwd.get_all("record-route")
+    assert rr == ["<sip:[::1]:5060;lr>", "<sip:127.0.0.1:5060;lr>"]
+    # the response goes back over IPv4 to the caller
+    feed(core, response_to(fwd, 200, "OK"), uas6, 0.1, wire)
+    assert wire.statuses_to(UAC) == [100, 200]
+    # a BYE from the callee with both routes pops both of ours
+    bye = ("BYE sip:uac@127.0.0.2:5062 SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:5063;branch=z9hG4bK-6b\r\n"
+           "Route: <sip:[::1]:5060;lr>, <sip:127.0.0.1:5060;lr>\r\n"
+           "From: <sip:x@[::1]>;tag=uas-tag\r\nTo: <sip:y@127.0.0.2>;tag=ft1\r\nCall-ID: call-1@127.0.0.2\r\n"
+           "CSeq: 9 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    feed(core, bye, uas6, 0.2, wire)
+    out = wire.last_to(UAC)
+    assert out.method == "BYE" and out.get_all("route") == []
+
+
+def test_name_addr_helper_reads_display_and_params() -> None:
+    na = parse_name_addr('"Alice" <sip:alice@example.com;transport=udp>;tag=abc;x')
+    assert na.display == '"Alice"' and na.tag == "abc" and na.param("x") == ""

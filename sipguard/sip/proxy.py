@@ -350,10 +350,9 @@ class ProxyCore:
         key = self._server_key(req, method)
         txn = self._txns.get(key)
         if txn is not None:  # retransmission: absorb, resend our last response
+            self.stats.drops["retransmission"] += 1
             if txn.last_response is not None and txn.server is not ServerState.ACCEPTED:
                 out.append(Send(txn.last_response, txn.reply_to, method, txn.last_status))
-            else:
-                self.stats.drops["retransmission"] += 1
             return
 
         reply_to = self._reply_address(top, source)

@@ -1,0 +1,240 @@
+"""Real parts on loopback: sipguard as a subprocess, SIPp, PJSUA2.
+
+Each party has its own loopback address: UAC 127.0.0.2, UAS 127.0.0.3, a second
+caller 127.0.0.4, sipguard 127.0.0.1.  Every wait is bounded; every subprocess
+is killed at the end.  A missing tool fails under CI=true and skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).parents[2]
+SCENARIOS = ROOT / "sipp_scenarios"
+UAC_IP, UAS_IP, CALLER2_IP, PROXY_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.1"
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{tool} is required in CI but is not installed", pytrace=False)
+        pytest.skip(f"{tool} not installed")
+    return path
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sipguard:
+    proc: subprocess.Popen[bytes]
+    sip_port: int
+    admin_port: int
+    policy: Path
+    decision_log: Path
+    log: Path
+
+    def http(self, path: str, method: str = "GET") -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample as 'name{label="v",...}' -> value."""
+        _status, text = self.http("/metrics")
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
+
+    def metric(self, name: str, default: float = 0.0) -> float:
+        return self.metrics().get(name, default)
+
+    def wait_metric(self, name: str, value: float, timeout_s: float = 20.0) -> float:
+        """Poll until the metric equals value (bounded); returns the last value seen."""
+        deadline = time.monotonic() + timeout_s
+        seen = self.metric(name)
+        while seen != value and time.monotonic() < deadline:
+            time.sleep(0.2)
+            seen = self.metric(name)
+        return seen
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+TEST_POLICY = """
+service:
+  listen: ["udp:127.0.0.1:{sip_port}"]
+  admin: "127.0.0.1:{admin_port}"
+  upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}
+  dialog_timeout_s: {dialog_timeout_s}
+  sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000, timer_c_s: 2}}
+accounts:
+  office:
+    match: {{sources: ["127.0.0.2/32", "127.0.0.4/32"]}}
+    upstream: uas
+"""
+
+
+@pytest.fixture
+def sipguard_factory(tmp_path: Path) -> Iterator:
+    procs: list[Sipguard] = []
+
+    def start(policy_text: str | None = None, *, uas_port: int | None = None, dialog_timeout_s: int = 60,
+              **fmt: object) -> Sipguard:
+        sip_port = free_udp_port()
+        admin_port = free_tcp_port()
+        uas_port = uas_port or free_udp_port(UAS_IP)
+        text = (policy_text or TEST_POLICY).format(sip_port=sip_port, admin_port=admin_port, uas_port=uas_port,
+                                                  dialog_timeout_s=dialog_timeout_s, **fmt)
+        policy = tmp_path / f"policy-{sip_port}.yaml"
+        policy.write_text(text)
+        decision_log = tmp_path / f"decisions-{sip_port}.jsonl"
+        log = tmp_path / f"sipguard-{sip_port}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sipguard", "run", "--policy", str(policy), "--decision-log", str(decision_log)],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        sg = Sipguard(proc, sip_port, admin_port, policy, decision_log, log)
+        sg.uas_port = uas_port  # type: ignore[attr-defined]
+        procs.append(sg)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"sipguard exited: {log.read_text()}")
+            try:
+                if sg.http("/healthz")[0] == 200:
+                    return sg
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"sipguard did not come up: {log.read_text()}")
+
+    yield start
+    for sg in procs:
+        if sg.proc.poll() is None:
+            sg.proc.terminate()
+            try:
+                sg.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                sg.proc.kill()
+                sg.proc.wait()
+
+
+@pytest.fixture
+def sipguard(sipguard_factory) -> Sipguard:
+    return sipguard_factory()
+
+
+@dataclass
+class SippRun:
+    returncode: int
+    stdout: str
+    workdir: Path
+    errors: str = field(default="")
+
+    def stat(self, name: str) -> int:
+        """A cumulative counter from SIPp's final screen ('Successful call', 'Failed call')."""
+        for line in self.stdout.splitlines():
+            if line.strip().startswith(name):
+                return int(line.split("|")[2].strip())
+        raise AssertionError(f"no {name!r} in SIPp output:\n{self.stdout[-2000:]}")
+
+
+class Sipp:
+    """Starts SIPp processes (UAS in the background, UAC in the foreground), bounded and killed."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = require("sipp")
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _cmd(self, scenario: str, ip: str, port: int, *extra: str) -> list[str]:
+        return [self.binary, "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port), "-nostdin",
+                "-trace_err", "-max_socket", "64", *extra]
+
+    def uas(self, scenario: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
+        out = open(self.workdir / f"uas-{port}.out", "wb")
+        proc = subprocess.Popen(self._cmd(scenario, UAS_IP, port, *extra), stdout=out, stderr=subprocess.STDOUT,
+                                cwd=self.workdir)
+        self.procs.append(proc)
+        _wait_udp_bound(UAS_IP, port)
+        return proc
+
+    def uac(self, scenario: str, target_port: int, *extra: str, ip: str = UAC_IP, port: int | None = None,
+            timeout_s: float = 120) -> SippRun:
+        port = port or free_udp_port(ip)
+        cmd = self._cmd(scenario, ip, port, *extra) + [f"127.0.0.1:{target_port}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.procs.append(proc)
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError(f"SIPp UAC {scenario} did not finish in {timeout_s}s:\n{out.decode()[-3000:]}")
+        errors = "".join(p.read_text(errors="replace")[:4000] for p in self.workdir.glob("*errors.log"))
+        return SippRun(proc.returncode, out.decode(errors="replace"), self.workdir, errors)
+
+    def wait(self, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("SIPp UAS did not finish in time") from None
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_udp_bound(ip: str, port: int, timeout_s: float = 5.0) -> None:
+    """Bounded wait until something holds ip:port (a bind then fails)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((ip, port))
+            except OSError:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing bound {ip}:{port}")
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[Sipp]:
+    runner = Sipp(tmp_path)
+    yield runner
+    runner.close()

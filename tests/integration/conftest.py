@@ -37,7 +37,7 @@ def require(tool: str) -> str:
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -191,9 +191,9 @@ class Sipp:
         return proc
 
     def uac(self, scenario: str, target_port: int, *extra: str, ip: str = UAC_IP, port: int | None = None,
-            timeout_s: float = 120) -> SippRun:
+            timeout_s: float = 120, target_host: str = "127.0.0.1") -> SippRun:
         port = port or free_udp_port(ip)
-        cmd = self._cmd(scenario, ip, port, *extra) + [f"127.0.0.1:{target_port}"]
+        cmd = self._cmd(scenario, ip, port, *extra) + [f"{target_host}:{target_port}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.workdir)
         self.procs.append(proc)
         try:

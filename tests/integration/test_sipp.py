@@ -96,3 +96,30 @@ def test_unknown_source_gets_403_and_is_logged(sipguard: Sipguard, sipp: Sipp) -
     lines = [json.loads(line) for line in sipguard.decision_log.read_text().splitlines()]
     assert len(lines) == 3 and all(r["reason"] == "unknown source" and r["status"] == 403 for r in lines)
     assert lines[0]["evidence"] == {"source": "127.0.0.9"} and lines[0]["call_id"]
+
+
+IPV6_POLICY = """
+service:
+  listen: ["udp:127.0.0.1:{sip_port}", "udp:[::1]:{sip_port}"]
+  admin: "127.0.0.1:{admin_port}"
+  upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}
+  sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000}}
+accounts:
+  v6office:
+    match: {{sources: ["::1/128"]}}
+    upstream: uas
+"""
+
+
+def test_ipv6_caller_to_ipv4_callee_with_double_record_route(sipguard_factory, sipp: Sipp) -> None:
+    sg = sipguard_factory(IPV6_POLICY)
+    uas = sipp.uas("basic/uas.xml", sg.uas_port, "-m", "50", "-trace_msg")
+    run = sipp.uac("basic/uac.xml", sg.sip_port, "-s", CALLEE, "-r", "50", "-m", "50", "-d", "100",
+                   ip="::1", port=free_udp_port("::1"), target_host="[::1]")
+    assert run.returncode == 0, run.stdout[-3000:] + run.errors
+    assert sipp.wait(uas) == 0
+    trace = "".join(p.read_text() for p in run.workdir.glob("*_messages.log"))
+    # RFC 5658: one Record-Route per side, so each side's route set reaches its own family
+    assert f"Record-Route: <sip:127.0.0.1:{sg.sip_port};lr>\nRecord-Route: <sip:[::1]:{sg.sip_port};lr>" in trace
+    assert sg.metric('sipguard_dialogs_ended_total{reason="bye"}') == 50
+    _assert_clean(sg)

@@ -29,7 +29,7 @@ from .sip.message import Request, ip_literal
 from .sip.proxy import Local, ProxyCore
 from .sip.timers import TimerConfig
 from .state import ChannelClaim, InMemoryStore
-from .transport.udp import UdpListener, parse_listen
+from .transport import Transport, UdpListener, parse_listen
 
 __all__ = ["Server", "timer_config"]
 
@@ -100,8 +100,8 @@ class Server:
             decision_stream = self._decision_file
         self.decisions = DecisionLog(decision_stream or sys.stderr)
         self.store = InMemoryStore()
-        self.listeners: list[UdpListener] = []
-        self._by_family: dict[tuple[str, int], UdpListener] = {}
+        self.listeners: list[Transport] = []
+        self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None

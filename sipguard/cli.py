@@ -1,4 +1,4 @@
-"""The command line: ``sipguard run``, ``sipguard check``.  The only place that exits."""
+"""The command line: ``sipguard run``, ``check``, ``channels``.  The only place that exits."""
 
 from __future__ import annotations
 
@@ -70,6 +70,34 @@ def _check(args: argparse.Namespace) -> int:
     return status
 
 
+def _channels(args: argparse.Namespace) -> int:
+    from .policy.channels import channel_limit
+
+    try:
+        policy = load(args.file)
+    except PolicyError as err:
+        for problem in err.problems:
+            print(problem)
+        return 1
+    except OSError as err:
+        print(f"{args.file}: {err.strerror}")
+        return 1
+    accounts = [a for a in policy.accounts if args.account in (None, a.name)]
+    if not accounts:
+        print(f"no account named {args.account!r} in {args.file}")
+        return 1
+    service = policy.service
+    for account in accounts:
+        limit = channel_limit(account, service.channel_bands, service.channel_rounding)
+        print(f"{account.name} ({account.kind}): {limit.limit} channels, {limit.users} billable users")
+        print(f"  how: {limit.explanation}")
+        for entry in limit.entries:
+            mark = f"{entry.users} user{'s' if entry.users != 1 else ''}"
+            print(f"  {mark:>8}  {entry.name} [{entry.kind}]: {entry.reason}")
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sipguard", description="SIP edge policy enforcer")
     parser.add_argument("--version", action="version", version=f"sipguard {__version__}")
@@ -86,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate policy files without starting")
     check.add_argument("files", nargs="+")
     check.set_defaults(func=_check)
+    channels = sub.add_parser("channels", help="who counts as a user, and the channel limit per account")
+    channels.add_argument("file")
+    channels.add_argument("account", nargs="?")
+    channels.set_defaults(func=_channels)
     return parser
 
 

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from .sip.proxy import ProxyCore
 
-__all__ = ["Metrics", "CoreCollector"]
+__all__ = ["Metrics", "CoreCollector", "ChannelsCollector"]
 
 
 class CoreCollector(Collector):
@@ -54,12 +54,31 @@ class CoreCollector(Collector):
         yield GaugeMetricFamily("sipguard_dialogs", "Dialogs (calls) in memory", value=core.dialog_count)
 
 
+class ChannelsCollector(Collector):
+    """Active channels and the limit per account, read from the store and the policy at scrape time."""
+
+    def __init__(self, read: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        active = GaugeMetricFamily("sipguard_channels_active", "Calls holding a channel, per account",
+                                   labels=["account"])
+        limit = GaugeMetricFamily("sipguard_channels_limit", "Channel limit per account", labels=["account"])
+        for account, n_active, n_limit in self._read():
+            active.add_metric([account], n_active)
+            limit.add_metric([account], n_limit)
+        yield active
+        yield limit
+
+
 class Metrics:
     """The server's own metrics, registered in ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry, core: Callable[[], ProxyCore]) -> None:
+    def __init__(self, registry: CollectorRegistry, core: Callable[[], ProxyCore],
+                 channels: Callable[[], Iterable[tuple[str, int, int]]] = tuple) -> None:
         self.registry = registry
         registry.register(CoreCollector(core))
+        registry.register(ChannelsCollector(channels))
         self.decisions = Counter("sipguard_decisions", "Policy decisions, by rule and outcome",
                                  ["rule", "outcome"], registry=registry)
         self.dialogs_started = Counter("sipguard_dialogs_started", "Dialogs admitted, by direction",
@@ -72,5 +91,11 @@ class Metrics:
             "sipguard_policy_decision_seconds", "Time one policy decision takes",
             buckets=(2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3), registry=registry,
         )
+        self.emergency_calls = Counter("sipguard_emergency_calls", "Emergency calls, by location and caller ID",
+                                       ["location", "caller_id"], registry=registry)
+        self.fax_calls = Counter("sipguard_fax_calls", "Calls offering T.38 fax, per account", ["account"],
+                                 registry=registry)
+        self.clid_rewrites = Counter("sipguard_clid_rewrites", "Caller IDs rewritten, by rule", ["rule"],
+                                     registry=registry)
         self.internal_errors = Counter("sipguard_internal_errors", "Bugs caught by the transport guard",
                                        registry=registry)

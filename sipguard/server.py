@@ -23,7 +23,7 @@ from .config import Settings
 from .decisionlog import DecisionLog
 from .metrics import Metrics
 from .policy import Engine, Policy, PolicyError, load
-from .policy.decision import Decision, Verdict
+from .policy.decision import Decision, Mode, Verdict
 from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Send, Settle
 from .sip.message import Request, ip_literal
 from .sip.proxy import Local, ProxyCore
@@ -84,6 +84,9 @@ class _TimedRouter:
     def is_known(self, source: Peer) -> bool:
         return self.engine.is_known(source)
 
+    def in_dialog(self, request: Request, account: str | None) -> tuple[object, ...]:
+        return self.engine.in_dialog(request, account)
+
 
 class Server:
     """One sipguard process.  ``await start()``, then ``await serve_forever()`` or ``stop()``."""
@@ -93,13 +96,14 @@ class Server:
         self.settings = settings
         self.policy = load(settings.policy_path)  # PolicyError propagates: nothing started yet
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry, lambda: self.core)
+        self.metrics = Metrics(self.registry, lambda: self.core, self._channel_rows)
         self._decision_file: TextIO | None = None
         if decision_stream is None and settings.decision_log:
             self._decision_file = open(settings.decision_log, "a", encoding="utf-8")  # noqa: SIM115
             decision_stream = self._decision_file
         self.decisions = DecisionLog(decision_stream or sys.stderr)
         self.store = InMemoryStore()
+        self.engine = Engine(self.policy)
         self.listeners: list[Transport] = []
         self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
@@ -142,7 +146,7 @@ class Server:
             self._close_listeners()
             raise
         self.core = ProxyCore(
-            locals_, _TimedRouter(Engine(self.policy), self.metrics), timer_config(self.policy),
+            locals_, _TimedRouter(self.engine, self.metrics), timer_config(self.policy),
             max_message_bytes=service.max_message_bytes, aliases=aliases,
         )
         admin = self.settings.admin or service.admin
@@ -222,18 +226,44 @@ class Server:
         decision = action.decision
         if not isinstance(decision, Decision):
             return
-        self.metrics.decisions.labels(decision.rule, decision.verdict.value).inc()
-        if decision.verdict is not Verdict.ALLOW:
-            self.decisions.write(decision, action.call_id, action.account)
+        self._record(decision, action.call_id, action.account)
+
+    def _record(self, decision: Decision, call_id: str, account: str | None) -> None:
+        m = self.metrics
+        m.decisions.labels(decision.rule, decision.verdict.value).inc()
+        if decision.rule == "emergency":
+            ev = dict(decision.evidence)
+            m.emergency_calls.labels(str(ev.get("location")), str(ev.get("caller_id_action"))).inc()
+        elif decision.rule == "fax":
+            m.fax_calls.labels(account or "").inc()
+        if decision.verdict is Verdict.REWRITE and decision.mode is Mode.ENFORCE:
+            m.clid_rewrites.labels(decision.rule).inc()
+        if decision.logged:
+            self.decisions.write(decision, call_id, account)
 
     def _settle(self, action: Settle) -> None:
         claim = action.claim
-        granted = isinstance(claim, ChannelClaim) and self.store.claim_now(claim)
+        if not isinstance(claim, ChannelClaim):
+            raise TypeError(f"unknown claim {claim!r}")
+        granted = self.store.claim_now(claim)
+        active = self.store.active_now(claim.account)
+        call_id = claim.call_key.rsplit(";", 1)[0]
+        if not granted:
+            self._record(Decision(Verdict.REJECT, "channel_limit", f"channel limit of {claim.limit} reached",
+                                  claim.account, (("active", active), ("limit", claim.limit)),
+                                  status=self.policy.service.reject.channel_limit), call_id, claim.account)
+        elif active > claim.limit and not claim.emergency:
+            self._record(Decision(Verdict.REJECT, "channel_limit", f"over the channel limit of {claim.limit}",
+                                  claim.account, (("active", active), ("limit", claim.limit)), Mode.SHADOW,
+                                  status=self.policy.service.reject.channel_limit), call_id, claim.account)
         loop = self._loop
         assert loop is not None
         more = self.core.settled(action.ticket, granted, loop.time())
         if more:
             self._carry_out(more)
+
+    def _channel_rows(self) -> list[tuple[str, int, int]]:
+        return [(name, self.store.active_now(name), limit) for name, limit in self.engine.limits().items()]
 
     def _arm_timer(self) -> None:
         at = self.core.next_deadline()
@@ -274,7 +304,8 @@ class Server:
             log.error("policy reload refused: %s", err)
             return [str(err)]
         self.policy = policy
-        self.core.set_router(_TimedRouter(Engine(policy), self.metrics))
+        self.engine = Engine(policy)
+        self.core.set_router(_TimedRouter(self.engine, self.metrics))
         self.core.set_dialog_timeout(policy.service.dialog_timeout_s)
         self.metrics.reloads.labels("applied").inc()
         log.info("policy reloaded from %s", self.settings.policy_path)

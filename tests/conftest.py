@@ -21,8 +21,11 @@ service:
   dialog_timeout_s: 60
 accounts:
   a:
+    kind: trunk
+    channels: 100
     match: {sources: ["127.0.0.2/32"]}
     upstream: uas
+    numbers: [{range: "+3228807240-+3228807249"}]
 """
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sipguard.sip import Peer, ProxyCore, Send, parse
+from sipguard.sip import DialogEnded, Peer, ProxyCore, Send, Settle, parse
 from sipguard.sip.message import Request, Response
 
 UAC = Peer("udp", "127.0.0.2", 5062)
@@ -85,13 +85,27 @@ class Wire:
         self.sent.clear()
 
 
-def feed(core: ProxyCore, data: bytes, source: Peer, now: float, wire: Wire) -> list:
+def settle(core: ProxyCore, actions: list, now: float, wire: Wire, store=None) -> list:
+    """Do what the server does with claims: settle them (in ``store``, else grant), release on dialog end."""
+    out = list(actions)
+    for action in actions:
+        if isinstance(action, Settle):
+            granted = store.claim_now(action.claim) if store is not None else True
+            more = core.settled(action.ticket, granted, now)
+            wire.sent.extend(a for a in more if isinstance(a, Send))
+            out.extend(settle(core, more, now, wire, store))
+        elif isinstance(action, DialogEnded) and store is not None and action.claim is not None:
+            store.release_now(action.claim)
+    return out
+
+
+def feed(core: ProxyCore, data: bytes, source: Peer, now: float, wire: Wire, store=None) -> list:
     actions = core.receive(data, source, now)
     wire.sent.extend(a for a in actions if isinstance(a, Send))
-    return actions
+    return settle(core, actions, now, wire, store)
 
 
-def run_timers(core: ProxyCore, until: float, wire: Wire, max_steps: int = 10000) -> list:
+def run_timers(core: ProxyCore, until: float, wire: Wire, max_steps: int = 10000, store=None) -> list:
     """Fire every deadline up to ``until`` (bounded)."""
     actions: list = []
     for _ in range(max_steps):
@@ -100,7 +114,7 @@ def run_timers(core: ProxyCore, until: float, wire: Wire, max_steps: int = 10000
             return actions
         step = core.on_timer(at)
         wire.sent.extend(a for a in step if isinstance(a, Send))
-        actions.extend(step)
+        actions.extend(settle(core, step, at, wire, store))
     raise AssertionError("timers did not settle")
 
 

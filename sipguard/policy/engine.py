@@ -1,32 +1,78 @@
 """The policy engine: implements the core's Router hook over a loaded Policy.
 
-Attribution (SPEC §3): an out-of-dialog request is outbound when its source
-address is in an account's ``match.sources`` (else, when its From domain is in
-an account's ``match.domains``); inbound when it comes from a configured
-upstream.  Anything else is an unknown source: ``reject.unknown_source``.
+``admit`` decides a new out-of-dialog request in a fixed order:
 
-Routing: outbound requests go to the account's upstream (the Request-URI is
-left as the caller wrote it, the upstream is the next hop).  Inbound requests
-go by the Request-URI when it names another host, else to the ``deliver_to``
-of the account whose number block holds the called number.
+1. attribution (SPEC §3): outbound when the source address is in an account's
+   ``match.sources`` (else its From domain in ``match.domains``); inbound when it
+   comes from an upstream; otherwise an unknown source -> ``reject.unknown_source``;
+2. for an INVITE: emergency (SPEC §4.4) — the caller ID is kept or rewritten to
+   the caller's site, and no later rule may block the call; otherwise caller-ID
+   screening (§4.2) of outbound calls;
+3. fax (§4.5): a T.38 offer is recognised and counted, never blocked;
+4. channels (§4.1): every admitted INVITE, inbound or outbound, carries a
+   ChannelClaim that the server settles in the state store; a refused claim
+   becomes ``reject.channel_limit`` with a Warning naming the limit.
 
-Pure: reads only the policy and its arguments (a per-source lookup cache is a
-memo of the policy, rebuilt with it).
+Each rule has a mode per account (enforce | shadow | off): shadow records what
+enforce would have done and lets the call through unchanged.
+
+Pure: reads only the policy and its arguments; lookup tables built from the
+policy are memos, rebuilt with it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+from dataclasses import dataclass
 
 from ..sip.actions import Admission, Peer, Reject
-from ..sip.message import Request, ip_literal, parse_name_addr, parse_uri
 from ..sip.errors import ParseError
-from .decision import Decision, Verdict
-from .model import Account, Network, Policy
+from ..sip.message import Request, ip_literal, parse_name_addr, parse_uri
+from ..sip.serializer import Edit, RemoveAll, SetHeader
+from ..state.base import ChannelClaim
+from .callerid import screen
+from .channels import ChannelLimit, channel_limit
+from .decision import Decision, Mode, Verdict
+from .emergency import called_number, route_identity
+from .model import Account, Network, Policy, RuleMode
+from .numbers import NumberIndex, NumberPlan
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "AccountView", "is_t38"]
 
 _CACHE_MAX = 65536
+_URI_USER_RE = re.compile(r"(<?\s*(?:sips?|tel):)([^@;>]*@)?")
+
+
+def is_t38(body: bytes) -> bool:
+    """A T.38 fax offer in an SDP body (m=image ... udptl t38)."""
+    if b"m=image" not in body:
+        return False
+    return b"t38" in body.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    account: Account
+    limit: ChannelLimit
+    sip_users: frozenset[str]
+
+
+def _identity_uri(number: str, request: Request) -> str:
+    try:
+        host = parse_uri(parse_name_addr(request.get("from") or "").uri).host
+    except ParseError:
+        host = "invalid"
+    return f"<sip:{number}@{host};user=phone>"
+
+
+def _with_user(from_value: str, number: str) -> str:
+    """The From value with its URI user replaced (tag and parameters kept)."""
+
+    def repl(m: re.Match[str]) -> str:
+        return f"{m.group(1)}{number}@" if "tel:" not in m.group(1) else f"{m.group(1)}{number}"
+
+    return _URI_USER_RE.sub(repl, from_value, count=1)
 
 
 class Engine:
@@ -34,19 +80,30 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        service = policy.service
+        self.plan = NumberPlan(service.country)
+        self.emergency_numbers = frozenset(service.emergency_numbers)
         self._nets: list[tuple[Network, Account]] = [(n, a) for a in policy.accounts for n in a.sources]
-        # most specific network first
-        self._nets.sort(key=lambda na: na[0].prefixlen, reverse=True)
+        self._nets.sort(key=lambda na: na[0].prefixlen, reverse=True)  # most specific first
         self._domains = {d: a for a in policy.accounts for d in a.domains}
-        self._upstream_hosts = {p.host for p in policy.service.upstreams.values()}
+        self._upstream_hosts = {p.host for p in service.upstreams.values()}
         self._by_source: dict[str, Account | None] = {}
-        self._accounts = {a.name: a for a in policy.accounts}
-        self._numbers = sorted(
-            ((b.first, b.last, a) for a in policy.accounts for b in a.numbers), key=lambda t: t[0]
-        )
+        self.views = {
+            a.name: AccountView(
+                a, channel_limit(a, service.channel_bands, service.channel_rounding),
+                frozenset(u for entry in (*a.users, *a.devices) for u in entry.sip_users),
+            )
+            for a in policy.accounts
+        }
+        self.index = NumberIndex((b, a) for a in policy.accounts for b in a.numbers)
 
+    # ------------------------------------------------------------------ lookups
     def account(self, name: str) -> Account | None:
-        return self._accounts.get(name)
+        view = self.views.get(name)
+        return view.account if view else None
+
+    def limits(self) -> dict[str, int]:
+        return {name: view.limit.limit for name, view in self.views.items()}
 
     def account_for_source(self, host: str) -> Account | None:
         acc = self._by_source.get(host, False)
@@ -67,32 +124,37 @@ class Engine:
         self._by_source[host] = found
         return found
 
-    def account_for_number(self, e164: str) -> Account | None:
-        for first, last, account in self._numbers:
-            if len(first) == len(e164) and first <= e164 <= last:
-                return account
-        return None
+    def account_for_number(self, e164: str | None) -> Account | None:
+        found = self.index.find(e164)
+        return found[1] if found is not None else None  # type: ignore[return-value]
 
     def is_known(self, source: Peer) -> bool:
         return source.host in self._upstream_hosts or self.account_for_source(source.host) is not None
 
+    def is_emergency(self, request: Request) -> bool:
+        return self.plan.dialled(called_number(request)) in self.emergency_numbers
+
+    # ------------------------------------------------------------------ the hook
     def admit(self, request: Request, source: Peer, now: float) -> Admission:
         account = self.account_for_source(source.host)
         if account is None and self._domains:
             account = self._account_for_domain(request)
         if account is not None:
-            target = self.policy.service.upstreams[account.upstream]
-            decision = Decision(Verdict.ALLOW, "attribution", "outbound", account.name)
-            return Admission(target=target, account=account.name, direction="outbound", decision=decision)
+            return self._outbound(request, source, account)
         if source.host in self._upstream_hosts:
             return self._inbound(request)
         code = self.policy.service.reject.unknown_source
-        decision = Decision(
-            Verdict.REJECT, "attribution", "unknown source", None,
-            (("source", source.host),), status=code,
-        )
+        decision = Decision(Verdict.REJECT, "attribution", "unknown source", None,
+                            (("source", source.host),), status=code)
         warning = f'399 sipguard "source {source.host} belongs to no account"'
-        return Admission(reject=Reject(code, "Forbidden", (("warning", warning),)), decision=decision)
+        return Admission(reject=Reject(code, "Forbidden", (("warning", warning),)), decisions=(decision,))
+
+    def in_dialog(self, request: Request, account: str | None) -> tuple[Decision, ...]:
+        """Decisions about a request inside a dialog (a re-INVITE switching to T.38)."""
+        if request.method in ("INVITE", "UPDATE") and is_t38(request.body):
+            return (Decision(Verdict.FLAG, "fax", "T.38 fax offer in a re-INVITE", account,
+                             (("method", request.method),)),)
+        return ()
 
     def _account_for_domain(self, request: Request) -> Account | None:
         try:
@@ -101,28 +163,134 @@ class Engine:
             return None
         return self._domains.get(host)
 
+    def _outbound(self, request: Request, source: Peer, account: Account) -> Admission:
+        target = self.policy.service.upstreams[account.upstream]
+        if request.method != "INVITE":
+            return Admission(target=target, account=account.name, direction="outbound")
+        view = self.views[account.name]
+        decisions: list[Decision] = []
+        edits: list[Edit] = []
+        emergency = self.is_emergency(request)
+        if emergency:
+            self._emergency(request, source, account, decisions, edits)
+        else:
+            mode = account.mode("caller_id")
+            if mode is not RuleMode.OFF:
+                rejected = self._caller_id(request, view, mode, decisions, edits)
+                if rejected is not None:
+                    return Admission(account=account.name, reject=rejected, decisions=tuple(decisions))
+        self._fax(request, account, decisions, "outbound")
+        claim, claim_reject = self._claim(request, view, emergency)
+        return Admission(target=target, account=account.name, direction="outbound", edits=tuple(edits),
+                         claim=claim, claim_reject=claim_reject, emergency=emergency, decisions=tuple(decisions))
+
     def _inbound(self, request: Request) -> Admission:
         ruri = request.ruri
-        user = ruri.user if ruri is not None else None
-        account = self.account_for_number(_e164_guess(user)) if user else None
+        called = self.plan.normalize(called_number(request))
+        account = self.account_for_number(called)
+        target: Peer | None = None
         if account is not None and account.deliver_to is not None:
-            decision = Decision(Verdict.ALLOW, "attribution", "inbound", account.name)
-            return Admission(target=account.deliver_to, account=account.name, direction="inbound", decision=decision)
-        if ruri is not None and ruri.user is not None:
+            target = account.deliver_to
+        elif ruri is not None and ruri.user is not None:
             ip = ip_literal(ruri.host)
             if ip is not None:
                 transport = (ruri.param("transport") or "udp").lower()
                 target = Peer(transport, ip, ruri.port or 5060)
-                name = account.name if account is not None else None
-                decision = Decision(Verdict.ALLOW, "attribution", "inbound by Request-URI", name)
-                return Admission(target=target, account=name, direction="inbound", decision=decision)
-        decision = Decision(Verdict.REJECT, "attribution", "inbound for no known number", None, status=404)
-        return Admission(reject=Reject(404, "Not Found"), decision=decision)
+        if target is None:
+            decision = Decision(Verdict.REJECT, "attribution", "inbound for no known number", None,
+                                (("called", called),), status=404)
+            return Admission(reject=Reject(404, "Not Found"), decisions=(decision,))
+        name = account.name if account is not None else None
+        if request.method != "INVITE" or account is None:
+            return Admission(target=target, account=name, direction="inbound")
+        decisions: list[Decision] = []
+        self._fax(request, account, decisions, "inbound")
+        claim, claim_reject = self._claim(request, self.views[account.name], False)
+        return Admission(target=target, account=name, direction="inbound", claim=claim, claim_reject=claim_reject,
+                         decisions=tuple(decisions))
+
+    # ------------------------------------------------------------------ rules
+    def _caller_id(self, request: Request, view: AccountView, mode: RuleMode, decisions: list[Decision],
+                   edits: list[Edit]) -> Reject | None:
+        account = view.account
+        result = screen(request, account, self.plan, self.index, view.sip_users)
+        if result.ok:
+            if result.forwarded_by is not None:
+                decisions.append(Decision(Verdict.FLAG, "caller_id", result.reason, account.name, result.evidence,
+                                          Mode(mode.value)))
+            return None
+        code = self.policy.service.reject.caller_id
+        if account.on_caller_id_mismatch == "rewrite" and account.default_caller_id:
+            number = account.default_caller_id
+            decisions.append(Decision(Verdict.REWRITE, "caller_id", f"{result.reason}; rewritten to {number}",
+                                      account.name, (*result.evidence, ("rewritten_to", number)), Mode(mode.value)))
+            if mode is RuleMode.ENFORCE:
+                edits.extend(self._identity_edits(request, number))
+            return None
+        decisions.append(Decision(Verdict.REJECT, "caller_id", result.reason, account.name, result.evidence,
+                                  Mode(mode.value), status=code))
+        if mode is RuleMode.SHADOW:
+            return None
+        warning = f'399 sipguard "caller ID not allowed: {_quote(result.reason)}"'
+        return Reject(code, "Forbidden", (("warning", warning),))
+
+    def _identity_edits(self, request: Request, number: str) -> list[Edit]:
+        edits: list[Edit] = [
+            SetHeader("p-asserted-identity", _identity_uri(number, request)),
+            RemoveAll("p-preferred-identity"),
+            RemoveAll("remote-party-id"),
+        ]
+        if self.policy.service.rewrite_from:
+            edits.append(SetHeader("from", _with_user(request.get("from") or "", number)))
+        return edits
+
+    def _emergency(self, request: Request, source: Peer, account: Account, decisions: list[Decision],
+                   edits: list[Edit]) -> None:
+        outcome = route_identity(request, account, self.plan, self.index, source.host, account.default_caller_id)
+        mode = account.mode("emergency")
+        verified = outcome.site is not None
+        evidence = (
+            ("called", called_number(request)),
+            ("location", "verified" if verified else "unverified"),
+            ("located_by", outcome.how_located),
+            ("site", outcome.site.name if outcome.site else None),
+            ("address", outcome.site.address if outcome.site else None),
+            ("presented", outcome.presented),
+            ("caller_id", outcome.caller_id),
+            ("caller_id_action", "rewritten" if outcome.rewritten else "kept"),
+        )
+        if outcome.rewritten and outcome.caller_id:
+            reason = (f"emergency call: caller ID {outcome.presented} is not at the caller's address; "
+                      f"asserted {outcome.caller_id}")
+            verdict = Verdict.REWRITE
+            if mode is not RuleMode.SHADOW:  # never off: the law wants the right address
+                edits.extend(self._identity_edits(request, outcome.caller_id))
+        else:
+            reason = "emergency call: caller ID kept"
+            verdict = Verdict.ALLOW
+        if not verified:
+            reason += "; location unverified"
+            verdict = Verdict.FLAG if verdict is Verdict.ALLOW else verdict
+        decisions.append(Decision(verdict, "emergency", reason, account.name, evidence,
+                                  Mode.SHADOW if mode is RuleMode.SHADOW else Mode.ENFORCE))
+
+    @staticmethod
+    def _fax(request: Request, account: Account, decisions: list[Decision], direction: str) -> None:
+        if is_t38(request.body):
+            decisions.append(Decision(Verdict.FLAG, "fax", "T.38 fax offer: counted, not blocked", account.name,
+                                      (("direction", direction),)))
+
+    def _claim(self, request: Request, view: AccountView, emergency: bool) -> tuple[ChannelClaim | None, Reject | None]:
+        mode = view.account.mode("channel_limit")
+        if mode is RuleMode.OFF:
+            return None, None
+        limit = view.limit.limit
+        claim = ChannelClaim(view.account.name, limit, f"{request.call_id};{request.from_tag or ''}", emergency,
+                             enforce=mode is RuleMode.ENFORCE)
+        code = self.policy.service.reject.channel_limit
+        warning = f'399 sipguard "channel limit of {limit} reached for account {view.account.name}"'
+        return claim, Reject(code, "Busy Here" if code == 486 else "Channel Limit", (("warning", warning),))
 
 
-def _e164_guess(user: str) -> str:
-    """A called number as E.164 when it already is one (full normalisation: issue 3)."""
-    digits = user.split(";", 1)[0]
-    if digits.startswith("00"):
-        return "+" + digits[2:]
-    return digits
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', "'")[:200]

@@ -274,6 +274,11 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             if s not in ("floor", "round", "ceil"):
                 ctx.error(v, path, "must be floor, round or ceil")
             kw[key] = s
+        elif key == "rewrite_from":
+            value = ctx.scalar(v, path)
+            if not isinstance(value, bool):
+                ctx.error(v, path, "must be true or false")
+            kw[key] = value
         elif key == "dialog_timeout_s":
             kw[key] = ctx.number(v, path, minimum=1)
         elif key == "max_message_bytes":
@@ -295,7 +300,8 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
                 if val is not None:
                     tk[tkey] = val
             kw[key] = SipTimers(**tk)
-    if any(value is None and key not in ("advertise",) for key, value in kw.items()):
+    if any(value is None and key not in ("advertise",) for key, value in kw.items()) or \
+            any(key == "rewrite_from" and not isinstance(value, bool) for key, value in kw.items()):
         return None
     return Service(**kw)
 
@@ -330,7 +336,8 @@ def _bands(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[Band, ...]:
     return tuple(bands)
 
 
-_ACCOUNT_KEYS = ("kind", "match", "upstream", "deliver_to", "channels", "users", "devices", "sites", "numbers", "rules")
+_ACCOUNT_KEYS = ("kind", "match", "upstream", "deliver_to", "channels", "users", "devices", "sites", "numbers", "rules",
+                 "default_number", "on_caller_id_mismatch")
 
 
 def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account | None:
@@ -380,14 +387,38 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account
     rules: dict[str, RuleMode] = {}
     if "rules" in m:
         for rname, (_k, rv) in (ctx.mapping(m["rules"][1], f"{path}.rules", RULES) or {}).items():
-            mode = ctx.string(rv, f"{path}.rules.{rname}")
+            # YAML 1.1 reads a bare `off` as false: take it as the mode it was meant to be
+            mode = "off" if ctx.scalar(rv, f"{path}.rules.{rname}") is False else ctx.string(rv, f"{path}.rules.{rname}")
             try:
                 rules[rname] = RuleMode(mode)
             except ValueError:
                 ctx.error(rv, f"{path}.rules.{rname}", "must be enforce, shadow or off")
+    default_number = None
+    if "default_number" in m:
+        default_number = ctx.string(m["default_number"][1], f"{path}.default_number")
+        if default_number is not None and not _in_blocks(default_number, numbers):
+            ctx.error(m["default_number"][1], f"{path}.default_number", f"{default_number} is in none of the account's numbers")
+    mismatch = "reject"
+    if "on_caller_id_mismatch" in m:
+        mismatch = ctx.string(m["on_caller_id_mismatch"][1], f"{path}.on_caller_id_mismatch") or ""
+        if mismatch not in ("reject", "rewrite"):
+            ctx.error(m["on_caller_id_mismatch"][1], f"{path}.on_caller_id_mismatch", "must be reject or rewrite")
+    if "sites" in m:
+        for sname, (_k, sv) in (ctx.mapping(m["sites"][1], f"{path}.sites", None) or {}).items():
+            site = sites.get(sname)
+            if site is not None and site.emergency_caller_id and not _in_blocks(site.emergency_caller_id, numbers):
+                ctx.error(sv, f"{path}.sites.{sname}.emergency_caller_id",
+                          f"{site.emergency_caller_id} is in none of the account's numbers")
+    if kind == "trunk" and channels is None and not users:
+        ctx.error(node, f"{path}.channels", "a trunk needs its channels, or users to count them from")
     if len(ctx.problems) > before:
         return None
-    return Account(name, kind, sources, domains, upstream, deliver_to, channels, users, devices, sites, numbers, rules)
+    return Account(name, kind, sources, domains, upstream, deliver_to, channels, users, devices, sites, numbers, rules,
+                   default_number, mismatch)
+
+
+def _in_blocks(number: str, blocks: tuple[NumberBlock, ...]) -> bool:
+    return any(len(b.first) == len(number) and b.first <= number <= b.last for b in blocks)
 
 
 def _site(ctx: _Ctx, name: str, node: yaml.Node, path: str) -> Site | None:

@@ -79,6 +79,7 @@ class Service:
     reject: RejectCodes = RejectCodes()
     sip_timers: SipTimers = SipTimers()
     max_message_bytes: int = 16384
+    rewrite_from: bool = False  # rewrites of the caller ID change the From user too, not only PAI
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,17 @@ class Account:
     sites: dict[str, Site]
     numbers: tuple[NumberBlock, ...]
     rules: dict[str, RuleMode]
+    default_number: str | None = None  # E.164; default: the first number of the first block
+    on_caller_id_mismatch: str = "reject"  # reject | rewrite (to default_number)
+
+    def mode(self, rule: str) -> RuleMode:
+        return self.rules.get(rule, RuleMode.ENFORCE)
+
+    @property
+    def default_caller_id(self) -> str | None:
+        if self.default_number:
+            return self.default_number
+        return self.numbers[0].first if self.numbers else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,7 @@ class Admission:
     edits: header rewrites applied to the forwarded request;
     claim: an opaque channel claim the server settles before forwarding;
     claim_reject: the answer when the claim is refused;
-    decision: an opaque record the server logs / counts (Decided action).
+    decisions: opaque records the server logs / counts (one Decided action each).
     """
 
     target: Peer | None = None
@@ -113,7 +113,7 @@ class Admission:
     claim: object | None = None
     claim_reject: Reject | None = None
     emergency: bool = False
-    decision: object | None = None
+    decisions: tuple[object, ...] = ()
 
 
 class Router(Protocol):
@@ -125,4 +125,8 @@ class Router(Protocol):
 
     def is_known(self, source: Peer) -> bool:
         """Whether an in-dialog request from ``source`` may be relayed without a dialog we track."""
+        ...
+
+    def in_dialog(self, request: Request, account: str | None) -> tuple[object, ...]:
+        """Decisions to record about a request inside a dialog (never a rejection)."""
         ...

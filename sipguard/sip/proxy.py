@@ -399,8 +399,8 @@ class ProxyCore:
             return
 
         adm = self.router.admit(req, source, now)
-        if adm.decision is not None:
-            out.append(Decided(adm.decision, req.call_id, adm.account))
+        for decision in adm.decisions:
+            out.append(Decided(decision, req.call_id, adm.account))
         if adm.reject is not None or adm.target is None:
             if adm.silent:
                 self.stats.drops["policy"] += 1
@@ -589,6 +589,9 @@ class ProxyCore:
             assert key is not None and reply_to is not None
             self._local_reply(req, key, reply_to, 478 if remaining or req.ruri else 404, now, out)
             return
+        if dialog is not None and req.body:
+            for decision in self.router.in_dialog(req, dialog.account):
+                out.append(Decided(decision, req.call_id, dialog.account))
         if dialog is not None:
             if req.method == "BYE":
                 self._end_dialog(dialog, "bye", now, out)

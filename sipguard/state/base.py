@@ -19,6 +19,7 @@ class ChannelClaim:
     limit: int
     call_key: str
     emergency: bool = False
+    enforce: bool = True  # False in shadow mode: always admitted, counted, logged when over the limit
 
 
 class StoreUnavailable(Exception):
@@ -27,7 +28,7 @@ class StoreUnavailable(Exception):
 
 class StateStore(Protocol):
     async def claim(self, claim: ChannelClaim, now: float) -> bool:
-        """Add the call if the account is under its limit (always for emergency calls)."""
+        """Add the call if the account is under its limit (always for emergency and shadow claims)."""
         ...
 
     async def release(self, claim: ChannelClaim) -> None:

@@ -22,6 +22,9 @@ class Recorder:
     def is_known(self, source: Peer) -> bool:
         return True
 
+    def in_dialog(self, request: Request, account: str | None) -> tuple[object, ...]:
+        return ()
+
 
 def _core(router: Recorder) -> ProxyCore:
     return ProxyCore([Local("udp", "127.0.0.1", 5060)], router, TimerConfig())
@@ -29,7 +32,7 @@ def _core(router: Recorder) -> ProxyCore:
 
 def test_hook_can_reject_with_code_reason_and_headers() -> None:
     router = Recorder({"bad": Admission(reject=Reject(486, "Busy Here", (("warning", '399 sipguard "limit 2"'),)),
-                                        decision="nope")})
+                                        decisions=("nope",))})
     core, wire = _core(router), Wire()
     actions = feed(core, request(from_user="bad"), UAC, 0.0, wire)
     assert wire.statuses_to(UAC) == [486] and wire.to(UAS) == []
@@ -55,12 +58,13 @@ def test_a_claim_holds_the_invite_until_settled_and_a_refusal_rejects_it() -> No
     refuse = Reject(486, "Busy Here")
     router = Recorder({"c": Admission(target=UAS, account="a", claim="claim-1", claim_reject=refuse)})
     core, wire = _core(router), Wire()
-    actions = feed(core, request(from_user="c"), UAC, 0.0, wire)
+    actions = core.receive(request(from_user="c"), UAC, 0.0)  # not feed(): it would settle the claim
+    wire.sent.extend(a for a in actions if isinstance(a, Send))
     settle = [a for a in actions if isinstance(a, Settle)]
     assert len(settle) == 1 and wire.statuses_to(UAC) == [100] and wire.to(UAS) == []
     out = core.settled(settle[0].ticket, False, 0.1)
     assert [a.status for a in out] == [486]
-    actions = feed(core, request(from_user="c", call_id="c2", branch="z9hG4bK-2"), UAC, 0.2, wire)
+    actions = core.receive(request(from_user="c", call_id="c2", branch="z9hG4bK-2"), UAC, 0.2)
     ticket = next(a.ticket for a in actions if isinstance(a, Settle))
     out = core.settled(ticket, True, 0.3)
     assert any(isinstance(a, DialogStarted) for a in out)

@@ -404,7 +404,7 @@ service:
   listen: ["udp:127.0.0.1:5060", "udp:[::1]:5060"]
   upstreams: {uas: "sip:[::1]:5063"}
 accounts:
-  a: {match: {sources: ["127.0.0.2/32"]}, upstream: uas}
+  a: {match: {sources: ["127.0.0.2/32"]}, upstream: uas, rules: {caller_id: off, channel_limit: off}}
 """)
     core = ProxyCore([Local("udp", "127.0.0.1", 5060), Local("udp", "::1", 5060)], Engine(policy), TimerConfig())
     wire = Wire()

@@ -1,0 +1,85 @@
+"""Emergency calls (terms: Business Telephony 7, SIP Trunking 4).
+
+An emergency call must present a caller ID whose number block's postal address
+is the caller's real address.  The caller's site comes from its device or user
+(``site`` of the entry whose ``sip_users`` holds the From user), else from the
+site whose ``sources`` hold the source address.  When the presented number
+(P-Asserted-Identity, else From) is not at that site's address, the asserted
+identity becomes the site's ``emergency_caller_id``.  With no site (a roaming
+softphone, hot-desking), the call goes through with the presented number when it
+is the account's, else the account's default number, flagged unverified.
+Emergency calls are never blocked by any rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ..sip.message import Request
+from .model import Account, Site
+from .numbers import NumberIndex, NumberPlan, identity_of
+
+__all__ = ["EmergencyOutcome", "called_number", "locate", "route_identity"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyOutcome:
+    site: Site | None
+    how_located: str  # device | user | source | unverified
+    presented: str | None
+    caller_id: str | None  # what the call will assert
+    rewritten: bool
+
+
+def called_number(request: Request) -> str | None:
+    """The Request-URI user (or tel: number) without parameters."""
+    ruri = request.ruri
+    if ruri is not None:
+        user = ruri.user
+        return user.split(";", 1)[0] if user else None
+    if request.uri[:4].lower() == "tel:":
+        return request.uri[4:].split(";", 1)[0]
+    return None
+
+
+def locate(account: Account, from_user: str | None, source_host: str) -> tuple[Site | None, str]:
+    if from_user:
+        for device in account.devices:
+            if from_user in device.sip_users and device.site:
+                return account.sites[device.site], "device"
+        for user in account.users:
+            if from_user in user.sip_users and user.site:
+                return account.sites[user.site], "user"
+    try:
+        ip = ipaddress.ip_address(source_host)
+    except ValueError:
+        return None, "unverified"
+    best: tuple[int, Site] | None = None
+    for site in account.sites.values():
+        for net in site.sources:
+            if ip.version == net.version and ip in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, site)
+    if best is not None:
+        return best[1], "source"
+    return None, "unverified"
+
+
+def route_identity(request: Request, account: Account, plan: NumberPlan, index: NumberIndex,
+                   source_host: str, default_number: str | None) -> EmergencyOutcome:
+    _d, from_user = identity_of(request.get("from") or "")
+    pai = request.get("p-asserted-identity")
+    presented = plan.normalize(identity_of(pai)[1]) if pai else None
+    if presented is None:
+        presented = plan.normalize(from_user)
+    site, how = locate(account, from_user, source_host)
+    found = index.find(presented)
+    own = found is not None and found[1] is account
+    if site is None:
+        caller_id = presented if own else default_number
+        return EmergencyOutcome(None, how, presented, caller_id, caller_id != presented)
+    block_site = account.sites.get(found[0].site) if own and found[0].site else None  # type: ignore[union-attr]
+    if block_site is not None and block_site.address == site.address:
+        return EmergencyOutcome(site, how, presented, presented, False)
+    caller_id = site.emergency_caller_id or default_number
+    return EmergencyOutcome(site, how, presented, caller_id, caller_id != presented)

@@ -1,0 +1,150 @@
+"""Channels held by calls (SPEC §4.1) through the core, the engine and the in-memory store."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import UAC, UAS, Wire, feed, request, response_to, run_timers
+from sipguard.policy import Engine, load_text
+from sipguard.sip import Local, Peer, ProxyCore, TimerConfig, parse
+from sipguard.state import ChannelClaim, InMemoryStore
+
+POLICY = """
+service:
+  listen: ["udp:127.0.0.1:5060"]
+  upstreams: {uas: "sip:127.0.0.3:5063"}
+accounts:
+  t:
+    kind: trunk
+    channels: 2
+    match: {sources: ["127.0.0.2/32"]}
+    upstream: uas
+    deliver_to: "sip:127.0.0.2:5062"
+    numbers: [{range: "+3228807240-+3228807249"}]
+    rules: {channel_limit: MODE}
+"""
+UPSTREAM = Peer("udp", "127.0.0.3", 5063)
+
+
+class Harness:
+    def __init__(self, mode: str = "enforce") -> None:
+        self.store = InMemoryStore()
+        self.core = ProxyCore([Local("udp", "127.0.0.1", 5060)], Engine(load_text(POLICY.replace("MODE", mode))),
+                              TimerConfig(dialog_timeout_s=30))
+        self.wire = Wire()
+        self.now = 0.0
+
+    def invite(self, n: int, called: str = "+3250123400", source: Peer = UAC, **kw) -> list[int]:
+        before = len(self.wire.to(source))
+        feed(self.core, request(call_id=f"call-{n}", branch=f"z9hG4bK-{n}", from_tag=f"f{n}",
+                                ruri=f"sip:{called}@127.0.0.3", via_host=f"{source.host}:{source.port}", **kw),
+             source, self.now, self.wire, self.store)
+        return [s.status for s in self.wire.to(source)[before:]]
+
+    def answer(self, n: int, status: int = 200) -> None:
+        fwd = next(m for m in map(lambda s: parse(s.data), reversed(self.wire.to(UAS)))
+                   if m.call_id == f"call-{n}" and m.method == "INVITE")
+        feed(self.core, response_to(fwd, status, "X"), UAS, self.now, self.wire, self.store)
+
+    def bye(self, n: int) -> None:
+        feed(self.core, request("BYE", call_id=f"call-{n}", branch=f"z9hG4bK-bye-{n}", from_tag=f"f{n}",
+                                to_tag="uas-tag", cseq=2, ruri="sip:uas@127.0.0.3:5063",
+                                extra=["Route: <sip:127.0.0.1:5060;lr>"]), UAC, self.now, self.wire, self.store)
+
+    @property
+    def active(self) -> int:
+        return self.store.active_now("t")
+
+
+def test_limit_holds_n_calls_and_rejects_the_next_with_a_warning() -> None:
+    h = Harness()
+    assert h.invite(1) == [100] and h.invite(2) == [100]
+    h.answer(1), h.answer(2)
+    assert h.active == 2
+    statuses = h.invite(3)
+    assert statuses == [100, 486]
+    reply = parse(h.wire.to(UAC)[-1].data)
+    assert reply.get("warning") == '399 sipguard "channel limit of 2 reached for account t"'
+    h.bye(1)
+    assert h.active == 1
+    assert h.invite(4) == [100]
+
+
+def test_cancel_and_a_final_non_2xx_free_the_channel() -> None:
+    h = Harness()
+    h.invite(1), h.invite(2)
+    h.answer(1, 180)
+    feed(h.core, request("CANCEL", call_id="call-1", branch="z9hG4bK-1", from_tag="f1",
+                         ruri="sip:+3250123400@127.0.0.3"), UAC, h.now, h.wire, h.store)
+    cancel = parse(h.wire.to(UAS)[-1].data)
+    assert cancel.method == "CANCEL"
+    h.answer(1, 487)
+    assert h.active == 1
+    h.answer(2, 486)  # the UAS refuses call 2
+    assert h.active == 0
+    assert h.invite(3) == [100] and h.invite(4) == [100]
+
+
+def test_emergency_call_is_admitted_at_the_limit_and_holds_a_channel() -> None:
+    h = Harness()
+    h.invite(1), h.invite(2)
+    assert h.invite(3, called="112") == [100]
+    assert h.active == 3
+    assert h.invite(4) == [100, 486]
+
+
+def test_reinvite_holds_no_new_channel() -> None:
+    h = Harness()
+    h.invite(1)
+    h.answer(1)
+    feed(h.core, request(call_id="call-1", branch="z9hG4bK-re", from_tag="f1", to_tag="uas-tag", cseq=2,
+                         ruri="sip:uas@127.0.0.3:5063", extra=["Route: <sip:127.0.0.1:5060;lr>"]),
+         UAC, 1.0, h.wire, h.store)
+    assert h.active == 1
+
+
+def test_inbound_calls_count_too() -> None:
+    h = Harness()
+    h.invite(1)
+    assert h.invite(2, called="+3228807241", source=UPSTREAM) == [100]  # from the carrier, to the trunk
+    assert h.active == 2
+    assert h.invite(3, called="+3228807242", source=UPSTREAM) == [100, 486]
+
+
+def test_lost_bye_releases_at_the_dialog_timeout() -> None:
+    h = Harness()
+    h.invite(1), h.invite(2)
+    h.answer(1), h.answer(2)
+    assert h.invite(3) == [100, 486]
+    run_timers(h.core, h.now + 31, h.wire, store=h.store)
+    assert h.active == 0 and h.core.dialog_count == 0
+
+
+def test_shadow_mode_counts_but_does_not_reject() -> None:
+    h = Harness("shadow")
+    assert h.invite(1) == [100] and h.invite(2) == [100] and h.invite(3) == [100]
+    assert h.active == 3
+
+
+def test_off_mode_holds_nothing() -> None:
+    h = Harness("off")
+    h.invite(1)
+    assert h.active == 0
+
+
+def test_store_release_is_idempotent_and_a_claim_is_counted_once() -> None:
+    store = InMemoryStore()
+    claim = ChannelClaim("a", 1, "k1")
+    assert store.claim_now(claim) and store.claim_now(claim)  # the same call again: still one
+    assert store.active_now("a") == 1
+    store.release_now(claim)
+    store.release_now(claim)
+    assert store.active_now("a") == 0
+
+
+@pytest.mark.parametrize("emergency,enforce,admitted", [(False, True, False), (True, True, True),
+                                                        (False, False, True)])
+def test_store_claim_at_the_limit(emergency: bool, enforce: bool, admitted: bool) -> None:
+    store = InMemoryStore()
+    store.claim_now(ChannelClaim("a", 1, "first"))
+    assert store.claim_now(ChannelClaim("a", 1, "second", emergency, enforce)) is admitted

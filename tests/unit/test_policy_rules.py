@@ -1,0 +1,239 @@
+"""Caller-ID screening, emergency caller ID and fax, as tables of request -> decision (pure engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import as_request, request
+from sipguard.policy import Engine, load_text
+from sipguard.policy.decision import Mode, Verdict
+from sipguard.sip import Peer
+from sipguard.sip.serializer import RemoveAll, SetHeader
+
+POLICY = """
+service:
+  listen: ["udp:127.0.0.1:5060"]
+  upstreams: {pbx: "sip:127.0.0.3:5060", carrier: "sip:127.0.0.7:5060"}
+  country: BE
+  emergency_numbers: ["112", "100", "101"]
+accounts:
+  acme:
+    kind: hosted
+    match: {sources: ["127.0.1.0/24"]}
+    upstream: pbx
+    users:
+      - {name: Michel, sip_users: ["201", "201m"], site: hq}
+      - {name: Lotte, sip_users: ["204"]}
+    devices:
+      - {name: Door, type: door_phone, sip_users: ["290"], site: depot}
+    sites:
+      hq: {address: "Avenue Léon Champagne 3, 1480 Saintes", sources: ["127.0.1.0/28"], emergency_caller_id: "+3228807240"}
+      depot: {address: "Industrieweg 12, 9000 Gent", sources: ["127.0.1.16/28"], emergency_caller_id: "+3292001100"}
+    numbers:
+      - {range: "+3228807240-+3228807249", site: hq}
+      - {number: "+3292001100", site: depot}
+  trunk:
+    kind: trunk
+    channels: 2
+    match: {sources: ["127.0.2.1/32"]}
+    upstream: carrier
+    deliver_to: "sip:127.0.2.1:5060"
+    numbers: [{range: "+3250123400-+3250123499", site: main}]
+    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels", emergency_caller_id: "+3250123400"}}
+  rewriter:
+    kind: trunk
+    channels: 2
+    match: {sources: ["127.0.3.1/32"]}
+    upstream: carrier
+    numbers: [{range: "+3250999000-+3250999009"}]
+    default_number: "+3250999001"
+    on_caller_id_mismatch: rewrite
+  shadowed:
+    kind: trunk
+    channels: 2
+    match: {sources: ["127.0.4.1/32"]}
+    upstream: carrier
+    numbers: [{range: "+3250888000-+3250888009"}]
+    rules: {caller_id: shadow}
+"""
+
+HQ, DEPOT, ROAMING = "127.0.1.2", "127.0.1.20", "127.0.1.200"
+TRUNK, REWRITER, SHADOWED = "127.0.2.1", "127.0.3.1", "127.0.4.1"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(load_text(POLICY))
+
+
+def admit(engine: Engine, source: str, *, from_user: str, ruri_user: str = "+3250555555", headers=()):
+    data = request(ruri=f"sip:{ruri_user}@127.0.0.3", from_user=from_user, extra=list(headers))
+    return engine.admit(as_request(data), Peer("udp", source, 5060), 0.0)
+
+
+def rules(adm) -> dict:
+    return {d.rule: d for d in adm.decisions}
+
+
+# ------------------------------------------------------------------ caller ID (terms: general 4)
+CALLER_ID = [
+    # (case, source, From user, extra headers, admitted?, reason fragment)
+    ("own number in E.164", TRUNK, "+3250123401", [], True, None),
+    ("own number in national format", TRUNK, "050123401", [], True, None),
+    ("own number in 00 format", TRUNK, "003250123401", [], True, None),
+    ("foreign From", TRUNK, "+3299999999", [], False, "From +3299999999 is not a number of trunk"),
+    ("foreign PAI, own From", TRUNK, "+3250123401", ["P-Asserted-Identity: <sip:+3299999999@x>"], False,
+     "p-asserted-identity +3299999999"),
+    ("foreign PPI", TRUNK, "+3250123401", ["P-Preferred-Identity: <tel:+3299999999>"], False,
+     "p-preferred-identity +3299999999"),
+    ("foreign Remote-Party-ID", TRUNK, "+3250123401", ['Remote-Party-ID: "x" <sip:+3299999999@x>;party=calling'],
+     False, "remote-party-id +3299999999"),
+    ("another account's number", TRUNK, "+3228807241", [], False, "not a number of trunk"),
+    ("anonymous with own PAI", TRUNK, "anonymous", ["Privacy: id", "P-Asserted-Identity: <sip:+3250123402@x>"],
+     True, None),
+    ("anonymous From only, own PAI", TRUNK, "anonymous", ["P-Asserted-Identity: <tel:+3250123402>"], True, None),
+    ("anonymous without asserted identity", TRUNK, "anonymous", ["Privacy: id"], False,
+     "anonymous call without an asserted identity"),
+    ("anonymous with foreign PAI", TRUNK, "anonymous", ["Privacy: id", "P-Asserted-Identity: <tel:+3299999999>"],
+     False, "+3299999999"),
+    ("trunk presenting no number", TRUNK, "pbx", [], False, "the trunk presents no number"),
+    ("hosted extension as From user", HQ, "201", [], True, None),
+    ("hosted unknown SIP user", HQ, "999x", [], False, "no number and no SIP user"),
+    ("hosted own number", HQ, "+3228807245", [], True, None),
+    ("forwarded call: Diversion names an own number", TRUNK, "+3299999999",
+     ["Diversion: <sip:+3250123405@x>;reason=unconditional"], True, None),
+    ("forwarded call: History-Info names an own number", TRUNK, "+3299999999",
+     ["History-Info: <sip:+3250123405@x>;index=1"], True, None),
+    ("Diversion naming a foreign number does not help", TRUNK, "+3299999999",
+     ["Diversion: <sip:+3299999998@x>;reason=unconditional"], False, "+3299999999"),
+]
+
+
+@pytest.mark.parametrize("case,source,from_user,headers,admitted,fragment", CALLER_ID, ids=[c[0] for c in CALLER_ID])
+def test_caller_id(engine, case, source, from_user, headers, admitted, fragment) -> None:
+    adm = admit(engine, source, from_user=from_user, headers=headers)
+    decision = rules(adm).get("caller_id")
+    if admitted:
+        assert adm.reject is None and adm.target is not None
+        assert decision is None or decision.verdict is Verdict.FLAG  # forwarded calls are flagged
+    else:
+        assert adm.reject is not None and adm.reject.status == 403
+        assert decision is not None and decision.verdict is Verdict.REJECT and fragment in decision.reason
+        warning = dict(adm.reject.headers)["warning"]
+        assert warning.startswith('399 sipguard "caller ID not allowed') and fragment in warning
+
+
+def test_forwarded_call_is_flagged_with_the_diverting_number(engine) -> None:
+    adm = admit(engine, TRUNK, from_user="+3299999999", headers=["Diversion: <sip:+3250123405@x>"])
+    decision = rules(adm)["caller_id"]
+    assert decision.verdict is Verdict.FLAG and dict(decision.evidence)["diverted_from"] == "+3250123405"
+
+
+def test_mismatch_rewritten_to_the_default_number_where_the_policy_says_so(engine) -> None:
+    adm = admit(engine, REWRITER, from_user="+3299999999", headers=["P-Preferred-Identity: <tel:+3299999999>"])
+    assert adm.reject is None
+    decision = rules(adm)["caller_id"]
+    assert decision.verdict is Verdict.REWRITE and dict(decision.evidence)["rewritten_to"] == "+3250999001"
+    assert SetHeader("p-asserted-identity", "<sip:+3250999001@127.0.0.2;user=phone>") in adm.edits
+    assert RemoveAll("p-preferred-identity") in adm.edits
+
+
+def test_shadow_mode_records_and_lets_through(engine) -> None:
+    adm = admit(engine, SHADOWED, from_user="+3299999999")
+    assert adm.reject is None and adm.edits == ()
+    decision = rules(adm)["caller_id"]
+    assert decision.verdict is Verdict.REJECT and decision.mode is Mode.SHADOW
+
+
+def test_inbound_calls_are_not_screened_and_go_to_deliver_to(engine) -> None:
+    data = request(ruri="sip:+3250123410@127.0.0.1", from_user="+3299999999")
+    adm = engine.admit(as_request(data), Peer("udp", "127.0.0.7", 5060), 0.0)
+    assert adm.reject is None and adm.direction == "inbound" and adm.account == "trunk"
+    assert adm.target == Peer("udp", "127.0.2.1", 5060)
+    assert adm.claim is not None and adm.claim.account == "trunk"  # inbound calls hold a channel too
+
+
+def test_inbound_national_called_number(engine) -> None:
+    data = request(ruri="sip:050123410@127.0.0.1", from_user="+3299999999")
+    adm = engine.admit(as_request(data), Peer("udp", "127.0.0.7", 5060), 0.0)
+    assert adm.account == "trunk"
+
+
+# ------------------------------------------------------------------ emergency (terms: BT 7, SIP trunking 4)
+EMERGENCY = [
+    # (case, source, From user, PAI, called, location, action, asserted number)
+    ("site A presenting a site-B number", HQ, "+3292001100", None, "112", "verified", "rewritten", "+3228807240"),
+    ("site A presenting a site-A number: untouched", HQ, "+3228807243", None, "112", "verified", "kept", None),
+    ("site by device: door phone at the depot", HQ, "290", None, "112", "verified", "rewritten", "+3292001100"),
+    ("site by user: Michel at hq from the depot network", DEPOT, "201", None, "101", "verified", "rewritten",
+     "+3228807240"),
+    ("site by source network: depot", DEPOT, "+3292001100", None, "100", "verified", "kept", None),
+    ("PAI decides over From", DEPOT, "+3292001100", "<sip:+3228807243@x>", "112", "verified", "rewritten",
+     "+3292001100"),
+    ("roaming softphone with an own number: kept, unverified", ROAMING, "204", "<tel:+3228807244>", "112",
+     "unverified", "kept", None),
+    ("roaming with a foreign number: the account default, unverified", ROAMING, "+3299999999", None, "112",
+     "unverified", "rewritten", "+3228807240"),
+    ("trunk without site sources: unverified", TRUNK, "+3250123404", None, "112", "unverified", "kept", None),
+    ("emergency number dialled with separators", HQ, "+3292001100", None, "1-1-2", "verified", "rewritten",
+     "+3228807240"),
+]
+
+
+@pytest.mark.parametrize("case,source,from_user,pai,called,location,action,asserted", EMERGENCY,
+                         ids=[e[0] for e in EMERGENCY])
+def test_emergency(engine, case, source, from_user, pai, called, location, action, asserted) -> None:
+    headers = [f"P-Asserted-Identity: {pai}"] if pai else []
+    adm = admit(engine, source, from_user=from_user, ruri_user=called, headers=headers)
+    assert adm.reject is None and adm.emergency
+    decision = rules(adm)["emergency"]
+    ev = dict(decision.evidence)
+    assert (ev["location"], ev["caller_id_action"]) == (location, action)
+    pai_edits = [e for e in adm.edits if isinstance(e, SetHeader) and e.key == "p-asserted-identity"]
+    if asserted:
+        assert pai_edits and pai_edits[0].value.startswith(f"<sip:{asserted}@")
+        assert decision.verdict is Verdict.REWRITE
+    else:
+        assert not pai_edits
+    if location == "unverified":
+        assert "location unverified" in decision.reason and decision.logged
+
+
+def test_emergency_is_never_blocked_by_caller_id(engine) -> None:
+    adm = admit(engine, TRUNK, from_user="+3299999999", ruri_user="112")
+    assert adm.reject is None and "caller_id" not in rules(adm)
+
+
+def test_emergency_claim_is_marked(engine) -> None:
+    adm = admit(engine, TRUNK, from_user="+3250123401", ruri_user="112")
+    assert adm.claim is not None and adm.claim.emergency
+
+
+def test_rewrite_from_where_configured() -> None:
+    engine = Engine(load_text(POLICY.replace("  country: BE", "  country: BE\n  rewrite_from: true")))
+    adm = admit(engine, HQ, from_user="+3292001100", ruri_user="112")
+    from_edit = [e for e in adm.edits if isinstance(e, SetHeader) and e.key == "from"]
+    assert from_edit and from_edit[0].value == "<sip:+3228807240@127.0.0.2>;tag=ft1"
+
+
+# ------------------------------------------------------------------ fax (§4.5)
+T38 = b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=image 4000 udptl t38\r\n"
+
+
+def test_t38_offer_is_recognised_and_not_blocked(engine) -> None:
+    data = request(ruri="sip:+3250555555@127.0.0.3", from_user="+3250123401", body=T38)
+    adm = engine.admit(as_request(data), Peer("udp", TRUNK, 5060), 0.0)
+    assert adm.reject is None
+    assert rules(adm)["fax"].verdict is Verdict.FLAG
+
+
+def test_t38_in_a_reinvite_is_recognised(engine) -> None:
+    data = request(ruri="sip:x@127.0.0.3", to_tag="t", body=T38)
+    assert [d.rule for d in engine.in_dialog(as_request(data), "trunk")] == ["fax"]
+    assert engine.in_dialog(as_request(request(to_tag="t", body=b"v=0\r\n")), "trunk") == ()
+
+
+def test_non_invite_requests_carry_no_claim(engine) -> None:
+    data = request("MESSAGE", ruri="sip:+3250555555@127.0.0.3", from_user="+3299999999")
+    adm = engine.admit(as_request(data), Peer("udp", TRUNK, 5060), 0.0)
+    assert adm.claim is None and adm.reject is None

@@ -67,6 +67,7 @@ class _Ctx:
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[Problem] = []
+        self.blocks: list[tuple[str, str, str, yaml.Node, str]] = []  # first, last, account, node, key
 
     def error(self, node: yaml.Node | None, key: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -214,7 +215,7 @@ def _load_many(sources: list[tuple[str, str]]) -> Policy:
                 for acc_name, (knode, vnode) in (accs or {}).items():
                     account_nodes.append((ctx, acc_name, knode, vnode))
         problems.extend(ctx.problems)
-    if not service_seen:
+    if not service_seen and not problems:
         problems.append(Problem(sources[0][0] if sources else "<policy>", 1, "service", "missing"))
     if service is None:
         service = Service()
@@ -228,9 +229,30 @@ def _load_many(sources: list[tuple[str, str]]) -> Policy:
         problems.extend(ctx.problems[before:])
         if acc is not None:
             accounts.append(acc)
+    problems.extend(_overlaps([ctx for ctx, *_rest in account_nodes]))
     if problems:
         raise PolicyError(problems)
     return Policy(service, tuple(accounts), tuple(name for name, _t in sources))
+
+
+def _overlaps(ctxs: list[_Ctx]) -> list[Problem]:
+    """A number belongs to one block of one account: overlapping blocks are an error."""
+    rows = []
+    seen_ctx: set[int] = set()
+    for ctx in ctxs:
+        if id(ctx) in seen_ctx:
+            continue
+        seen_ctx.add(id(ctx))
+        rows.extend((len(first), first, last, account, node, key, ctx) for first, last, account, node, key in ctx.blocks)
+    rows.sort(key=lambda r: (r[0], r[1]))
+    problems = []
+    for prev, row in zip(rows, rows[1:]):
+        if prev[0] == row[0] and row[1] <= prev[2]:
+            ctx = row[6]
+            line = row[4].start_mark.line + 1
+            problems.append(Problem(ctx.file, line, row[5],
+                                    f"{row[1]}-{row[2]} overlaps {prev[1]}-{prev[2]} of account {prev[3]}"))
+    return problems
 
 
 _SERVICE_KEYS = tuple(f.name for f in fields(Service))
@@ -521,4 +543,5 @@ def _numbers(ctx: _Ctx, node: yaml.Node, path: str, sites: dict[str, Site]) -> l
                 continue
             first, last = a, b
         out.append(NumberBlock(first, last, _site_ref(ctx, m, ip, sites)))
+        ctx.blocks.append((first, last, path.split(".")[1], item, ip))
     return out

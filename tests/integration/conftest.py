@@ -100,8 +100,11 @@ service:
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000, timer_c_s: 2}}
 accounts:
   office:
+    kind: trunk
+    channels: 500
     match: {{sources: ["127.0.0.2/32", "127.0.0.4/32"]}}
     upstream: uas
+    numbers: [{{range: "+3228807240-+3228807249"}}]
 """
 
 
@@ -205,13 +208,26 @@ class Sipp:
         errors = "".join(p.read_text(errors="replace")[:4000] for p in self.workdir.glob("*errors.log"))
         return SippRun(proc.returncode, out.decode(errors="replace"), self.workdir, errors)
 
+    def uac_background(self, scenario: str, target_port: int, *extra: str, ip: str = UAC_IP) -> subprocess.Popen[bytes]:
+        """A UAC left running (holding calls); finish it with ``finish``."""
+        port = free_udp_port(ip)
+        out = open(self.workdir / f"uac-{port}.out", "wb")
+        proc = subprocess.Popen(self._cmd(scenario, ip, port, *extra) + [f"127.0.0.1:{target_port}"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.procs.append(proc)
+        return proc
+
+    def finish(self, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
+        """Wait (bounded) for a background UAC; its exit code (0: every call succeeded)."""
+        return self.wait(proc, timeout_s)
+
     def wait(self, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
         try:
             return proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise AssertionError("SIPp UAS did not finish in time") from None
+            raise AssertionError("SIPp did not finish in time") from None
 
     def close(self) -> None:
         for proc in self.procs:

@@ -56,10 +56,12 @@ async def test_health_metrics_and_reload(sipguard: Sipguard) -> None:
     assert await _options_status(sipguard, NEWCOMER, "after") is None  # forwarded to the UAS
 
     # a broken policy: refused with file, line and key; the running policy stays in force
-    sipguard.policy.write_text(original.replace("upstream: uas", "upstream: nowhere"))
+    broken = original.replace("upstream: uas", "upstream: nowhere")
+    sipguard.policy.write_text(broken)
+    line = broken.splitlines().index("    upstream: nowhere") + 1
     status, body = sipguard.http("/reload", "POST")
     assert status == 400
-    assert f"{sipguard.policy}:11: accounts.office.upstream" in body
+    assert f"{sipguard.policy}:{line}: accounts.office.upstream" in body
     assert await _options_status(sipguard, NEWCOMER, "still") is None
 
     # the same through SIGHUP

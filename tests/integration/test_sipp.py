@@ -106,8 +106,11 @@ service:
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000}}
 accounts:
   v6office:
+    kind: trunk
+    channels: 100
     match: {{sources: ["::1/128"]}}
     upstream: uas
+    numbers: [{{range: "+3228807240-+3228807249"}}]
 """
 
 

@@ -102,3 +102,41 @@ def test_policy_folder_is_read_in_name_order(tmp_path) -> None:
     (tmp_path / "20-other.yaml").write_text("accounts:\n  other: {match: {sources: [192.0.2.16/28]}, upstream: pbx}\n")
     policy = load(tmp_path)
     assert [a.name for a in policy.accounts] == ["acme", "other"]
+
+
+def test_overlapping_number_blocks_are_refused() -> None:
+    problems = _problems(GOOD_SERVICE + """accounts:
+  a:
+    kind: trunk
+    channels: 1
+    match: {sources: [192.0.2.1/32]}
+    upstream: pbx
+    numbers: [{range: "+3228807240-+3228807249"}]
+  b:
+    kind: trunk
+    channels: 1
+    match: {sources: [192.0.2.2/32]}
+    upstream: pbx
+    numbers: [{number: "+3228807245"}]
+""")
+    assert (16, "accounts.b.numbers[0]") in [(line, key) for line, key, _m in problems]
+    assert "overlaps +3228807240-+3228807249 of account a" in problems[0][2]
+
+
+BROKEN = sorted((ROOT / "tests" / "data" / "policies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.name)
+def test_check_finds_every_error_of_a_broken_file_with_its_line(path: Path, capsys) -> None:
+    expected = []
+    for line in path.read_text().splitlines():
+        if line.startswith("# expect: "):
+            number, _sep, key = line[len("# expect: "):].partition(" ")
+            expected.append(f"{path}:{number}: {key}:")
+    assert expected, "each broken file says what check must find"
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    for prefix in expected:
+        assert prefix in out, f"{prefix!r} not reported:\n{out}"
+    reported = [line for line in out.splitlines() if line.startswith(str(path))]
+    assert len({line.split(": ")[0] + ": " + line.split(": ")[1] for line in reported}) == len(set(expected)), out

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from .sip.proxy import ProxyCore
 
-__all__ = ["Metrics", "CoreCollector", "ChannelsCollector"]
+__all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector"]
 
 
 class CoreCollector(Collector):
@@ -71,14 +71,35 @@ class ChannelsCollector(Collector):
         yield limit
 
 
+class GuardCollector(Collector):
+    """Auto-dialer scores per account and the sizes of the bounded edge / detector tables."""
+
+    def __init__(self, read: Callable[[], tuple[list[tuple[str, int]], dict[str, int]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        scores, sizes = self._read()
+        score = GaugeMetricFamily("sipguard_autodialer_score", "Auto-dialer score of the last attempt, per account",
+                                  labels=["account"])
+        for account, value in scores:
+            score.add_metric([account], value)
+        yield score
+        table = GaugeMetricFamily("sipguard_table_entries", "Entries in bounded state tables", labels=["table"])
+        for name, n in sorted(sizes.items()):
+            table.add_metric([name], n)
+        yield table
+
+
 class Metrics:
     """The server's own metrics, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry, core: Callable[[], ProxyCore],
-                 channels: Callable[[], Iterable[tuple[str, int, int]]] = tuple) -> None:
+                 channels: Callable[[], Iterable[tuple[str, int, int]]] = tuple,
+                 guards: Callable[[], tuple[list[tuple[str, int]], dict[str, int]]] = lambda: ([], {})) -> None:
         self.registry = registry
         registry.register(CoreCollector(core))
         registry.register(ChannelsCollector(channels))
+        registry.register(GuardCollector(guards))
         self.decisions = Counter("sipguard_decisions", "Policy decisions, by rule and outcome",
                                  ["rule", "outcome"], registry=registry)
         self.dialogs_started = Counter("sipguard_dialogs_started", "Dialogs admitted, by direction",
@@ -97,5 +118,7 @@ class Metrics:
                                  registry=registry)
         self.clid_rewrites = Counter("sipguard_clid_rewrites", "Caller IDs rewritten, by rule", ["rule"],
                                      registry=registry)
+        self.autodialer_detections = Counter("sipguard_autodialer_detections",
+                                             "Auto-dialer detections, by level", ["level"], registry=registry)
         self.internal_errors = Counter("sipguard_internal_errors", "Bugs caught by the transport guard",
                                        registry=registry)

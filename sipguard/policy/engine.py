@@ -9,15 +9,22 @@
    the caller's site, and no later rule may block the call; otherwise caller-ID
    screening (§4.2) of outbound calls;
 3. fax (§4.5): a T.38 offer is recognised and counted, never blocked;
-4. channels (§4.1): every admitted INVITE, inbound or outbound, carries a
+4. auto-dialers (§4.3), outbound INVITEs of accounts with the rule on (trunks by
+   default), never emergency calls: the detector's level and its action (log,
+   throttle with 503 + Retry-After, block with 403 for a cool-down);
+5. channels (§4.1): every admitted INVITE, inbound or outbound, carries a
    ChannelClaim that the server settles in the state store; a refused claim
    becomes ``reject.channel_limit`` with a Warning naming the limit.
+
+Before all that, ``screen_packet`` and ``screen_request`` (§4.6) drop banned,
+flooding and scanning sources silently (EdgeGuard).
 
 Each rule has a mode per account (enforce | shadow | off): shadow records what
 enforce would have done and lets the call through unchanged.
 
-Pure: reads only the policy and its arguments; lookup tables built from the
-policy are memos, rebuilt with it.
+Reads only the policy and its arguments, plus two state machines that outlive
+a reload and are passed in (EdgeGuard, DialerDetector): both take ``now`` and
+do no I/O.  Lookup tables built from the policy are memos, rebuilt with it.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from ..sip.errors import ParseError
 from ..sip.message import Request, ip_literal, parse_name_addr, parse_uri
 from ..sip.serializer import Edit, RemoveAll, SetHeader
 from ..state.base import ChannelClaim
+from .autodialer import DialerDetector
 from .callerid import screen
 from .channels import ChannelLimit, channel_limit
 from .decision import Decision, Mode, Verdict
+from .edge import EdgeGuard
 from .emergency import called_number, route_identity
 from .model import Account, Network, Policy, RuleMode
 from .numbers import NumberIndex, NumberPlan
@@ -78,9 +87,14 @@ def _with_user(from_value: str, number: str) -> str:
 class Engine:
     """Router for ProxyCore built from one Policy; replace it whole on reload."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, edge: EdgeGuard | None = None, dialer: DialerDetector | None = None) -> None:
         self.policy = policy
         service = policy.service
+        upstream_hosts = frozenset(p.host for p in service.upstreams.values())
+        self.edge = edge or EdgeGuard(service.edge, upstream_hosts)
+        self.edge.reconfigure(service.edge, upstream_hosts)
+        self.dialer = dialer or DialerDetector(service.autodialer)
+        self.dialer.set_config(service.autodialer)
         self.plan = NumberPlan(service.country)
         self.emergency_numbers = frozenset(service.emergency_numbers)
         self._nets: list[tuple[Network, Account]] = [(n, a) for a in policy.accounts for n in a.sources]
@@ -135,12 +149,21 @@ class Engine:
         return self.plan.dialled(called_number(request)) in self.emergency_numbers
 
     # ------------------------------------------------------------------ the hook
+    def screen_packet(self, source: Peer, now: float) -> str | None:
+        return self.edge.packet(source.host, now)
+
+    def screen_request(self, request: Request, source: Peer, now: float) -> str | None:
+        ua = request.get("user-agent")
+        if ua is not None and self.edge.user_agent(source.host, ua, now) is not None:
+            return "scanner"
+        return None
+
     def admit(self, request: Request, source: Peer, now: float) -> Admission:
         account = self.account_for_source(source.host)
         if account is None and self._domains:
             account = self._account_for_domain(request)
         if account is not None:
-            return self._outbound(request, source, account)
+            return self._outbound(request, source, account, now)
         if source.host in self._upstream_hosts:
             return self._inbound(request)
         code = self.policy.service.reject.unknown_source
@@ -163,7 +186,7 @@ class Engine:
             return None
         return self._domains.get(host)
 
-    def _outbound(self, request: Request, source: Peer, account: Account) -> Admission:
+    def _outbound(self, request: Request, source: Peer, account: Account, now: float) -> Admission:
         target = self.policy.service.upstreams[account.upstream]
         if request.method != "INVITE":
             return Admission(target=target, account=account.name, direction="outbound")
@@ -177,6 +200,11 @@ class Engine:
             mode = account.mode("caller_id")
             if mode is not RuleMode.OFF:
                 rejected = self._caller_id(request, view, mode, decisions, edits)
+                if rejected is not None:
+                    return Admission(account=account.name, reject=rejected, decisions=tuple(decisions))
+            mode = account.mode("autodialer")
+            if mode is not RuleMode.OFF:
+                rejected = self._autodialer(request, source, account, mode, now, decisions)
                 if rejected is not None:
                     return Admission(account=account.name, reject=rejected, decisions=tuple(decisions))
         self._fax(request, account, decisions, "outbound")
@@ -274,6 +302,46 @@ class Engine:
         decisions.append(Decision(verdict, "emergency", reason, account.name, evidence,
                                   Mode.SHADOW if mode is RuleMode.SHADOW else Mode.ENFORCE))
 
+    def _autodialer(self, request: Request, source: Peer, account: Account, mode: RuleMode, now: float,
+                    decisions: list[Decision]) -> Reject | None:
+        dialer = self.dialer
+        config = dialer.config
+        keys = (account.name, f"{account.name}|{source.host}")
+        blocked = dialer.blocked_until(keys, now)
+        called = self.plan.normalize(called_number(request)) or called_number(request)
+        assessment = dialer.attempt(keys, called, f"{request.call_id};{request.from_tag or ''}", now)
+        evidence: list[tuple[str, str | int | float | bool | None]] = [
+            ("level", assessment.level), ("score", assessment.score), ("source", source.host),
+            *assessment.features,
+        ]
+        shadow = mode is RuleMode.SHADOW
+        if blocked is not None:
+            decisions.append(Decision(Verdict.REJECT, "autodialer", "blocked as an auto-dialer (cool-down)",
+                                      account.name, (*evidence, ("blocked_for_s", round(blocked - now, 1))),
+                                      Mode(mode.value), status=403))
+            return None if shadow else _reject(403, "Forbidden", "blocked as an auto-dialer")
+        if assessment.level == "none":
+            return None
+        action = config.critical_action if assessment.level == "critical" else config.warning_action
+        evidence.append(("action", action))
+        if action == "block":
+            if not shadow:
+                dialer.block(keys, now)
+            decisions.append(Decision(Verdict.REJECT, "autodialer", f"auto-dialer pattern ({assessment.level}): blocked",
+                                      account.name, tuple(evidence), Mode(mode.value), status=403))
+            return None if shadow else _reject(403, "Forbidden", "auto-dialer pattern: blocked")
+        if action == "throttle" and dialer.throttled(assessment):
+            decisions.append(Decision(Verdict.REJECT, "autodialer",
+                                      f"auto-dialer pattern ({assessment.level}): throttled", account.name,
+                                      tuple(evidence), Mode(mode.value), status=503))
+            if shadow:
+                return None
+            rej = _reject(503, "Service Unavailable", "auto-dialer pattern: throttled")
+            return Reject(rej.status, rej.reason, (*rej.headers, ("retry-after", str(config.retry_after_s))))
+        decisions.append(Decision(Verdict.FLAG, "autodialer", f"auto-dialer pattern ({assessment.level})",
+                                  account.name, tuple(evidence), Mode(mode.value)))
+        return None
+
     @staticmethod
     def _fax(request: Request, account: Account, decisions: list[Decision], direction: str) -> None:
         if is_t38(request.body):
@@ -290,6 +358,10 @@ class Engine:
         code = self.policy.service.reject.channel_limit
         warning = f'399 sipguard "channel limit of {limit} reached for account {view.account.name}"'
         return claim, Reject(code, "Busy Here" if code == 486 else "Channel Limit", (("warning", warning),))
+
+
+def _reject(status: int, reason: str, why: str) -> Reject:
+    return Reject(status, reason, (("warning", f'399 sipguard "{why}"'),))
 
 
 def _quote(text: str) -> str:

@@ -20,6 +20,8 @@ import yaml
 from ..sip.actions import Peer
 from ..sip.errors import ParseError
 from ..sip.message import parse_uri
+from .autodialer import DialerConfig, Thresholds
+from .edge import EdgeConfig
 from .model import (
     DEVICE_TYPES,
     REFUSED_DEVICE_TYPES,
@@ -40,7 +42,7 @@ from .model import (
 
 __all__ = ["PolicyError", "Problem", "load", "load_text"]
 
-RULES = ("channel_limit", "caller_id", "emergency", "autodialer", "edge")
+RULES = ("channel_limit", "caller_id", "emergency", "autodialer")
 _E164 = re.compile(r"\+[1-9]\d{3,14}")
 
 
@@ -314,6 +316,10 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
                     ctx.error(v2, f"{path}.{ckey}", "must be a SIP final status 400-699")
                 rk[ckey] = code
             kw[key] = RejectCodes(**{k: int(c) for k, c in rk.items() if c is not None})
+        elif key == "edge":
+            kw[key] = _edge(ctx, v, path)
+        elif key == "autodialer":
+            kw[key] = _autodialer(ctx, v, path)
         elif key == "sip_timers":
             tm = ctx.mapping(v, path, tuple(f.name for f in fields(SipTimers))) or {}
             tk = {}
@@ -326,6 +332,62 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             any(key == "rewrite_from" and not isinstance(value, bool) for key, value in kw.items()):
         return None
     return Service(**kw)
+
+
+def _edge(ctx: _Ctx, node: yaml.Node, path: str) -> EdgeConfig:
+    m = ctx.mapping(node, path, tuple(f.name for f in fields(EdgeConfig))) or {}
+    kw: dict[str, Any] = {}
+    for key, (_k, v) in m.items():
+        sub = f"{path}.{key}"
+        if key == "user_agents":
+            kw[key] = tuple(ctx.strings(v, sub))
+        elif key == "exempt":
+            kw[key] = ctx.networks(v, sub)
+        else:
+            value = ctx.number(v, sub, minimum=1, integer=key == "max_sources")
+            if value is not None:
+                kw[key] = value
+    return EdgeConfig(**kw)
+
+
+_ACTIONS = ("log", "throttle", "block")
+
+
+def _autodialer(ctx: _Ctx, node: yaml.Node, path: str) -> DialerConfig:
+    names = tuple(f.name for f in fields(DialerConfig) if f.name not in ("warning_action", "critical_action"))
+    m = ctx.mapping(node, path, (*names, "actions")) or {}
+    kw: dict[str, Any] = {}
+    defaults = DialerConfig()
+    for key, (_k, v) in m.items():
+        sub = f"{path}.{key}"
+        if key == "actions":
+            acts = ctx.mapping(v, sub, ("warning", "critical")) or {}
+            for level, (_k2, v2) in acts.items():
+                action = ctx.string(v2, f"{sub}.{level}")
+                if action not in _ACTIONS:
+                    ctx.error(v2, f"{sub}.{level}", f"must be one of {', '.join(_ACTIONS)}")
+                else:
+                    kw[f"{level}_action"] = action
+        elif isinstance(getattr(defaults, key), Thresholds):
+            t = ctx.mapping(v, sub, ("warning", "critical")) or {}
+            if set(t) != {"warning", "critical"}:
+                ctx.error(v, sub, "needs warning and critical")
+                continue
+            warning = ctx.number(t["warning"][1], f"{sub}.warning")
+            critical = ctx.number(t["critical"][1], f"{sub}.critical")
+            if warning is None or critical is None:
+                continue
+            low = getattr(defaults, key).low_is_bad
+            if (critical > warning) if low else (critical < warning):
+                ctx.error(t["critical"][1], f"{sub}.critical",
+                          "must be below warning (lower is worse)" if low else "must be at least warning")
+            kw[key] = Thresholds(float(warning), float(critical), low)
+        else:
+            integer = isinstance(getattr(defaults, key), int)
+            value = ctx.number(v, sub, minimum=1, integer=integer)
+            if value is not None:
+                kw[key] = value
+    return DialerConfig(**kw)
 
 
 def _bands(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[Band, ...]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..sip.actions import Peer
+from .autodialer import DialerConfig
+from .edge import EdgeConfig
 
 __all__ = [
     "Network",
@@ -80,6 +82,8 @@ class Service:
     sip_timers: SipTimers = SipTimers()
     max_message_bytes: int = 16384
     rewrite_from: bool = False  # rewrites of the caller ID change the From user too, not only PAI
+    edge: EdgeConfig = EdgeConfig()
+    autodialer: DialerConfig = DialerConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,8 @@ class Account:
     on_caller_id_mismatch: str = "reject"  # reject | rewrite (to default_number)
 
     def mode(self, rule: str) -> RuleMode:
+        if rule == "autodialer":  # on by default for trunks (SIP Trunking 5); hosted accounts may opt in
+            return self.rules.get(rule, RuleMode.ENFORCE if self.kind == "trunk" else RuleMode.OFF)
         return self.rules.get(rule, RuleMode.ENFORCE)
 
     @property

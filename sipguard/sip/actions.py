@@ -119,6 +119,14 @@ class Admission:
 class Router(Protocol):
     """The hook the core calls; the policy engine implements it."""
 
+    def screen_packet(self, source: Peer, now: float) -> str | None:
+        """Before parsing: None to go on, or why the packet is dropped silently (banned, flood)."""
+        ...
+
+    def screen_request(self, request: Request, source: Peer, now: float) -> str | None:
+        """After parsing a request: None to go on, or why it is dropped silently (scanner)."""
+        ...
+
     def admit(self, request: Request, source: Peer, now: float) -> Admission:
         """Route and decide a new out-of-dialog request (INVITE, OPTIONS, MESSAGE...)."""
         ...

@@ -160,6 +160,10 @@ class ProxyCore:
         """
         if is_keepalive(data):
             return []
+        dropped = self.router.screen_packet(source, now)
+        if dropped is not None:
+            self.stats.drops[dropped] += 1
+            return []
         out: list[Action] = []
         try:
             msg = parse(data, max_bytes=self.max_message_bytes)
@@ -175,6 +179,10 @@ class ProxyCore:
             if isinstance(msg, Request):
                 method = msg.method if msg.method in KNOWN_METHODS else "other"
                 self.stats.requests[method] += 1
+                dropped = self.router.screen_request(msg, source, now)
+                if dropped is not None:
+                    self.stats.drops[dropped] += 1
+                    return out
                 self._on_request(msg, source, now, out)
             else:
                 self.stats.responses[f"{msg.status // 100}xx"] += 1

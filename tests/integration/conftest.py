@@ -98,6 +98,7 @@ service:
   upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}
   dialog_timeout_s: {dialog_timeout_s}
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000, timer_c_s: 2}}
+  edge: {{packets_per_s: 5000, burst: 10000}}
 accounts:
   office:
     kind: trunk
@@ -105,6 +106,7 @@ accounts:
     match: {{sources: ["127.0.0.2/32", "127.0.0.4/32"]}}
     upstream: uas
     numbers: [{{range: "+3228807240-+3228807249"}}]
+    rules: {{autodialer: off}}
 """
 
 

@@ -24,6 +24,7 @@ service:
     uas_reject: "sip:127.0.0.3:{reject_port}"
   dialog_timeout_s: {dialog_timeout_s}
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000, timer_c_s: 5}}
+  edge: {{packets_per_s: 5000, burst: 10000}}
 accounts:
   limited:
     kind: trunk
@@ -31,18 +32,19 @@ accounts:
     match: {{sources: ["127.0.0.2/32"]}}
     upstream: uas
     numbers: [{{range: "+3228807240-+3228807249"}}]
+    rules: {{autodialer: off}}
   cancelled:
     kind: trunk
     channels: 1
     match: {{sources: ["127.0.0.5/32"]}}
     upstream: uas_cancel
-    rules: {{caller_id: off}}
+    rules: {{caller_id: off, autodialer: off}}
   refused:
     kind: trunk
     channels: 1
     match: {{sources: ["127.0.0.6/32"]}}
     upstream: uas_reject
-    rules: {{caller_id: off}}
+    rules: {{caller_id: off, autodialer: off}}
 """
 
 
@@ -127,6 +129,7 @@ service:
   admin: "127.0.0.1:{admin_port}"
   upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000}}
+  edge: {{packets_per_s: 5000, burst: 10000}}
 accounts:
   sites:
     kind: hosted

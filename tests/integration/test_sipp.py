@@ -104,6 +104,7 @@ service:
   admin: "127.0.0.1:{admin_port}"
   upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000}}
+  edge: {{packets_per_s: 5000, burst: 10000}}
 accounts:
   v6office:
     kind: trunk
@@ -111,6 +112,7 @@ accounts:
     match: {{sources: ["::1/128"]}}
     upstream: uas
     numbers: [{{range: "+3228807240-+3228807249"}}]
+    rules: {{autodialer: off}}
 """
 
 

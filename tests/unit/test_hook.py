@@ -25,6 +25,12 @@ class Recorder:
     def in_dialog(self, request: Request, account: str | None) -> tuple[object, ...]:
         return ()
 
+    def screen_packet(self, source: Peer, now: float) -> str | None:
+        return None
+
+    def screen_request(self, request: Request, source: Peer, now: float) -> str | None:
+        return None
+
 
 def _core(router: Recorder) -> ProxyCore:
     return ProxyCore([Local("udp", "127.0.0.1", 5060)], router, TimerConfig())

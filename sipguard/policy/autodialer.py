@@ -1,0 +1,236 @@
+"""Auto-dialer detection from the shape of call attempts (terms: SIP Trunking 5).
+
+Owns: sliding windows of recent INVITE attempts and their outcomes, per account
+and per source; the feature values; the level (none / warning / critical) and
+the block cool-downs.  Leaves to the engine: which requests are attempts, what
+mode the rule runs in, and turning a level into a rejection.
+
+Features, each with a warning and a critical threshold (policy data):
+  rate_per_second    attempts in the last second
+  rate_per_minute    attempts in the last minute
+  sequential_run     the current run of called numbers that each add 1 to the
+                     previous one (a dialer walking a number range)
+  distinct_destinations   distinct called numbers in ``distinct_window_s``
+  short_share        the share of ended attempts that were unanswered or
+                     shorter than ``short_call_s`` (needs ``min_calls`` ended)
+  regularity_cv      the coefficient of variation of the gaps between attempts
+                     (low = machine-regular; needs ``min_gaps`` gaps)
+
+A feature at warning scores 1, at critical 2; the level is critical when the
+sum reaches ``critical_score``, warning at ``warning_score`` (graded, as in
+OpenSIPS fraud_detection, but over the traffic's shape, not only its volume).
+
+Every method takes ``now`` (monotonic seconds): no clock is read here.
+Memory is bounded: at most ``max_keys`` keys, each with at most ``max_attempts``
+attempts kept; the oldest keys are evicted first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = ["DialerConfig", "Thresholds", "Assessment", "DialerDetector", "LEVELS"]
+
+LEVELS = ("none", "warning", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    warning: float
+    critical: float
+    low_is_bad: bool = False  # regularity: a smaller CV is more machine-like
+
+    def score(self, value: float | None) -> int:
+        if value is None:
+            return 0
+        if self.low_is_bad:
+            return 2 if value <= self.critical else 1 if value <= self.warning else 0
+        return 2 if value >= self.critical else 1 if value >= self.warning else 0
+
+
+@dataclass(frozen=True, slots=True)
+class DialerConfig:
+    rate_per_second: Thresholds = Thresholds(4, 10)
+    rate_per_minute: Thresholds = Thresholds(40, 120)
+    sequential_run: Thresholds = Thresholds(6, 12)
+    distinct_destinations: Thresholds = Thresholds(100, 250)
+    distinct_window_s: float = 600.0
+    short_share: Thresholds = Thresholds(0.7, 0.9)
+    short_call_s: float = 10.0
+    min_calls: int = 15
+    regularity_cv: Thresholds = Thresholds(0.2, 0.08, low_is_bad=True)
+    min_gaps: int = 12
+    warning_score: int = 2
+    critical_score: int = 5
+    warning_action: str = "throttle"  # log | throttle | block
+    critical_action: str = "block"
+    throttle_per_minute: int = 6
+    retry_after_s: int = 60
+    cooldown_s: float = 300.0
+    max_keys: int = 10000
+    max_attempts: int = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    level: str  # none | warning | critical
+    score: int
+    features: tuple[tuple[str, float | None], ...]
+    blocked_until: float | None = None
+
+
+@dataclass(slots=True)
+class _Window:
+    times: deque[float] = field(default_factory=deque)
+    numbers: deque[int | None] = field(default_factory=deque)
+    run: int = 0
+    last_number: int | None = None
+    ended: deque[tuple[float, bool]] = field(default_factory=deque)  # (at, short or unanswered)
+    blocked_until: float = 0.0
+    last: Assessment | None = None
+
+
+class DialerDetector:
+    """Windows per key (``"account"`` or ``"account|source"``); explicit timestamps."""
+
+    def __init__(self, config: DialerConfig | None = None) -> None:
+        self.config = config or DialerConfig()
+        self._windows: dict[str, _Window] = {}
+        self._pending: dict[str, tuple[str, ...]] = {}  # call key -> window keys awaiting its outcome
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def set_config(self, config: DialerConfig) -> None:
+        self.config = config
+
+    def _window(self, key: str) -> _Window:
+        w = self._windows.get(key)
+        if w is None:
+            if len(self._windows) >= self.config.max_keys:
+                # evict the oldest tenth (insertion order), keeping any that are blocked
+                for old in list(self._windows)[: max(1, self.config.max_keys // 10)]:
+                    del self._windows[old]
+            w = self._windows[key] = _Window()
+        return w
+
+    def attempt(self, keys: tuple[str, ...], called: str | None, call_key: str, now: float) -> Assessment:
+        """Record one INVITE attempt under every key; the worst assessment among them."""
+        worst: Assessment | None = None
+        number = _as_int(called)
+        for key in keys:
+            w = self._window(key)
+            self._trim(w, now)
+            w.times.append(now)
+            w.numbers.append(number)
+            if number is not None and w.last_number is not None and number - w.last_number == 1:
+                w.run += 1
+            else:
+                w.run = 0
+            if number is not None:
+                w.last_number = number
+            if len(w.times) > self.config.max_attempts:
+                w.times.popleft()
+                w.numbers.popleft()
+            a = self._assess(w, now)
+            w.last = a
+            if worst is None or a.score > worst.score or (a.blocked_until or 0) > (worst.blocked_until or 0):
+                worst = a
+        if len(self._pending) >= self.config.max_keys * 4:
+            self._pending.clear()  # outcomes of very old calls: losing them only delays detection
+        self._pending[call_key] = keys
+        assert worst is not None
+        return worst
+
+    def ended(self, call_key: str, answered: bool, duration_s: float | None, now: float) -> None:
+        """The outcome of an attempt: unanswered, or answered for ``duration_s``."""
+        keys = self._pending.pop(call_key, None)
+        if keys is None:
+            return
+        short = (not answered) or duration_s is None or duration_s < self.config.short_call_s
+        for key in keys:
+            w = self._windows.get(key)
+            if w is not None:
+                w.ended.append((now, short))
+                if len(w.ended) > self.config.max_attempts:
+                    w.ended.popleft()
+
+    def block(self, keys: tuple[str, ...], now: float) -> float:
+        until = now + self.config.cooldown_s
+        for key in keys:
+            self._window(key).blocked_until = until
+        return until
+
+    def blocked_until(self, keys: tuple[str, ...], now: float) -> float | None:
+        latest = 0.0
+        for key in keys:
+            w = self._windows.get(key)
+            if w is not None and w.blocked_until > now:
+                latest = max(latest, w.blocked_until)
+        return latest or None
+
+    def throttled(self, assessment: Assessment) -> bool:
+        """At warning with action throttle: over ``throttle_per_minute`` attempts in the last minute."""
+        per_minute = dict(assessment.features).get("rate_per_minute") or 0.0
+        return per_minute > self.config.throttle_per_minute
+
+    def score_of(self, key: str) -> int:
+        w = self._windows.get(key)
+        return w.last.score if w is not None and w.last is not None else 0
+
+    # ------------------------------------------------------------------ features
+    def _trim(self, w: _Window, now: float) -> None:
+        horizon = now - max(self.config.distinct_window_s, 60.0)
+        while w.times and w.times[0] < horizon:
+            w.times.popleft()
+            w.numbers.popleft()
+        ended_horizon = now - self.config.distinct_window_s
+        while w.ended and w.ended[0][0] < ended_horizon:
+            w.ended.popleft()
+
+    def _assess(self, w: _Window, now: float) -> Assessment:
+        c = self.config
+        times = w.times
+        per_second = sum(1 for t in reversed(times) if t > now - 1.0) if times else 0
+        per_minute = 0
+        for t in reversed(times):
+            if t <= now - 60.0:
+                break
+            per_minute += 1
+        distinct = len({n for t, n in zip(times, w.numbers) if n is not None and t > now - c.distinct_window_s})
+        short_share: float | None = None
+        if len(w.ended) >= c.min_calls:
+            short_share = sum(1 for _t, s in w.ended if s) / len(w.ended)
+        cv: float | None = None
+        recent = list(times)[-(c.min_gaps + 1):]
+        if len(recent) >= c.min_gaps + 1:
+            gaps = [b - a for a, b in zip(recent, recent[1:])]
+            mean = sum(gaps) / len(gaps)
+            if mean > 0:
+                var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+                cv = math.sqrt(var) / mean
+            else:
+                cv = 0.0
+        features: tuple[tuple[str, float | None], ...] = (
+            ("rate_per_second", float(per_second)),
+            ("rate_per_minute", float(per_minute)),
+            ("sequential_run", float(w.run)),
+            ("distinct_destinations", float(distinct)),
+            ("short_share", None if short_share is None else round(short_share, 3)),
+            ("regularity_cv", None if cv is None else round(cv, 3)),
+        )
+        score = (c.rate_per_second.score(per_second) + c.rate_per_minute.score(per_minute)
+                 + c.sequential_run.score(w.run) + c.distinct_destinations.score(distinct)
+                 + c.short_share.score(short_share) + c.regularity_cv.score(cv))
+        level = "critical" if score >= c.critical_score else "warning" if score >= c.warning_score else "none"
+        blocked = w.blocked_until if w.blocked_until > now else None
+        return Assessment(level, score, features, blocked)
+
+
+def _as_int(called: str | None) -> int | None:
+    if not called:
+        return None
+    digits = called.lstrip("+")
+    return int(digits) if digits.isdigit() and len(digits) <= 18 else None

@@ -1,0 +1,179 @@
+"""The auto-dialer detector, driven with explicit timestamps (no wall clock)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sipguard.policy.autodialer import DialerConfig, DialerDetector, Thresholds
+
+KEY = ("trunk",)
+
+
+def test_dialer_pattern_reaches_critical_within_60_attempts() -> None:
+    det = DialerDetector()
+    levels = []
+    pending: list[tuple[float, str]] = []
+    for i in range(60):
+        now = i * 0.4  # 2.5 calls/s, machine-regular
+        while pending and pending[0][0] <= now:  # each call ended 2 s after it started, unanswered
+            at, key = pending.pop(0)
+            det.ended(key, False, None, at)
+        a = det.attempt(KEY, f"+32501{i:05d}", f"c{i}", now)  # sequential numbers
+        pending.append((now + 2.0, f"c{i}"))
+        levels.append(a.level)
+    assert "critical" in levels
+    assert levels.index("critical") < 60
+    assert levels[:5] == ["none"] * 5  # a handful of calls says nothing yet
+
+
+def test_office_pattern_over_an_8_hour_day_never_reaches_warning() -> None:
+    rng = random.Random(20261126)
+    det = DialerDetector()
+    # 20 users, each about one call per 10 minutes (Poisson), random destinations, normal outcomes
+    arrivals = []
+    for user in range(20):
+        t = rng.expovariate(1 / 600)
+        while t < 8 * 3600:
+            arrivals.append((t, user))
+            t += rng.expovariate(1 / 600)
+    arrivals.sort()
+    ends: list[tuple[float, str, bool, float | None]] = []
+    worst = "none"
+    for n, (t, _user) in enumerate(arrivals):
+        ends.sort()
+        while ends and ends[0][0] <= t:
+            at, key, answered, duration = ends.pop(0)
+            det.ended(key, answered, duration, at)
+        a = det.attempt(("office",), f"+32{rng.randrange(10**8, 10**9)}", f"o{n}", t)
+        if a.level != "none":
+            worst = a.level
+            break
+        if rng.random() < 0.75:
+            duration = rng.lognormvariate(4.5, 1.0)  # median ~90 s
+            ends.append((t + 5 + duration, f"o{n}", True, duration))
+        else:
+            ends.append((t + 25, f"o{n}", False, None))
+    assert len(arrivals) > 800
+    assert worst == "none"
+
+
+def _feed(det: DialerDetector, times: list[float], numbers: list[str]) -> tuple:
+    a = None
+    for i, (t, number) in enumerate(zip(times, numbers)):
+        a = det.attempt(KEY, number, f"k{i}", t)
+    assert a is not None
+    return dict(a.features), a
+
+
+def _random_numbers(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [f"+32{rng.randrange(10**8, 10**9)}" for _ in range(n)]
+
+
+def _poisson_times(n: int, mean_gap: float, seed: int = 2) -> list[float]:
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(1 / mean_gap)
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("per_second,score", [(3, 0), (5, 1), (12, 2)])
+def test_rate_per_second(per_second: int, score: int) -> None:
+    times = [100 + i / per_second for i in range(per_second)]
+    features, _a = _feed(DialerDetector(), times, _random_numbers(per_second))
+    assert features["rate_per_second"] == per_second
+    assert DialerConfig().rate_per_second.score(features["rate_per_second"]) == score
+
+
+@pytest.mark.parametrize("per_minute,score", [(20, 0), (50, 1), (130, 2)])
+def test_rate_per_minute(per_minute: int, score: int) -> None:
+    times = [i * 55 / per_minute for i in range(per_minute)]  # all within the last minute
+    features, _a = _feed(DialerDetector(), times, _random_numbers(per_minute))
+    assert features["rate_per_minute"] == per_minute
+    assert DialerConfig().rate_per_minute.score(per_minute) == score
+
+
+@pytest.mark.parametrize("run,score", [(3, 0), (8, 1), (14, 2)])
+def test_sequential_run(run: int, score: int) -> None:
+    numbers = [f"+3250{1000 + i}" for i in range(run + 1)]  # run+1 numbers make a run of `run` steps
+    features, _a = _feed(DialerDetector(), _poisson_times(run + 1, 30), numbers)
+    assert features["sequential_run"] == run
+    assert DialerConfig().sequential_run.score(run) == score
+
+
+def test_a_gap_in_the_numbers_restarts_the_run() -> None:
+    numbers = ["+3250100", "+3250101", "+3250102", "+3250200", "+3250201"]
+    features, _a = _feed(DialerDetector(), [1, 2, 3, 4, 5], numbers)
+    assert features["sequential_run"] == 1
+
+
+@pytest.mark.parametrize("distinct,score", [(50, 0), (120, 1), (260, 2)])
+def test_distinct_destinations(distinct: int, score: int) -> None:
+    times = [i * 500 / distinct for i in range(distinct)]  # within the 600 s window
+    features, _a = _feed(DialerDetector(), times, _random_numbers(distinct))
+    assert features["distinct_destinations"] == distinct
+    assert DialerConfig().distinct_destinations.score(distinct) == score
+
+
+@pytest.mark.parametrize("short,total,expected", [(5, 20, 0.25), (15, 20, 0.75), (19, 20, 0.95), (10, 10, None)])
+def test_short_share(short: int, total: int, expected: float | None) -> None:
+    det = DialerDetector()
+    for i in range(total):
+        det.attempt(KEY, None, f"s{i}", i * 30.0)
+        det.ended(f"s{i}", i >= short, 120.0 if i >= short else None, i * 30.0 + 1)
+    features, _a = _feed(det, [total * 30.0], ["+3299"])
+    assert features["short_share"] == expected  # None below min_calls: not enough to judge
+
+
+@pytest.mark.parametrize("jitter,expected_score", [(0.0, 2), (0.15, 1), (None, 0)])
+def test_regularity(jitter: float | None, expected_score: int) -> None:
+    rng = random.Random(3)
+    if jitter is None:
+        times = _poisson_times(20, 20)
+    else:
+        times = [i * 20 + rng.uniform(-jitter, jitter) * 20 for i in range(20)]
+    features, _a = _feed(DialerDetector(), times, _random_numbers(20))
+    assert DialerConfig().regularity_cv.score(features["regularity_cv"]) == expected_score
+
+
+def test_two_features_at_warning_make_a_warning() -> None:
+    det = DialerDetector()
+    # 50 random destinations in 55 s: rate_per_minute at warning; sequential numbers at warning
+    times = [i * 55 / 50 + random.Random(i).uniform(0, 0.9) for i in range(50)]
+    numbers = _random_numbers(42) + [f"+3250{100 + i}" for i in range(8)]
+    _features, a = _feed(det, times, numbers)
+    assert (a.level, a.score) == ("warning", 2)
+
+
+def test_block_and_cooldown() -> None:
+    det = DialerDetector(DialerConfig(cooldown_s=300))
+    until = det.block(KEY, 10.0)
+    assert until == 310.0
+    assert det.blocked_until(KEY, 100.0) == 310.0
+    assert det.blocked_until(KEY, 311.0) is None
+
+
+def test_throttle_lets_through_so_many_per_minute() -> None:
+    det = DialerDetector(DialerConfig(throttle_per_minute=3))
+    results = [det.throttled(det.attempt(KEY, None, f"t{i}", float(i))) for i in range(5)]
+    assert results == [False, False, False, True, True]
+    assert det.throttled(det.attempt(KEY, None, "late", 200.0)) is False  # a minute later
+
+
+def test_memory_is_bounded() -> None:
+    det = DialerDetector(DialerConfig(max_keys=1000, max_attempts=16))
+    for i in range(5000):
+        det.attempt((f"a|10.0.{i // 256}.{i % 256}",), "+3211", f"m{i}", float(i))
+    assert len(det) <= 1000
+    for i in range(100):
+        det.attempt(KEY, "+3211", f"n{i}", 5000.0 + i / 1000)
+    assert len(det._windows["trunk"].times) <= 16
+
+
+def test_thresholds_where_low_is_bad() -> None:
+    t = Thresholds(0.2, 0.08, low_is_bad=True)
+    assert [t.score(v) for v in (None, 0.5, 0.15, 0.05)] == [0, 0, 1, 2]

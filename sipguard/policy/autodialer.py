@@ -83,11 +83,20 @@ class Assessment:
 
 @dataclass(slots=True)
 class _Window:
-    times: deque[float] = field(default_factory=deque)
-    numbers: deque[int | None] = field(default_factory=deque)
+    """Incremental state of one key: every feature is O(1) to update and read."""
+
+    minute: deque[float] = field(default_factory=deque)  # attempt times, last 60 s
+    second: deque[float] = field(default_factory=deque)  # attempt times, last 1 s
+    gaps: deque[float] = field(default_factory=deque)  # the last min_gaps gaps between attempts
+    gap_sum: float = 0.0
+    gap_sq: float = 0.0
+    last_at: float | None = None
+    dest: deque[tuple[float, int]] = field(default_factory=deque)  # (time, number), distinct window
+    dest_count: dict[int, int] = field(default_factory=dict)  # number -> times in ``dest``
     run: int = 0
     last_number: int | None = None
     ended: deque[tuple[float, bool]] = field(default_factory=deque)  # (at, short or unanswered)
+    short: int = 0  # how many of ``ended`` are short
     blocked_until: float = 0.0
     last: Assessment | None = None
 
@@ -120,20 +129,36 @@ class DialerDetector:
         """Record one INVITE attempt under every key; the worst assessment among them."""
         worst: Assessment | None = None
         number = _as_int(called)
+        c = self.config
         for key in keys:
             w = self._window(key)
             self._trim(w, now)
-            w.times.append(now)
-            w.numbers.append(number)
-            if number is not None and w.last_number is not None and number - w.last_number == 1:
-                w.run += 1
+            w.minute.append(now)
+            w.second.append(now)
+            if w.last_at is not None:
+                gap = now - w.last_at
+                w.gaps.append(gap)
+                w.gap_sum += gap
+                w.gap_sq += gap * gap
+                if len(w.gaps) > c.min_gaps:
+                    old = w.gaps.popleft()
+                    w.gap_sum -= old
+                    w.gap_sq -= old * old
+            w.last_at = now
+            if number is not None:
+                w.dest.append((now, number))
+                w.dest_count[number] = w.dest_count.get(number, 0) + 1
+                if len(w.dest) > c.max_attempts:
+                    self._drop_dest(w)
+                if w.last_number is not None and number - w.last_number == 1:
+                    w.run += 1
+                else:
+                    w.run = 0
+                w.last_number = number
             else:
                 w.run = 0
-            if number is not None:
-                w.last_number = number
-            if len(w.times) > self.config.max_attempts:
-                w.times.popleft()
-                w.numbers.popleft()
+            if len(w.minute) > c.max_attempts:
+                w.minute.popleft()
             a = self._assess(w, now)
             w.last = a
             if worst is None or a.score > worst.score or (a.blocked_until or 0) > (worst.blocked_until or 0):
@@ -154,8 +179,10 @@ class DialerDetector:
             w = self._windows.get(key)
             if w is not None:
                 w.ended.append((now, short))
+                w.short += short
                 if len(w.ended) > self.config.max_attempts:
-                    w.ended.popleft()
+                    _at, was_short = w.ended.popleft()
+                    w.short -= was_short
 
     def block(self, keys: tuple[str, ...], now: float) -> float:
         until = now + self.config.cooldown_s
@@ -181,36 +208,41 @@ class DialerDetector:
         return w.last.score if w is not None and w.last is not None else 0
 
     # ------------------------------------------------------------------ features
+    @staticmethod
+    def _drop_dest(w: _Window) -> None:
+        _t, number = w.dest.popleft()
+        left = w.dest_count[number] - 1
+        if left:
+            w.dest_count[number] = left
+        else:
+            del w.dest_count[number]
+
     def _trim(self, w: _Window, now: float) -> None:
-        horizon = now - max(self.config.distinct_window_s, 60.0)
-        while w.times and w.times[0] < horizon:
-            w.times.popleft()
-            w.numbers.popleft()
-        ended_horizon = now - self.config.distinct_window_s
-        while w.ended and w.ended[0][0] < ended_horizon:
-            w.ended.popleft()
+        while w.minute and w.minute[0] <= now - 60.0:
+            w.minute.popleft()
+        while w.second and w.second[0] <= now - 1.0:
+            w.second.popleft()
+        horizon = now - self.config.distinct_window_s
+        while w.dest and w.dest[0][0] <= horizon:
+            self._drop_dest(w)
+        while w.ended and w.ended[0][0] < horizon:
+            _at, was_short = w.ended.popleft()
+            w.short -= was_short
 
     def _assess(self, w: _Window, now: float) -> Assessment:
         c = self.config
-        times = w.times
-        per_second = sum(1 for t in reversed(times) if t > now - 1.0) if times else 0
-        per_minute = 0
-        for t in reversed(times):
-            if t <= now - 60.0:
-                break
-            per_minute += 1
-        distinct = len({n for t, n in zip(times, w.numbers) if n is not None and t > now - c.distinct_window_s})
+        per_second = len(w.second)
+        per_minute = len(w.minute)
+        distinct = len(w.dest_count)
         short_share: float | None = None
         if len(w.ended) >= c.min_calls:
-            short_share = sum(1 for _t, s in w.ended if s) / len(w.ended)
+            short_share = w.short / len(w.ended)
         cv: float | None = None
-        recent = list(times)[-(c.min_gaps + 1):]
-        if len(recent) >= c.min_gaps + 1:
-            gaps = [b - a for a, b in zip(recent, recent[1:])]
-            mean = sum(gaps) / len(gaps)
-            if mean > 0:
-                var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
-                cv = math.sqrt(var) / mean
+        n = len(w.gaps)
+        if n >= c.min_gaps:  # running sums: variance = E[g^2] - E[g]^2
+            mean = w.gap_sum / n
+            if mean > 1e-9:
+                cv = math.sqrt(max(0.0, w.gap_sq / n - mean * mean)) / mean
             else:
                 cv = 0.0
         features: tuple[tuple[str, float | None], ...] = (

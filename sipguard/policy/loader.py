@@ -373,8 +373,9 @@ def _autodialer(ctx: _Ctx, node: yaml.Node, path: str) -> DialerConfig:
             if set(t) != {"warning", "critical"}:
                 ctx.error(v, sub, "needs warning and critical")
                 continue
-            warning = ctx.number(t["warning"][1], f"{sub}.warning")
-            critical = ctx.number(t["critical"][1], f"{sub}.critical")
+            floor = -1.0 if getattr(defaults, key).low_is_bad else 0.0  # below 0: never (a CV is >= 0)
+            warning = ctx.number(t["warning"][1], f"{sub}.warning", minimum=floor)
+            critical = ctx.number(t["critical"][1], f"{sub}.critical", minimum=floor)
             if warning is None or critical is None:
                 continue
             low = getattr(defaults, key).low_is_bad

@@ -17,10 +17,12 @@ From/To/Contact/URIs are parsed on demand with the helpers below.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from .errors import ParseError
 from .grammar import (
+    TOKEN,
     ADDR_SPEC_RE,
     GENERIC_PARAM_RE,
     HOSTNAME_RE,
@@ -46,6 +48,8 @@ __all__ = [
     "split_list",
     "normalize_host",
     "ip_literal",
+    "tag_of",
+    "check_name_addr",
 ]
 
 HeaderField = tuple[str, str, str]  # (key, name as received, value)
@@ -309,6 +313,37 @@ def parse_name_addr(text: str) -> NameAddr:
     if m is None:
         raise ParseError(f"bad addr-spec {text!r}")
     return NameAddr(None, m.group(1), parse_params(m.group(2), what="addr-spec"), False)
+
+
+# the parameters of a name-addr / addr-spec, validated in one C-level match
+_PARAMS_RE = re.compile(
+    r"(?:[ \t]*;[ \t]*" + TOKEN + r"[ \t]*(?:=[ \t]*(?:" + TOKEN
+    + r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+|\"(?:[^\"\\]|\\.)*\")[ \t]*)?)*[ \t]*"
+)
+_TAG_RE = re.compile(r";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
+
+
+def check_name_addr(text: str) -> str:
+    """Validate a name-addr / addr-spec with params (as parse_name_addr does); its params text.
+
+    The fast path of the parser: no objects are built.  Raises ParseError.
+    """
+    m = (NAME_ADDR_RE if "<" in text else ADDR_SPEC_RE).fullmatch(text)
+    if m is None:
+        raise ParseError(f"bad name-addr {text!r}")
+    params = m.group(3) if m.re is NAME_ADDR_RE else m.group(2)
+    if params and _PARAMS_RE.fullmatch(params) is None:
+        raise ParseError(f"bad parameters in {text!r}")
+    return params
+
+
+def tag_of(text: str) -> str | None:
+    """The tag parameter of a From / To value, after validating it.  Raises ParseError."""
+    params = check_name_addr(text)
+    if not params:
+        return None
+    m = _TAG_RE.search(params)
+    return m.group(1) if m else None
 
 
 def parse_via(text: str) -> Via:

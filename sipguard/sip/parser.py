@@ -27,12 +27,13 @@ from .grammar import (
 )
 from .message import (
     HeaderField,
+    check_name_addr,
+    tag_of,
     Message,
     Request,
     Response,
     SipUri,
     Via,
-    parse_name_addr,
     parse_uri,
     parse_via,
     split_list,
@@ -42,7 +43,9 @@ __all__ = ["parse", "Partial", "DEFAULT_MAX_MESSAGE_BYTES", "is_keepalive"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 16384
 _CSEQ_MAX = 2**31 - 1  # RFC 3261 §8.1.1.5: less than 2**31
-_SINGLE = ("call-id", "cseq", "from", "to", "max-forwards", "content-length")
+_SINGLE_SET = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
+_NAME_KEYS: dict[str, str] = {}  # header name as received -> key (bounded memo)
+_CTL_BYTES_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPLIT = frozenset(("via", "route", "record-route"))
 # a CTL, unless quoted-pair-escaped (quoted-pair allows %x00-09 / %x0B-0C / %x0E-7F), or a bare CR/LF
 _CONTROL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
@@ -89,14 +92,33 @@ def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, stream: bo
         raise perr from None
 
 
+def _header_key(name_part: str) -> str:
+    """The lower-case long-form key of a header name as received ('v ', 'Via').  Memoised."""
+    key = _NAME_KEYS.get(name_part)
+    if key is None:
+        m = HEADER_NAME_RE.fullmatch(name_part + ":")
+        if m is None:
+            raise ParseError(f"bad header name {name_part[:40]!r}")
+        key = m.group(1).lower()
+        key = COMPACT_FORMS.get(key, key)
+        if len(_NAME_KEYS) < 4096:
+            _NAME_KEYS[name_part] = key
+    return key
+
+
 def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Message:
     end = data.find(b"\r\n\r\n")
     if end < 0:
         raise ParseError("no empty line after the headers")
-    head = data[:end].decode("utf-8", "surrogateescape")
-    ctl = _CONTROL_RE.search(head)
-    if ctl is not None:  # TEXT-UTF8 and the start lines exclude CTLs; only CRLF separates lines
-        raise ParseError(f"control character {ctl.group()!r} in the headers")
+    head_bytes = data[:end]
+    head = head_bytes.decode("utf-8", "surrogateescape")
+    if _CTL_BYTES_RE.search(head_bytes) is not None:  # rare: then look closely (quoted-pairs may hold CTLs)
+        ctl = _CONTROL_RE.search(head)
+        if ctl is not None:  # TEXT-UTF8 and the start lines exclude CTLs; only CRLF separates lines
+            raise ParseError(f"control character {ctl.group()!r} in the headers")
+    crlf = head.count("\r\n")
+    if head.count("\r") != crlf or head.count("\n") != crlf:
+        raise ParseError("a bare CR or LF in the headers")
     body_start = end + 4
     lines = head.split("\r\n")
     start = lines[0]
@@ -116,8 +138,9 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     headers: list[HeaderField] = []
     raw: list[str | None] = []
     vias: list[Via] = []
-    seen: dict[str, int] = {}
+    single: dict[str, str] = {}  # the single-valued headers a message needs
     cl_values: list[str] = []
+    needs_split = False
     previous: int = -1
     for line in lines[1:]:
         if not line:
@@ -132,25 +155,33 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
             value = (value + " " + line.strip()).strip()
             headers[previous] = (key, name, value)
             raw[previous] = None
+            if key in _SINGLE_SET:
+                single[key] = value
+            needs_split = needs_split or (key in _SPLIT and "," in value)
             continue
-        hm = HEADER_NAME_RE.match(line)
-        if hm is None:
+        name, colon, value = line.partition(":")
+        if not colon:
             raise ParseError(f"bad header line {line[:60]!r}")
-        name = hm.group(1)
-        key = name.lower()
-        key = COMPACT_FORMS.get(key, key)
-        value = line[hm.end():].strip()
-        seen[key] = seen.get(key, 0) + 1
+        key = _header_key(name)
+        value = value.strip()
         if key == "content-length":  # framing, not content: kept aside, rewritten on output
             cl_values.append(value)
             previous = -2
             continue
-        headers.append((key, name, value))
+        if key in _SINGLE_SET:
+            if key in single:
+                raise ParseError(f"more than one {key} header")
+            single[key] = value
+        elif key in _SPLIT and "," in value:
+            needs_split = True
+        headers.append((key, name.rstrip(), value))
         raw.append(line)
         previous = len(headers) - 1
+    if len(cl_values) > 1:
+        raise ParseError("more than one content-length header")
 
     # Split the list headers a proxy edits: one field per value.
-    if any(k in _SPLIT for k, _n, v in headers if "," in v):
+    if needs_split:
         split_headers: list[HeaderField] = []
         split_raw: list[str | None] = []
         for (key, name, value), line_raw in zip(headers, raw):
@@ -181,12 +212,9 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     if len(data) > max_bytes:
         raise MessageTooLarge(f"{len(data)} bytes > {max_bytes}")
 
-    for key in _SINGLE:
-        if seen.get(key, 0) > 1:
-            raise ParseError(f"more than one {key} header")
     if not vias:
         raise ParseError("no Via")
-    values = {k: v for k, _n, v in headers if k in _SINGLE}
+    values = single
     if cl_values:
         values["content-length"] = cl_values[0]
     call_id = values.get("call-id")
@@ -198,8 +226,8 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     to_value = values.get("to")
     if not from_value or not to_value:
         raise ParseError("no From or To")
-    from_na = parse_name_addr(from_value)
-    to_na = parse_name_addr(to_value)
+    from_tag = tag_of(from_value)
+    to_tag = tag_of(to_value)
     cseq_value = values.get("cseq")
     if cseq_value is None:
         raise ParseError("no CSeq")
@@ -230,7 +258,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     for key, _name, value in headers:
         if key == "contact" and value != "*":
             for item in split_list(value):
-                parse_name_addr(item)
+                check_name_addr(item)
         elif key == "date" and DATE_RE.fullmatch(value) is None:
             raise ParseError(f"bad Date {value!r}")
 
@@ -240,8 +268,8 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         call_id=call_id,
         cseq=cseq,
         cseq_method=cseq_method,
-        from_tag=from_na.tag,
-        to_tag=to_na.tag,
+        from_tag=from_tag,
+        to_tag=to_tag,
         vias=tuple(vias),
         raw_lines=tuple(raw),
     )

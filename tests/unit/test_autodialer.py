@@ -171,7 +171,8 @@ def test_memory_is_bounded() -> None:
     assert len(det) <= 1000
     for i in range(100):
         det.attempt(KEY, "+3211", f"n{i}", 5000.0 + i / 1000)
-    assert len(det._windows["trunk"].times) <= 16
+    w = det._windows["trunk"]
+    assert len(w.minute) <= 16 and len(w.dest) <= 16 and len(w.dest_count) <= 16
 
 
 def test_thresholds_where_low_is_bad() -> None:

@@ -1,0 +1,46 @@
+"""The benchmark policy: 50 accounts, every rule enforcing, limits high enough not to trip.
+
+The SIPp UAC calls from the source of the last account (the others only make the
+lookup tables realistic); its caller ID (+3228807241) is in that account's block,
+so caller-ID screening runs in full and passes.
+"""
+
+from __future__ import annotations
+
+ACCOUNTS = 50
+UAC_IP = "127.0.0.2"
+
+
+def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip: str = "127.0.0.1") -> str:
+    lines = [
+        "service:",
+        f'  listen: ["udp:{listen_ip}:{sip_port}"]',
+        f'  admin: "127.0.0.1:{admin_port}"',
+        f'  upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}',
+        "  dialog_timeout_s: 600",
+        "  sip_timers: {t1_ms: 500, t2_ms: 4000, t4_ms: 5000, timer_c_s: 180}",
+        "  edge: {packets_per_s: 1000000, burst: 2000000}",
+        "  autodialer:",
+        "    rate_per_second: {warning: 100000, critical: 200000}",
+        "    rate_per_minute: {warning: 10000000, critical: 20000000}",
+        "    sequential_run: {warning: 1000000, critical: 2000000}",
+        "    distinct_destinations: {warning: 1000000, critical: 2000000}",
+        "    short_share: {warning: 2, critical: 3}  # a share never reaches 2: benchmark calls are short",
+        "    regularity_cv: {warning: -1, critical: -1}  # SIPp is machine-regular by design",
+        "accounts:",
+    ]
+    for n in range(ACCOUNTS):
+        last = n == ACCOUNTS - 1
+        source = f"{UAC_IP}/32" if last else f"10.{n // 256}.{n % 256}.0/24"
+        block = "+3228807240-+3228807249" if last else f"+3250{n:03d}0000-+3250{n:03d}9999"
+        lines += [
+            f"  acct{n:02d}:",
+            "    kind: trunk",
+            "    channels: 100000",
+            f'    match: {{sources: ["{source}"]}}',
+            "    upstream: uas",
+            f'    numbers: [{{range: "{block}", site: main}}]',
+            f'    sites: {{main: {{address: "Street {n}, 1000 Brussels", emergency_caller_id: "{block.split("-")[0]}"}}}}',
+            "    rules: {channel_limit: enforce, caller_id: enforce, emergency: enforce, autodialer: enforce}",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,417 @@
+"""Load benchmark: SIPp UAC -> {nothing | sipguard | Kamailio} -> SIPp UAS, in one run.
+
+    python -m bench.run [--targets direct,sipguard,kamailio] [--rates 500,1000,2000]
+                        [--duration-s 20] [--hold-ms 1000] [--concurrent 10000] [--smoke]
+
+For each target it steps the call rate up (calls of INVITE/100/180/200/ACK, held
+``--hold-ms``, BYE/200) and reports, per rate: failed calls, p50/p99 of INVITE->200
+and BYE->200 (timed inside the SIPp scenario), the proxy's CPU seconds per 1,000
+calls and its peak memory.  The highest rate with 0 failed calls is the target's
+capacity.  For sipguard it then holds ``--concurrent`` calls and reports the memory
+per active dialog and the INVITE->200 of new calls while they are held.  It prints one
+table and the ratios sipguard/Kamailio and sipguard/direct; ``--json FILE`` saves it.
+
+Every party has its own loopback address (UAC 127.0.0.2, UAS 127.0.0.3, proxy
+127.0.0.1); every SIPp run is bounded and killed by pid.  Kamailio is installed
+with apt-get when missing (``--no-install`` to skip a target that is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .policy import UAC_IP, benchmark_policy
+
+ROOT = Path(__file__).parents[1]
+SCENARIOS = ROOT / "sipp_scenarios" / "bench"
+UAS_IP = "127.0.0.3"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Step:
+    target: str
+    rate: int
+    calls: int
+    ok: int
+    failed: int
+    invite_p50_ms: float | None
+    invite_p99_ms: float | None
+    bye_p50_ms: float | None
+    bye_p99_ms: float | None
+    cpu_s_per_1000: float | None
+    peak_rss_mb: float | None
+
+
+@dataclass
+class Report:
+    machine: str
+    steps: list[Step] = field(default_factory=list)
+    capacity: dict[str, int] = field(default_factory=dict)
+    held: dict[str, float] = field(default_factory=dict)
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its descendants (Kamailio forks its workers)."""
+    total = 0
+    for p in _descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / CLK_TCK
+
+
+def memory_mb(pid: int, key: str = "VmHWM") -> float:
+    """Sum over the process tree of VmHWM (peak) or VmRSS, in MB."""
+    total = 0
+    for p in _descendants(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+class Target:
+    name = ""
+    host = "127.0.0.1"
+
+    def __init__(self, workdir: Path, uas_port: int) -> None:
+        self.workdir = workdir
+        self.uas_port = uas_port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = uas_port
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+class Direct(Target):
+    name = "direct"
+    host = UAS_IP  # the UAC calls the UAS itself
+
+
+class Sipguard(Target):
+    name = "sipguard"
+
+    def start(self) -> None:
+        self.port = free_port("127.0.0.1")
+        self.admin = free_tcp_port()
+        policy = self.workdir / "bench-policy.yaml"
+        policy.write_text(benchmark_policy(self.port, self.admin, self.uas_port))
+        log = open(self.workdir / "sipguard.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sipguard", "run", "--policy", str(policy),
+             "--decision-log", str(self.workdir / "decisions.jsonl")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("sipguard did not start: " + (self.workdir / "sipguard.log").read_text()[-2000:])
+
+
+class Kamailio(Target):
+    name = "kamailio"
+
+    def start(self) -> None:
+        binary = shutil.which("kamailio")
+        if binary is None:
+            raise RuntimeError("kamailio is not installed")
+        self.port = free_port("127.0.0.1")
+        cfg = (Path(__file__).with_name("kamailio.cfg.tmpl").read_text()
+               .replace("@SIP_PORT@", str(self.port)).replace("@UAS_PORT@", str(self.uas_port))
+               .replace("@UAC_IP@", UAC_IP))
+        path = self.workdir / "kamailio.cfg"
+        path.write_text(cfg)
+        log = open(self.workdir / "kamailio.log", "wb")
+        # tlsf allocator, 4 GB of shared memory, 64 MB private per process (issue 5's lessons)
+        self.proc = subprocess.Popen(
+            [binary, "-f", str(path), "-DD", "-E", "-x", "tlsf", "-m", "4096", "-M", "64",
+             "-P", str(self.workdir / "kamailio.pid"), "-Y", str(self.workdir)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        time.sleep(2.0)
+        if self.proc.poll() is not None:
+            raise RuntimeError("kamailio did not start: " + (self.workdir / "kamailio.log").read_text()[-2000:])
+
+
+def sipp_cmd(scenario: str, ip: str, port: int, *extra: str) -> list[str]:
+    return ["sipp", "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port), "-nostdin",
+            "-max_socket", "1024", "-buff_size", "4194304", *extra]
+
+
+def run_uac(workdir: Path, target: Target, rate: int, calls: int, hold_ms: int, timeout_s: float,
+            tag: str) -> tuple[int, int, list[float], list[float]]:
+    """One bounded SIPp UAC run: (ok, failed, INVITE->200 ms, BYE->200 ms)."""
+    rundir = workdir / tag
+    rundir.mkdir(exist_ok=True)
+    port = free_port(UAC_IP)
+    cmd = sipp_cmd("uac.xml", UAC_IP, port, "-s", "+3250123400", "-r", str(rate), "-m", str(calls),
+                   "-d", str(hold_ms), "-trace_rtt", "-rtt_freq", "1", "-l", str(max(rate * 4, 100)),
+                   f"{target.host}:{target.port}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=rundir)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # SIPp's own -timeout does not stop a UAC after a collapse
+        out, _ = proc.communicate()
+    text = out.decode(errors="replace")
+    ok = failed = 0
+    for line in text.splitlines():
+        if line.strip().startswith("Successful call"):
+            ok = int(line.split("|")[2])
+        elif line.strip().startswith("Failed call"):
+            failed = int(line.split("|")[2])
+    failed += max(0, calls - ok - failed)  # calls never completed count as failed
+    invite, bye = [], []
+    for path in rundir.glob("*_rtt.csv"):
+        with open(path) as f:
+            for row in csv.reader(f, delimiter=";"):
+                if len(row) >= 3 and row[1].replace(".", "", 1).isdigit():
+                    (invite if row[2].strip() == "1" else bye).append(float(row[1]))
+        path.unlink()
+    return ok, failed, invite, bye
+
+
+def start_uas(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    out = open(workdir / f"uas-{port}.out", "wb")
+    return subprocess.Popen(sipp_cmd("uas.xml", UAS_IP, port), stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+
+
+def bench_target(kind: type[Target], rates: list[int], args: argparse.Namespace, workdir: Path,
+                 report: Report) -> None:
+    uas_port = free_port(UAS_IP)
+    uas = start_uas(workdir, uas_port)
+    target = kind(workdir, uas_port)
+    try:
+        target.start()
+        time.sleep(0.3)
+        best = 0
+        for rate in rates:
+            calls = int(rate * args.duration_s)
+            cpu0 = cpu_seconds(target.pid) if target.pid else None
+            ok, failed, invite, bye = run_uac(workdir, target, rate, calls, args.hold_ms,
+                                              args.duration_s + args.hold_ms / 1000 + 40, f"{target.name}-{rate}")
+            cpu = (cpu_seconds(target.pid) - cpu0) / calls * 1000 if target.pid and cpu0 is not None else None
+            peak = memory_mb(target.pid) if target.pid else None
+            step = Step(target.name, rate, calls, ok, failed, _percentile(invite, 0.5), _percentile(invite, 0.99),
+                        _percentile(bye, 0.5), _percentile(bye, 0.99), cpu, peak)
+            report.steps.append(step)
+            print(_row(step), flush=True)
+            if failed:
+                break
+            best = rate
+            time.sleep(2.0)  # let the last transactions go
+        report.capacity[target.name] = best
+        if kind is Sipguard and args.concurrent:
+            held(target, workdir, args, report)
+    finally:
+        target.stop()
+        uas.kill()
+        uas.wait()
+
+
+def held(target: Target, workdir: Path, args: argparse.Namespace, report: Report) -> None:
+    """Hold ``--concurrent`` calls: memory per dialog, and new calls' INVITE->200 meanwhile."""
+    assert target.pid is not None
+    n = args.concurrent
+    rate = min(1000, max(50, n // 10))
+    time.sleep(3.0)
+    base_rss = memory_mb(target.pid, "VmRSS")
+    _ok, _failed, alone, _bye = run_uac(workdir, target, 100, 300, 100, 60, "alone")
+    hold_ms = int(n / rate * 1000) + 15000
+    port = free_port(UAC_IP)
+    rundir = workdir / "held"
+    rundir.mkdir(exist_ok=True)
+    holder = subprocess.Popen(
+        sipp_cmd("uac.xml", UAC_IP, port, "-s", "+3250123400", "-r", str(rate), "-m", str(n), "-d", str(hold_ms),
+                 "-l", str(n + 10), f"127.0.0.1:{target.port}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=rundir)
+    try:
+        time.sleep(n / rate + 2.0)
+        held_rss = memory_mb(target.pid, "VmRSS")
+        _ok, _failed2, during, _bye2 = run_uac(workdir, target, 100, 300, 100, 60, "during")
+    finally:
+        holder.kill()
+        holder.wait()
+    report.held = {
+        "concurrent": n,
+        "rss_before_mb": round(base_rss, 1),
+        "rss_held_mb": round(held_rss, 1),
+        "kb_per_dialog": round((held_rss - base_rss) * 1024 / n, 2),
+        "invite_p50_ms_alone": _or_nan(_percentile(alone, 0.5)),
+        "invite_p50_ms_while_held": _or_nan(_percentile(during, 0.5)),
+        "invite_p99_ms_alone": _or_nan(_percentile(alone, 0.99)),
+        "invite_p99_ms_while_held": _or_nan(_percentile(during, 0.99)),
+    }
+    print(f"held {n} calls: {report.held}", flush=True)
+
+
+def _or_nan(v: float | None) -> float:
+    return float("nan") if v is None else v
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+HEADER = (f"{'target':<10}{'calls/s':>8}{'calls':>8}{'failed':>8}{'INV p50':>9}{'INV p99':>9}"
+          f"{'BYE p50':>9}{'BYE p99':>9}{'CPU s/1k':>10}{'peak MB':>9}")
+
+
+def _row(s: Step) -> str:
+    return (f"{s.target:<10}{s.rate:>8}{s.calls:>8}{s.failed:>8}{_fmt(s.invite_p50_ms):>9}{_fmt(s.invite_p99_ms):>9}"
+            f"{_fmt(s.bye_p50_ms):>9}{_fmt(s.bye_p99_ms):>9}{_fmt(s.cpu_s_per_1000, 3):>10}{_fmt(s.peak_rss_mb, 1):>9}")
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Linux {os.uname().release}, Python {sys.version.split()[0]}"
+
+
+def ensure_tools(targets: list[str], install: bool) -> list[str]:
+    if shutil.which("sipp") is None:
+        raise SystemExit("sipp is required (apt-get install sip-tester)")
+    if "kamailio" in targets and shutil.which("kamailio") is None:
+        if install and os.geteuid() == 0 and shutil.which("apt-get"):
+            subprocess.run(["apt-get", "install", "-y", "-qq", "kamailio"], check=False,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+        if shutil.which("kamailio") is None:
+            print("kamailio is missing: skipped", file=sys.stderr)
+            targets = [t for t in targets if t != "kamailio"]
+    return targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", default="direct,sipguard,kamailio")
+    parser.add_argument("--rates", default="250,500,1000,1500,2000,3000")
+    parser.add_argument("--duration-s", type=float, default=20.0)
+    parser.add_argument("--hold-ms", type=int, default=1000)
+    parser.add_argument("--concurrent", type=int, default=10000)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
+    parser.add_argument("--no-install", action="store_true")
+    parser.add_argument("--json", help="write the report here")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rates, args.duration_s, args.hold_ms, args.concurrent = "50", 2.0, 200, 200
+    rates = [int(r) for r in args.rates.split(",")]
+    targets = ensure_tools([t.strip() for t in args.targets.split(",") if t.strip()], not args.no_install)
+    kinds = {"direct": Direct, "sipguard": Sipguard, "kamailio": Kamailio}
+    report = Report(machine())
+    print(f"machine: {report.machine}")
+    print(f"calls held {args.hold_ms} ms, {args.duration_s:g} s per rate; latencies in ms, timed in the SIPp scenario")
+    print(HEADER, flush=True)
+    with tempfile.TemporaryDirectory(prefix="sipguard-bench-") as tmp:
+        for name in targets:
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            bench_target(kinds[name], rates, args, workdir, report)
+    print()
+    print(HEADER)
+    for step in report.steps:
+        print(_row(step))
+    print()
+    print("capacity (highest rate with 0 failed calls): "
+          + ", ".join(f"{k} {v}/s" for k, v in report.capacity.items()))
+    cap = report.capacity
+    if cap.get("sipguard") is not None:
+        for other in ("kamailio", "direct"):
+            if cap.get(other):
+                print(f"ratio sipguard/{other}: {cap['sipguard'] / cap[other]:.2f}")
+    if report.held:
+        print(f"held calls: {report.held}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": report.machine, "steps": [asdict(s) for s in report.steps],
+                                               "capacity": report.capacity, "held": report.held}, indent=2))
+    ok = all(step.failed == 0 for step in report.steps if step.rate == rates[0])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

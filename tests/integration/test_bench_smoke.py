@@ -1,0 +1,41 @@
+"""The benchmarks themselves are tested: a short, low-rate run of each must work (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, require
+
+pytestmark = pytest.mark.integration
+
+
+def test_load_benchmark_smoke_run(tmp_path: Path) -> None:
+    require("sipp")
+    require("kamailio")
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    targets = {step["target"] for step in report["steps"]}
+    assert targets == {"direct", "sipguard", "kamailio"}, proc.stdout[-2000:]
+    for step in report["steps"]:
+        assert step["failed"] == 0 and step["ok"] == step["calls"] > 0, step
+        assert step["invite_p50_ms"] is not None, step
+    assert report["capacity"] == {"direct": 50, "sipguard": 50, "kamailio": 50}
+    assert report["held"]["concurrent"] == 200 and report["held"]["kb_per_dialog"] > 0
+    assert "ratio sipguard/kamailio" in proc.stdout and "capacity" in proc.stdout
+
+
+def test_micro_benchmark_smoke_run() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.micro", "--n", "300", "--repeat", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0] for line in proc.stdout.splitlines()[2:]}
+    assert {"parse", "decide", "serialize", "core.receive"} <= rows, proc.stdout

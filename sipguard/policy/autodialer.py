@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["DialerConfig", "Thresholds", "Assessment", "DialerDetector", "LEVELS"]
 
@@ -245,6 +245,15 @@ class DialerDetector:
                 cv = math.sqrt(max(0.0, w.gap_sq / n - mean * mean)) / mean
             else:
                 cv = 0.0
+        score = (c.rate_per_second.score(per_second) + c.rate_per_minute.score(per_minute)
+                 + c.sequential_run.score(w.run) + c.distinct_destinations.score(distinct)
+                 + c.short_share.score(short_share) + c.regularity_cv.score(cv))
+        blocked = w.blocked_until if w.blocked_until > now else None
+        if score < c.warning_score:
+            if blocked is None and score == 0:
+                return _QUIET  # the common case: nothing to report, nothing to build
+            return Assessment("none", score, (), blocked)
+        level = "critical" if score >= c.critical_score else "warning"
         features: tuple[tuple[str, float | None], ...] = (
             ("rate_per_second", float(per_second)),
             ("rate_per_minute", float(per_minute)),
@@ -253,12 +262,26 @@ class DialerDetector:
             ("short_share", None if short_share is None else round(short_share, 3)),
             ("regularity_cv", None if cv is None else round(cv, 3)),
         )
-        score = (c.rate_per_second.score(per_second) + c.rate_per_minute.score(per_minute)
-                 + c.sequential_run.score(w.run) + c.distinct_destinations.score(distinct)
-                 + c.short_share.score(short_share) + c.regularity_cv.score(cv))
-        level = "critical" if score >= c.critical_score else "warning" if score >= c.warning_score else "none"
-        blocked = w.blocked_until if w.blocked_until > now else None
         return Assessment(level, score, features, blocked)
+
+    def features_of(self, key: str, now: float) -> tuple[tuple[str, float | None], ...]:
+        """The feature values of one key now (for tests and the admin view)."""
+        w = self._windows.get(key)
+        if w is None:
+            return ()
+        saved = self.config
+        try:
+            self.config = _replace_scores(saved)
+            return self._assess(w, now).features
+        finally:
+            self.config = saved
+
+
+def _replace_scores(config: DialerConfig) -> DialerConfig:
+    return replace(config, warning_score=0, critical_score=10**9)
+
+
+_QUIET = Assessment("none", 0, (), None)
 
 
 def _as_int(called: str | None) -> int | None:

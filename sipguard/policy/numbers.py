@@ -14,8 +14,7 @@ from collections.abc import Iterable
 
 import phonenumbers
 
-from ..sip.errors import ParseError
-from ..sip.message import parse_name_addr
+from ..sip.grammar import ADDR_SPEC_RE, NAME_ADDR_RE
 from .model import NumberBlock
 
 __all__ = ["NumberPlan", "NumberIndex", "uri_user", "identity_of"]
@@ -38,12 +37,26 @@ def uri_user(uri: str) -> str | None:
 
 
 def identity_of(header_value: str) -> tuple[str | None, str | None]:
-    """(display name, URI user) of a From / P-Asserted-Identity / Remote-Party-ID value."""
-    try:
-        na = parse_name_addr(header_value)
-    except ParseError:
-        return None, None
-    return na.display, uri_user(na.uri)
+    """(display name, URI user) of a From / P-Asserted-Identity / Remote-Party-ID value.
+
+    Memoised: the same From recurs on every call of a caller.
+    """
+    hit = _IDENTITY_MEMO.get(header_value)
+    if hit is not None:
+        return hit
+    if "<" in header_value:
+        m = NAME_ADDR_RE.fullmatch(header_value)
+        result = (m.group(1).strip() or None, uri_user(m.group(2))) if m else (None, None)
+    else:
+        m = ADDR_SPEC_RE.fullmatch(header_value)
+        result = (None, uri_user(m.group(1))) if m else (None, None)
+    if len(_IDENTITY_MEMO) >= _MEMO_MAX:
+        _IDENTITY_MEMO.clear()
+    _IDENTITY_MEMO[header_value] = result
+    return result
+
+
+_IDENTITY_MEMO: dict[str, tuple[str | None, str | None]] = {}
 
 
 class NumberPlan:

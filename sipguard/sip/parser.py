@@ -65,7 +65,7 @@ class Partial:
 
 def is_keepalive(data: bytes) -> bool:
     """CRLF keep-alives (RFC 5626 §4.4.1) and empty datagrams: not messages."""
-    return not data.strip(b"\r\n \t")
+    return len(data) <= 8 and not data.strip(b"\r\n \t")
 
 
 def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, stream: bool = False) -> Message:

@@ -430,6 +430,8 @@ class ProxyCore:
                 return
             txn.admission = adm = replace(adm, target=target)
         txn.out_route = tuple(remaining)
+        txn.popped = popped
+        txn.loop = loop
         self._txns[key] = txn
         if txn.invite:
             self._server_provisional(txn, self._build_reply(req, 100, "Trying", to_tag=False), 100, out)
@@ -440,7 +442,7 @@ class ProxyCore:
             return
         if txn.invite:
             txn.dialog = self._start_dialog(req, adm, now, out)
-        self._forward_admitted(txn, adm, now, out, popped=popped, loop=loop)
+        self._forward_admitted(txn, adm, now, out)
 
     def _addressed_to_me(self, req: Request) -> bool:
         ruri = req.ruri
@@ -493,10 +495,7 @@ class ProxyCore:
             self._server_final(invite, data, 487, now, out)
 
     # ------------------------------------------------------------------ forwarding
-    def _forward_admitted(
-        self, txn: Txn, adm: Admission, now: float, out: list[Action], popped: int | None = None,
-        loop: str | None = None,
-    ) -> None:
+    def _forward_admitted(self, txn: Txn, adm: Admission, now: float, out: list[Action]) -> None:
         req = txn.request
         target = adm.target
         assert target is not None
@@ -504,10 +503,7 @@ class ProxyCore:
         if local is None:
             self._server_final(txn, self._build_reply(req, 503, "Service Unavailable"), 503, now, out)
             return
-        if popped is None or loop is None:
-            routes = [v for k, _n, v in req.headers if k == "route"]
-            popped = len(routes) - len(txn.out_route)
-            loop = self._loop_hash(req, txn.out_route)
+        popped, loop = txn.popped, txn.loop
         edits: list[Edit] = []
         via_edit = self._received_edit(req.vias[0], txn.reply_to)
         if via_edit is not None:

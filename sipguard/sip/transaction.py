@@ -149,6 +149,8 @@ class Txn:
         "target",
         "out_bytes",
         "out_route",
+        "popped",
+        "loop",
         "dialog",
         "cancelled",
         "cancel_pending",
@@ -174,6 +176,8 @@ class Txn:
         self.target: Peer | None = None
         self.out_bytes = b""
         self.out_route: tuple[str, ...] = ()  # Route values of the forwarded request
+        self.popped = 0  # how many of the received Route values were ours
+        self.loop = ""  # the loop-detection hash that goes into our branch
         self.dialog: object | None = None
         self.cancelled = False
         self.cancel_pending = False

@@ -281,6 +281,8 @@ def bench_target(kind: type[Target], rates: list[int], args: argparse.Namespace,
             time.sleep(2.0)  # let the last transactions go
         report.capacity[target.name] = best
         if kind is Sipguard and args.concurrent:
+            target.stop()  # a fresh process: its memory before the held calls is the baseline
+            target.start()
             held(target, workdir, args, report)
     finally:
         target.stop()

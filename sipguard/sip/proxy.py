@@ -205,6 +205,7 @@ class ProxyCore:
             return out
         adm = txn.admission
         req = txn.request
+        assert req is not None, "a slim transaction is not forwarded again"
         if not granted:
             rej = adm.claim_reject or Reject(503, "Service Unavailable")
             self._server_final(txn, self._build_reply(req, rej.status, rej.reason, rej.headers), rej.status, now, out)
@@ -490,6 +491,7 @@ class ProxyCore:
             invite.cancel_pending = True  # §9.1: wait for a provisional before CANCEL
         elif invite.client is ClientState.NONE:
             # still waiting for its claim: answer 487 now, release when it settles
+            assert invite.request is not None
             data = self._build_reply(invite.request, 487, "Request Terminated")
             self.stats.replies[487] += 1
             self._server_final(invite, data, 487, now, out)
@@ -497,6 +499,7 @@ class ProxyCore:
     # ------------------------------------------------------------------ forwarding
     def _forward_admitted(self, txn: Txn, adm: Admission, now: float, out: list[Action]) -> None:
         req = txn.request
+        assert req is not None, "a slim transaction is not forwarded again"
         target = adm.target
         assert target is not None
         local = self._local_for(target)
@@ -646,6 +649,7 @@ class ProxyCore:
     def _send_cancel(self, txn: Txn, now: float, out: list[Action]) -> None:
         """CANCEL downstream for our INVITE client transaction (§9.1, §16.10)."""
         req = txn.request
+        assert req is not None, "a slim transaction is not forwarded again"
         assert txn.target is not None
         local = self._local_for(txn.target)
         assert local is not None
@@ -678,9 +682,13 @@ class ProxyCore:
         self._heap.set(cancel, "F", now + self.timers.t64_s)
 
     def _send_ack(self, txn: Txn, resp: Response, out: list[Action]) -> None:
-        """ACK for a non-2xx final, hop-by-hop (§17.1.1.3)."""
-        req = txn.request
+        """ACK for a non-2xx final, hop-by-hop (§17.1.1.3); the same bytes for a retransmitted final."""
         assert txn.target is not None
+        if txn.client is ClientState.COMPLETED and txn.request is None:
+            out.append(Send(txn.out_bytes, txn.target, "ACK", 0))
+            return
+        req = txn.request
+        assert req is not None, "a slim transaction is not forwarded again"
         local = self._local_for(txn.target)
         assert local is not None
         lines = [f"ACK {req.uri} SIP/2.0",
@@ -694,7 +702,9 @@ class ProxyCore:
         lines.append(f"To: {to_value}")
         lines.append(f"CSeq: {req.cseq} ACK")
         lines.extend(("Content-Length: 0", "", ""))
-        out.append(Send("\r\n".join(lines).encode("utf-8", "surrogateescape"), txn.target, "ACK", 0))
+        data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        txn.out_bytes = data  # the INVITE is never retransmitted again: keep the ACK instead
+        out.append(Send(data, txn.target, "ACK", 0))
 
     # ------------------------------------------------------------------ responses
     def _on_response(self, resp: Response, now: float, out: list[Action]) -> None:
@@ -817,14 +827,14 @@ class ProxyCore:
             self.stats.replies[100] += 1
         txn.last_response = data
         txn.last_status = status
-        out.append(Send(data, txn.reply_to, txn.request.method, status))
+        out.append(Send(data, txn.reply_to, txn.method, status))
 
     def _server_final(self, txn: Txn, data: bytes, status: int, now: float, out: list[Action]) -> None:
         """Send a non-2xx final (ours or forwarded) upstream and complete the server side."""
         txn.server_move("send_final")
         txn.last_response = data
         txn.last_status = status
-        out.append(Send(data, txn.reply_to, txn.request.method, status))
+        out.append(Send(data, txn.reply_to, txn.method, status))
         udp = txn.reply_to.transport == "udp"
         if txn.invite:
             if udp:
@@ -839,7 +849,7 @@ class ProxyCore:
         t = self.timers
         if name in ("A", "E"):  # retransmit downstream over UDP
             txn.client_move("timer_a" if name == "A" else "timer_e")
-            out.append(Send(txn.out_bytes, txn.target, txn.request.method if txn.key[0] != "cancel" else "CANCEL", 0))  # type: ignore[arg-type]
+            out.append(Send(txn.out_bytes, txn.target, txn.method if txn.key[0] != "cancel" else "CANCEL", 0))  # type: ignore[arg-type]
             if name == "A":
                 txn.retransmit_s *= 2
             else:
@@ -850,6 +860,7 @@ class ProxyCore:
             self._heap.cancel(txn, "E")
             txn.client_move("timer_b" if name == "B" else "timer_f")
             if txn.key[0] != "cancel" and txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
+                assert txn.request is not None
                 data = self._build_reply(txn.request, 408, "Request Timeout")
                 self.stats.replies[408] += 1
                 self._server_final(txn, data, 408, now, out)
@@ -859,6 +870,7 @@ class ProxyCore:
             txn.client_move("timer_c")
             self._send_cancel(txn, now, out)
             if txn.server is ServerState.PROCEEDING:
+                assert txn.request is not None
                 data = self._build_reply(txn.request, 408, "Request Timeout")
                 self.stats.replies[408] += 1
                 self._server_final(txn, data, 408, now, out)
@@ -868,7 +880,7 @@ class ProxyCore:
         elif name == "G":
             txn.server_move("timer_g")
             if txn.last_response is not None:
-                out.append(Send(txn.last_response, txn.reply_to, txn.request.method, txn.last_status))
+                out.append(Send(txn.last_response, txn.reply_to, txn.method, txn.last_status))
             txn.retransmit_s = min(txn.retransmit_s * 2, t.t2_s)
             self._heap.set(txn, "G", now + txn.retransmit_s)
         elif name in ("H", "I", "J", "L"):
@@ -880,6 +892,8 @@ class ProxyCore:
 
     def _maybe_free(self, txn: Txn) -> None:
         if not txn.done:
+            if txn.request is not None and txn.settled_sides:
+                txn.slim()
             return
         txn.alive = False
         txn.deadlines.clear()

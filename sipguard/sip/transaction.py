@@ -136,6 +136,7 @@ class Txn:
 
     __slots__ = (
         "key",
+        "method",
         "request",
         "invite",
         "reply_to",
@@ -163,7 +164,8 @@ class Txn:
 
     def __init__(self, key: tuple[object, ...], request: Request, reply_to: Peer) -> None:
         self.key = key
-        self.request = request
+        self.method = request.method
+        self.request: Request | None = request  # None once both sides are final (slim)
         self.invite = request.method == "INVITE"
         self.reply_to = reply_to
         self.server: ServerState = S.PROCEEDING if self.invite else S.TRYING
@@ -194,6 +196,24 @@ class Txn:
     def client_move(self, event: str) -> None:
         table = CLIENT_INVITE if self.invite else CLIENT_NON_INVITE
         self.client = move(table, self.client, event)  # type: ignore[arg-type,assignment]
+
+    @property
+    def settled_sides(self) -> bool:
+        """Both sides past their final response: only retransmission absorption is left."""
+        server_final = self.server in (S.COMPLETED, S.CONFIRMED, S.ACCEPTED, S.TERMINATED)
+        client_final = self.client in (C.COMPLETED, C.ACCEPTED, C.TERMINATED) or (
+            self.client is C.NONE and self.local)
+        return server_final and client_final
+
+    def slim(self) -> None:
+        """Drop what a finished transaction no longer needs (the request, the admission, the dialog):
+        it lives on for Timers J/L/M/D only to absorb retransmissions."""
+        self.request = None
+        self.admission = None
+        self.dialog = None
+        self.out_route = ()
+        if self.client is not C.COMPLETED:  # COMPLETED keeps its ACK bytes for retransmitted finals
+            self.out_bytes = b""
 
     @property
     def done(self) -> bool:

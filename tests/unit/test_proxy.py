@@ -430,3 +430,19 @@ accounts:
 def test_name_addr_helper_reads_display_and_params() -> None:
     na = parse_name_addr('"Alice" <sip:alice@example.com;transport=udp>;tag=abc;x')
     assert na.display == '"Alice"' and na.tag == "abc" and na.param("x") == ""
+
+
+def test_finished_transactions_are_slim_but_still_absorb_retransmissions(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    feed(core, response_to(fwd, 486, "Busy"), UAS, clock.advance(0.01), wire)
+    feed(core, request("ACK", to_tag="uas-tag"), UAC, clock.advance(0.01), wire)
+    txn = next(iter(core._txns.values()))
+    assert txn.request is None and txn.admission is None  # only retransmission absorption is left
+    acks = len([s for s in wire.to(UAS) if s.method == "ACK"])
+    feed(core, response_to(fwd, 486, "Busy"), UAS, clock.advance(0.5), wire)  # the UAS retransmits
+    assert len([s for s in wire.to(UAS) if s.method == "ACK"]) == acks + 1  # ACKed again, same bytes
+    assert wire.to(UAS)[-1].data == [s for s in wire.to(UAS) if s.method == "ACK"][0].data
+    feed(core, request(), UAC, clock.advance(0.01), wire)  # a late INVITE retransmission
+    assert wire.statuses_to(UAC)[-1] == 486 and len([s for s in wire.to(UAS) if s.method == "INVITE"]) == 1

@@ -120,5 +120,14 @@ class Metrics:
                                      registry=registry)
         self.autodialer_detections = Counter("sipguard_autodialer_detections",
                                              "Auto-dialer detections, by level", ["level"], registry=registry)
+        self._children: dict[tuple[object, ...], Counter] = {}
         self.internal_errors = Counter("sipguard_internal_errors", "Bugs caught by the transport guard",
                                        registry=registry)
+
+    def child(self, counter: Counter, *labels: str) -> Counter:
+        """``counter.labels(*labels)``, memoised: label sets are bounded, and labels() is slow."""
+        key = (id(counter), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = counter.labels(*labels)
+        return found

@@ -220,9 +220,9 @@ class Server:
             elif isinstance(action, Decided):
                 self._decided(action)
             elif isinstance(action, DialogStarted):
-                self.metrics.dialogs_started.labels(action.direction).inc()
+                self.metrics.child(self.metrics.dialogs_started, action.direction).inc()
             elif isinstance(action, DialogEnded):
-                self.metrics.dialogs_ended.labels(action.reason).inc()
+                self.metrics.child(self.metrics.dialogs_ended, action.reason).inc()
                 if isinstance(action.claim, ChannelClaim):
                     self.store.release_now(action.claim)
                 self.engine.dialer.ended(action.dialog_id, action.duration_s is not None, action.duration_s,
@@ -239,7 +239,7 @@ class Server:
 
     def _record(self, decision: Decision, call_id: str, account: str | None) -> None:
         m = self.metrics
-        m.decisions.labels(decision.rule, decision.verdict.value).inc()
+        m.child(m.decisions, decision.rule, decision.verdict.value).inc()
         if decision.rule == "emergency":
             ev = dict(decision.evidence)
             m.emergency_calls.labels(str(ev.get("location")), str(ev.get("caller_id_action"))).inc()

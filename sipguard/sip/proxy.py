@@ -18,7 +18,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Reject, Router, Send, Settle
 from .dialog import Dialog, DialogState
@@ -56,20 +56,22 @@ class Local:
     transport: str  # udp | tcp | tls
     host: str  # IP literal or name, IPv6 without brackets
     port: int
+    # derived once, used on every forwarded message
+    hostport: str = field(init=False, compare=False, repr=False)
+    uri: str = field(init=False, compare=False, repr=False)
+    via_prefix: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        hostport = f"{host}:{self.port}"
+        params = "" if self.transport == "udp" else f";transport={self.transport}"
+        object.__setattr__(self, "hostport", hostport)
+        object.__setattr__(self, "uri", f"<sip:{hostport}{params};lr>")
+        object.__setattr__(self, "via_prefix", f"SIP/2.0/{self.transport.upper()} {hostport};branch=")
 
     @property
     def family(self) -> int:
         return 6 if ":" in self.host else 4
-
-    @property
-    def hostport(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def uri(self) -> str:
-        params = "" if self.transport == "udp" else f";transport={self.transport}"
-        return f"<sip:{self.hostport}{params};lr>"
 
 
 class CoreStats:
@@ -117,6 +119,9 @@ class ProxyCore:
         self.timers = timers or TimerConfig()
         self.max_message_bytes = max_message_bytes
         self._me = {(loc.host.lower(), loc.port) for loc in self.locals}
+        self._by_family: dict[tuple[str, int], Local] = {}
+        for loc in self.locals:
+            self._by_family.setdefault((loc.transport, loc.family), loc)
         self._me_hosts = {loc.host.lower() for loc in self.locals} | {a.lower().strip("[]") for a in aliases}
         self._me_ports = {loc.port for loc in self.locals}
         self._server_header = server_header
@@ -240,11 +245,7 @@ class ProxyCore:
         return self._is_me(uri.host, uri.port)
 
     def _local_for(self, dest: Peer) -> Local | None:
-        family = 6 if ":" in dest.host else 4
-        for loc in self.locals:
-            if loc.transport == dest.transport and loc.family == family:
-                return loc
-        return None
+        return self._by_family.get((dest.transport, 6 if ":" in dest.host else 4))
 
     def _reply_address(self, via: Via, source: Peer) -> Peer:
         # RFC 3261 §18.2.2 + RFC 3581 §4: the source address; its port if rport, else sent-by's
@@ -384,7 +385,7 @@ class ProxyCore:
         popped = 0
         while popped < len(routes):
             try:
-                route_uri = parse_uri(parse_name_addr(routes[popped]).uri)
+                route_uri = _route_uri(routes[popped])
             except ParseError:
                 break
             if not self._uri_is_me(route_uri):
@@ -463,7 +464,7 @@ class ProxyCore:
 
     def _route_target(self, route_value: str) -> Peer | None:
         try:
-            uri = parse_uri(parse_name_addr(route_value).uri)
+            uri = _route_uri(route_value)
         except ParseError:
             return None
         return self._uri_target(uri)
@@ -512,7 +513,7 @@ class ProxyCore:
         if via_edit is not None:
             edits.append(via_edit)
         txn.branch = f"{_COOKIE}{loop}.{self._next_id():x}"
-        edits.append(Prepend("via", f"SIP/2.0/{local.transport.upper()} {local.hostport};branch={txn.branch}"))
+        edits.append(Prepend("via", local.via_prefix + txn.branch))
         edits.extend(self._max_forwards_edit(req))
         edits.extend(RemoveFirst("route") for _ in range(popped))
         if req.method in _DIALOG_CREATING:
@@ -568,7 +569,7 @@ class ProxyCore:
         popped = 0
         while popped < len(routes):
             try:
-                uri = parse_uri(parse_name_addr(routes[popped]).uri)
+                uri = _route_uri(routes[popped])
             except ParseError:
                 break
             if not self._uri_is_me(uri):
@@ -621,7 +622,7 @@ class ProxyCore:
             branch = f"{_COOKIE}{loop}.a{zlib.crc32((req.vias[0].branch or '').encode()):x}"
         else:
             branch = f"{_COOKIE}{loop}.{self._next_id():x}"
-        edits.append(Prepend("via", f"SIP/2.0/{local.transport.upper()} {local.hostport};branch={branch}"))
+        edits.append(Prepend("via", local.via_prefix + branch))
         edits.extend(self._max_forwards_edit(req))
         edits.extend(RemoveFirst("route") for _ in range(popped))
         data = serialize(req, edits)
@@ -654,7 +655,7 @@ class ProxyCore:
         local = self._local_for(txn.target)
         assert local is not None
         lines = [f"CANCEL {req.uri} SIP/2.0",
-                 f"Via: SIP/2.0/{local.transport.upper()} {local.hostport};branch={txn.branch}",
+                 f"Via: {local.via_prefix}{txn.branch}",
                  "Max-Forwards: 70"]
         lines.extend(f"Route: {r}" for r in txn.out_route)
         for key, name, value in req.headers:
@@ -692,7 +693,7 @@ class ProxyCore:
         local = self._local_for(txn.target)
         assert local is not None
         lines = [f"ACK {req.uri} SIP/2.0",
-                 f"Via: SIP/2.0/{local.transport.upper()} {local.hostport};branch={txn.branch}",
+                 f"Via: {local.via_prefix}{txn.branch}",
                  "Max-Forwards: 70"]
         lines.extend(f"Route: {r}" for r in txn.out_route)
         for key, name, value in req.headers:
@@ -924,6 +925,20 @@ class ProxyCore:
         self._dialogs.pop((dialog.call_id, dialog.caller_tag), None)
         duration = None if dialog.answered_at is None else now - dialog.answered_at
         out.append(DialogEnded(dialog.dialog_id, dialog.call_id, dialog.account, reason, dialog.claim, duration))
+
+
+_ROUTE_MEMO: dict[str, SipUri] = {}
+
+
+def _route_uri(value: str) -> SipUri:
+    """The SIP URI of a Route / Record-Route value (memoised: a dialog's route recurs).  Raises ParseError."""
+    hit = _ROUTE_MEMO.get(value)
+    if hit is None:
+        hit = parse_uri(parse_name_addr(value).uri)
+        if len(_ROUTE_MEMO) >= 16384:
+            _ROUTE_MEMO.clear()
+        _ROUTE_MEMO[value] = hit
+    return hit
 
 
 def _answerable(key: str, value: str) -> bool:

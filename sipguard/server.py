@@ -150,8 +150,8 @@ class Server:
             max_message_bytes=service.max_message_bytes, aliases=aliases,
         )
         admin = self.settings.admin or service.admin
-        a_host, _sep, a_port = admin.rpartition(":")
-        self._admin = await asyncio.start_server(self._admin_conn, a_host.strip("[]"), int(a_port))
+        admin_host, _sep, admin_port = admin.rpartition(":")
+        self._admin = await asyncio.start_server(self._admin_conn, admin_host.strip("[]"), int(admin_port))
         self.admin_port = self._admin.sockets[0].getsockname()[1]
         try:
             self._loop.add_signal_handler(signal.SIGHUP, self._sighup)
@@ -165,7 +165,7 @@ class Server:
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
         log.info("sipguard listening on %s, admin on %s:%s", ", ".join(l.hostport for l in locals_),
-                 a_host, self.admin_port)
+                 admin_host, self.admin_port)
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()

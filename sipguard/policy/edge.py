@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = ["EdgeConfig", "EdgeGuard", "DEFAULT_SCANNERS"]
+
+V = TypeVar("V")
 
 DEFAULT_SCANNERS = (
     "friendly-scanner", "sipvicious", "sipcli", "sip-scan", "sipscan", "iwar", "sipsak", "smap",
@@ -120,6 +123,6 @@ class EdgeGuard:
         return until is not None and until > now
 
 
-def _evict(table: dict[str, object], cap: int) -> None:
+def _evict(table: dict[str, V], cap: int) -> None:
     for key in list(table)[: max(1, cap // 10)]:
         del table[key]

@@ -78,7 +78,8 @@ def route_identity(request: Request, account: Account, plan: NumberPlan, index: 
     if site is None:
         caller_id = presented if own else default_number
         return EmergencyOutcome(None, how, presented, caller_id, caller_id != presented)
-    block_site = account.sites.get(found[0].site) if own and found[0].site else None  # type: ignore[union-attr]
+    block = found[0] if found is not None and own else None
+    block_site = account.sites.get(block.site) if block is not None and block.site else None
     if block_site is not None and block_site.address == site.address:
         return EmergencyOutcome(site, how, presented, presented, False)
     caller_id = site.emergency_caller_id or default_number

@@ -105,7 +105,8 @@ class Engine:
         self.views = {
             a.name: AccountView(
                 a, channel_limit(a, service.channel_bands, service.channel_rounding),
-                frozenset(u for entry in (*a.users, *a.devices) for u in entry.sip_users),
+                frozenset([*(u for user in a.users for u in user.sip_users),
+                           *(u for device in a.devices for u in device.sip_users)]),
             )
             for a in policy.accounts
         }

@@ -239,7 +239,7 @@ def _load_many(sources: list[tuple[str, str]]) -> Policy:
 
 def _overlaps(ctxs: list[_Ctx]) -> list[Problem]:
     """A number belongs to one block of one account: overlapping blocks are an error."""
-    rows = []
+    rows: list[tuple[int, str, str, str, yaml.Node, str, _Ctx]] = []
     seen_ctx: set[int] = set()
     for ctx in ctxs:
         if id(ctx) in seen_ctx:
@@ -322,7 +322,7 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             kw[key] = _autodialer(ctx, v, path)
         elif key == "sip_timers":
             tm = ctx.mapping(v, path, tuple(f.name for f in fields(SipTimers))) or {}
-            tk = {}
+            tk: dict[str, Any] = {}
             for tkey, (_k2, v2) in tm.items():
                 val = ctx.number(v2, f"{path}.{tkey}", minimum=1, integer=tkey.endswith("_ms"))
                 if val is not None:

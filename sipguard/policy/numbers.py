@@ -4,22 +4,23 @@
 00-international, national format of the policy's country, visual separators,
 a sip:/tel: URI) and returns E.164 or None when it is not a possible number
 (an extension like "201", "anonymous").  phonenumbers costs ~15 µs a parse, so
-results are memoised in a bounded table.
+results are memoised (a bounded LRU).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable
 
 import phonenumbers
 
 from ..sip.grammar import ADDR_SPEC_RE, NAME_ADDR_RE
+from ..sip.message import MEMO_SIZE
 from .model import NumberBlock
 
 __all__ = ["NumberPlan", "NumberIndex", "uri_user", "identity_of"]
 
-_MEMO_MAX = 65536
 _VISUAL = str.maketrans("", "", " -.()")
 
 
@@ -36,61 +37,24 @@ def uri_user(uri: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=MEMO_SIZE)
 def identity_of(header_value: str) -> tuple[str | None, str | None]:
-    """(display name, URI user) of a From / P-Asserted-Identity / Remote-Party-ID value.
-
-    Memoised: the same From recurs on every call of a caller.
-    """
-    hit = _IDENTITY_MEMO.get(header_value)
-    if hit is not None:
-        return hit
+    """(display name, URI user) of a From / P-Asserted-Identity / Remote-Party-ID value."""
     if "<" in header_value:
         m = NAME_ADDR_RE.fullmatch(header_value)
-        result = (m.group(1).strip() or None, uri_user(m.group(2))) if m else (None, None)
-    else:
-        m = ADDR_SPEC_RE.fullmatch(header_value)
-        result = (None, uri_user(m.group(1))) if m else (None, None)
-    if len(_IDENTITY_MEMO) >= _MEMO_MAX:
-        _IDENTITY_MEMO.clear()
-    _IDENTITY_MEMO[header_value] = result
-    return result
-
-
-_IDENTITY_MEMO: dict[str, tuple[str | None, str | None]] = {}
+        return (m.group(1).strip() or None, uri_user(m.group(2))) if m else (None, None)
+    m = ADDR_SPEC_RE.fullmatch(header_value)
+    return (None, uri_user(m.group(1))) if m else (None, None)
 
 
 class NumberPlan:
-    """Normalises numbers for one country; memoised."""
+    """Normalises numbers for one country."""
 
     def __init__(self, country: str) -> None:
         self.country = country.upper()
-        self._memo: dict[str, str | None] = {}
 
     def normalize(self, text: str | None) -> str | None:
-        if not text:
-            return None
-        hit = self._memo.get(text, False)
-        if hit is not False:
-            return hit  # type: ignore[return-value]
-        result = self._normalize(text)
-        if len(self._memo) >= _MEMO_MAX:
-            self._memo.clear()
-        self._memo[text] = result
-        return result
-
-    def _normalize(self, text: str) -> str | None:
-        raw = text.translate(_VISUAL)
-        if not raw or not (raw[0] == "+" or raw[0].isdigit()) or not raw[1:].isdigit():
-            return None
-        if raw.startswith("+"):
-            return raw if 4 <= len(raw) <= 16 else None
-        try:
-            number = phonenumbers.parse(raw, self.country)
-        except phonenumbers.NumberParseException:
-            return None
-        if not phonenumbers.is_possible_number(number):
-            return None
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return _normalize(text, self.country) if text else None
 
     def dialled(self, text: str | None) -> str | None:
         """The digits as dialled (no separators, no URI parameters), for emergency numbers."""
@@ -98,6 +62,22 @@ class NumberPlan:
             return None
         raw = text.translate(_VISUAL)
         return raw if raw.lstrip("+").isdigit() else None
+
+
+@functools.lru_cache(maxsize=4 * MEMO_SIZE)
+def _normalize(text: str, country: str) -> str | None:
+    raw = text.translate(_VISUAL)
+    if not raw or not (raw[0] == "+" or raw[0].isdigit()) or not raw[1:].isdigit():
+        return None
+    if raw.startswith("+"):
+        return raw if 4 <= len(raw) <= 16 else None
+    try:
+        number = phonenumbers.parse(raw, country)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 class NumberIndex:

@@ -16,6 +16,7 @@ From/To/Contact/URIs are parsed on demand with the helpers below.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -245,29 +246,17 @@ def split_list(value: str) -> list[str]:
     return items
 
 
+# Header values recur (a dialog's From, To, Route; a peer's host): the pure helpers below are
+# memoised with a bounded LRU.  Only results are cached; an invalid value raises every time.
+MEMO_SIZE = 16384
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
 def normalize_host(host: str) -> str:
     """Lower-case a host; validate and canonicalise a bracketed IPv6 reference.
 
-    Raises ParseError for an IPv6 reference that is not an IPv6 address.  Memoised (hosts recur).
+    Raises ParseError for an IPv6 reference that is not an IPv6 address.
     """
-    hit = _HOST_MEMO.get(host)
-    if hit is not None:
-        return hit
-    result = _normalize_host(host)
-    if len(_HOST_MEMO) >= _MEMO_MAX:
-        _HOST_MEMO.clear()
-    _HOST_MEMO[host] = result
-    return result
-
-
-_MEMO_MAX = 16384
-_HOST_MEMO: dict[str, str] = {}
-_TAG_MEMO: dict[str, str | None] = {}
-_URI_MEMO: dict[str, "SipUri"] = {}
-_CHECKED: dict[str, str] = {}  # name-addr values already validated -> their params
-
-
-def _normalize_host(host: str) -> str:
     if host.startswith("["):
         if not host.endswith("]"):
             raise ParseError(f"bad IPv6 reference {host!r}")
@@ -300,19 +289,9 @@ def parse_params(text: str, *, what: str) -> Params:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=MEMO_SIZE)
 def parse_uri(text: str) -> SipUri:
-    """Parse a sip:/sips: URI.  Raises ParseError if it is not one.  Memoised (SipUri is immutable)."""
-    hit = _URI_MEMO.get(text)
-    if hit is not None:
-        return hit
-    uri = _parse_uri(text)
-    if len(_URI_MEMO) >= _MEMO_MAX:
-        _URI_MEMO.clear()
-    _URI_MEMO[text] = uri
-    return uri
-
-
-def _parse_uri(text: str) -> SipUri:
+    """Parse a sip:/sips: URI (an immutable SipUri, so results are shared).  Raises ParseError."""
     m = SIP_URI_RE.fullmatch(text)
     if m is None:
         raise ParseError(f"bad SIP URI {text!r}")
@@ -357,42 +336,27 @@ _PARAMS_RE = re.compile(
 _TAG_RE = re.compile(r";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=MEMO_SIZE)
 def check_name_addr(text: str) -> str:
     """Validate a name-addr / addr-spec with params (as parse_name_addr does); its params text.
 
-    The fast path of the parser: no objects are built.  Raises ParseError.  Memoised (valid only).
+    The fast path of the parser: no objects are built.  Raises ParseError.
     """
-    hit = _CHECKED.get(text)
-    if hit is not None:
-        return hit
     m = (NAME_ADDR_RE if "<" in text else ADDR_SPEC_RE).fullmatch(text)
     if m is None:
         raise ParseError(f"bad name-addr {text!r}")
     params: str = m.group(3) if m.re is NAME_ADDR_RE else m.group(2)
     if params and _PARAMS_RE.fullmatch(params) is None:
         raise ParseError(f"bad parameters in {text!r}")
-    if len(_CHECKED) >= _MEMO_MAX:
-        _CHECKED.clear()
-    _CHECKED[text] = params
     return params
 
 
+@functools.lru_cache(maxsize=MEMO_SIZE)
 def tag_of(text: str) -> str | None:
-    """The tag parameter of a From / To value, after validating it.  Raises ParseError.
-
-    Memoised: a dialog's From and To recur in each of its messages (only valid values are kept).
-    """
-    try:
-        return _TAG_MEMO[text]
-    except KeyError:
-        pass
+    """The tag parameter of a From / To value, after validating it.  Raises ParseError."""
     params = check_name_addr(text)
     m = _TAG_RE.search(params) if params else None
-    tag = m.group(1) if m else None
-    if len(_TAG_MEMO) >= _MEMO_MAX:
-        _TAG_MEMO.clear()
-    _TAG_MEMO[text] = tag
-    return tag
+    return m.group(1) if m else None
 
 
 def parse_via(text: str) -> Via:

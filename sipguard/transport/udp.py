@@ -74,8 +74,8 @@ class UdpListener:
             self.port = sock.getsockname()[1]
         loop = asyncio.get_running_loop()
         transport, _proto = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        self._transport = transport  # type: ignore[assignment]
-        self._sendto = transport.sendto  # type: ignore[attr-defined]
+        self._transport = transport
+        self._sendto = transport.sendto
 
     def send(self, data: bytes, host: str, port: int) -> None:
         if self._sendto is None:

@@ -11,12 +11,13 @@ ACCOUNTS = 50
 UAC_IP = "127.0.0.2"
 
 
-def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip: str = "127.0.0.1") -> str:
+def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip: str = "127.0.0.1",
+                     probe_port: int = 5999) -> str:
     lines = [
         "service:",
         f'  listen: ["udp:{listen_ip}:{sip_port}"]',
         f'  admin: "127.0.0.1:{admin_port}"',
-        f'  upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}',
+        f'  upstreams: {{uas: "sip:127.0.0.3:{uas_port}", probe: "sip:127.0.0.7:{probe_port}"}}',
         "  dialog_timeout_s: 600",
         "  sip_timers: {t1_ms: 500, t2_ms: 4000, t4_ms: 5000, timer_c_s: 180}",
         "  edge: {packets_per_s: 1000000, burst: 2000000}",
@@ -43,4 +44,13 @@ def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip
             f'    sites: {{main: {{address: "Street {n}, 1000 Brussels", emergency_caller_id: "{block.split("-")[0]}"}}}}',
             "    rules: {channel_limit: enforce, caller_id: enforce, emergency: enforce, autodialer: enforce}",
         ]
+    lines += [  # the latency probe (bench/probe.py): its own account, every rule on its calls too
+        "  probe:",
+        "    kind: trunk",
+        "    channels: 100000",
+        '    match: {sources: ["127.0.0.6/32"]}',
+        "    upstream: probe",
+        '    numbers: [{range: "+3228807350-+3228807359"}]',
+        "    rules: {channel_limit: enforce, caller_id: enforce, emergency: enforce, autodialer: enforce}",
+    ]
     return "\n".join(lines) + "\n"

@@ -29,12 +29,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .policy import UAC_IP, benchmark_policy
+from .probe import PROBE_UAS_IP, ProbeResult, run_probe
 
 ROOT = Path(__file__).parents[1]
 SCENARIOS = ROOT / "sipp_scenarios" / "bench"
@@ -56,6 +58,8 @@ class Step:
     bye_p99_ms: float | None
     cpu_s_per_1000: float | None
     peak_rss_mb: float | None
+    probe_invite_p50_us: float | None = None  # bench/probe.py beside the load: µs resolution
+    probe_invite_p99_us: float | None = None
 
 
 @dataclass
@@ -134,9 +138,10 @@ class Target:
     name = ""
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, uas_port: int) -> None:
+    def __init__(self, workdir: Path, uas_port: int, probe_port: int) -> None:
         self.workdir = workdir
         self.uas_port = uas_port
+        self.probe_port = probe_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = uas_port
 
@@ -170,7 +175,7 @@ class Sipguard(Target):
         self.port = free_port("127.0.0.1")
         self.admin = free_tcp_port()
         policy = self.workdir / "bench-policy.yaml"
-        policy.write_text(benchmark_policy(self.port, self.admin, self.uas_port))
+        policy.write_text(benchmark_policy(self.port, self.admin, self.uas_port, probe_port=self.probe_port))
         log = open(self.workdir / "sipguard.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sipguard", "run", "--policy", str(policy),
@@ -197,6 +202,7 @@ class Kamailio(Target):
         self.port = free_port("127.0.0.1")
         cfg = (Path(__file__).with_name("kamailio.cfg.tmpl").read_text()
                .replace("@SIP_PORT@", str(self.port)).replace("@UAS_PORT@", str(self.uas_port))
+               .replace("@PROBE_PORT@", str(self.probe_port))
                .replace("@UAC_IP@", UAC_IP))
         path = self.workdir / "kamailio.cfg"
         path.write_text(cfg)
@@ -240,7 +246,8 @@ def run_uac(workdir: Path, target: Target, rate: int, calls: int, hold_ms: int, 
         elif line.strip().startswith("Failed call"):
             failed = int(line.split("|")[2])
     failed += max(0, calls - ok - failed)  # calls never completed count as failed
-    invite, bye = [], []
+    invite: list[float] = []
+    bye: list[float] = []
     for path in rundir.glob("*_rtt.csv"):
         with open(path) as f:
             for row in csv.reader(f, delimiter=";"):
@@ -259,7 +266,7 @@ def bench_target(kind: type[Target], rates: list[int], args: argparse.Namespace,
                  report: Report) -> None:
     uas_port = free_port(UAS_IP)
     uas = start_uas(workdir, uas_port)
-    target = kind(workdir, uas_port)
+    target = kind(workdir, uas_port, args.probe_port)
     try:
         target.start()
         time.sleep(0.3)
@@ -267,12 +274,23 @@ def bench_target(kind: type[Target], rates: list[int], args: argparse.Namespace,
         for rate in rates:
             calls = int(rate * args.duration_s)
             cpu0 = cpu_seconds(target.pid) if target.pid else None
+            probe: list[ProbeResult] = []
+            prober = threading.Thread(target=lambda: probe.append(run_probe(
+                None if kind is Direct else (target.host, target.port),
+                max(1.0, args.duration_s - 1.0), args.probe_rate, args.probe_port)), daemon=True)
+            if args.probe_rate > 0:
+                prober.start()
             ok, failed, invite, bye = run_uac(workdir, target, rate, calls, args.hold_ms,
                                               args.duration_s + args.hold_ms / 1000 + 40, f"{target.name}-{rate}")
+            if args.probe_rate > 0:
+                prober.join(timeout=30)
             cpu = (cpu_seconds(target.pid) - cpu0) / calls * 1000 if target.pid and cpu0 is not None else None
             peak = memory_mb(target.pid) if target.pid else None
             step = Step(target.name, rate, calls, ok, failed, _percentile(invite, 0.5), _percentile(invite, 0.99),
                         _percentile(bye, 0.5), _percentile(bye, 0.99), cpu, peak)
+            if probe and probe[0].invite_us:
+                step.probe_invite_p50_us = probe[0].percentile("invite", 0.5)
+                step.probe_invite_p99_us = probe[0].percentile("invite", 0.99)
             report.steps.append(step)
             print(_row(step), flush=True)
             if failed:
@@ -335,12 +353,28 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 
 
 HEADER = (f"{'target':<10}{'calls/s':>8}{'calls':>8}{'failed':>8}{'INV p50':>9}{'INV p99':>9}"
-          f"{'BYE p50':>9}{'BYE p99':>9}{'CPU s/1k':>10}{'peak MB':>9}")
+          f"{'BYE p50':>9}{'BYE p99':>9}{'CPU s/1k':>10}{'peak MB':>9}{'probe p50 µs':>14}{'probe p99 µs':>14}")
 
 
 def _row(s: Step) -> str:
     return (f"{s.target:<10}{s.rate:>8}{s.calls:>8}{s.failed:>8}{_fmt(s.invite_p50_ms):>9}{_fmt(s.invite_p99_ms):>9}"
-            f"{_fmt(s.bye_p50_ms):>9}{_fmt(s.bye_p99_ms):>9}{_fmt(s.cpu_s_per_1000, 3):>10}{_fmt(s.peak_rss_mb, 1):>9}")
+            f"{_fmt(s.bye_p50_ms):>9}{_fmt(s.bye_p99_ms):>9}{_fmt(s.cpu_s_per_1000, 3):>10}{_fmt(s.peak_rss_mb, 1):>9}"
+            f"{_fmt(s.probe_invite_p50_us, 0):>14}{_fmt(s.probe_invite_p99_us, 0):>14}")
+
+
+def added_latency(steps: list[Step]) -> list[str]:
+    """INVITE->200 the proxy adds: its probe minus the direct probe at the same rate (µs)."""
+    direct = {s.rate: s for s in steps if s.target == "direct"}
+    out = []
+    for s in steps:
+        base = direct.get(s.rate)
+        if s.target == "direct" or base is None or s.failed or None in (
+                s.probe_invite_p50_us, s.probe_invite_p99_us, base.probe_invite_p50_us, base.probe_invite_p99_us):
+            continue
+        out.append(f"{s.target} at {s.rate}/s adds INVITE->200 p50 "
+                   f"{s.probe_invite_p50_us - base.probe_invite_p50_us:.0f} µs, "  # type: ignore[operator]
+                   f"p99 {s.probe_invite_p99_us - base.probe_invite_p99_us:.0f} µs")  # type: ignore[operator]
+    return out
 
 
 def machine() -> str:
@@ -379,10 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="µs latency probe calls/s (0: off)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.rates, args.duration_s, args.hold_ms, args.concurrent = "50", 2.0, 200, 200
     rates = [int(r) for r in args.rates.split(",")]
+    args.probe_port = free_port(PROBE_UAS_IP)
     targets = ensure_tools([t.strip() for t in args.targets.split(",") if t.strip()], not args.no_install)
     kinds = {"direct": Direct, "sipguard": Sipguard, "kamailio": Kamailio}
     report = Report(machine())
@@ -399,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in report.steps:
         print(_row(step))
     print()
+    for line in added_latency(report.steps):
+        print(line)
     print("capacity (highest rate with 0 failed calls): "
           + ", ".join(f"{k} {v}/s" for k, v in report.capacity.items()))
     cap = report.capacity

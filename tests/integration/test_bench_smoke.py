@@ -28,9 +28,11 @@ def test_load_benchmark_smoke_run(tmp_path: Path) -> None:
     for step in report["steps"]:
         assert step["failed"] == 0 and step["ok"] == step["calls"] > 0, step
         assert step["invite_p50_ms"] is not None, step
+        assert step["probe_invite_p50_us"] is not None and step["probe_invite_p99_us"] > 0, step  # the µs probe
     assert report["capacity"] == {"direct": 50, "sipguard": 50, "kamailio": 50}
     assert report["held"]["concurrent"] == 200 and report["held"]["kb_per_dialog"] > 0
     assert "ratio sipguard/kamailio" in proc.stdout and "capacity" in proc.stdout
+    assert "sipguard at 50/s adds INVITE->200 p50" in proc.stdout
 
 
 def test_micro_benchmark_smoke_run() -> None:

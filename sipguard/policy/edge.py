@@ -43,7 +43,7 @@ class EdgeConfig:
 class EdgeGuard:
     """Per-source budgets and bans; explicit timestamps."""
 
-    __slots__ = ("config", "_buckets", "_bans", "_exempt_hosts", "_needles", "bans_total")
+    __slots__ = ("config", "_buckets", "_bans", "_exempt_hosts", "_needles")
 
     def __init__(self, config: EdgeConfig | None = None, exempt_hosts: frozenset[str] = frozenset()) -> None:
         self.config = config or EdgeConfig()
@@ -51,7 +51,6 @@ class EdgeGuard:
         self._bans: dict[str, float] = {}  # host -> until
         self._exempt_hosts: dict[str, bool] = dict.fromkeys(exempt_hosts, True)
         self._needles = tuple(ua.lower() for ua in self.config.user_agents)
-        self.bans_total = 0
 
     def reconfigure(self, config: EdgeConfig, exempt_hosts: frozenset[str]) -> None:
         """A new policy: new limits, same tables (bans stay in force)."""
@@ -116,11 +115,6 @@ class EdgeGuard:
             _evict(self._bans, self.config.max_sources)
         self._bans[host] = until
         self._buckets.pop(host, None)
-        self.bans_total += 1
-
-    def banned(self, host: str, now: float) -> bool:
-        until = self._bans.get(host)
-        return until is not None and until > now
 
 
 def _evict(table: dict[str, V], cap: int) -> None:

@@ -113,10 +113,6 @@ class Engine:
         self.index = NumberIndex((b, a) for a in policy.accounts for b in a.numbers)
 
     # ------------------------------------------------------------------ lookups
-    def account(self, name: str) -> Account | None:
-        view = self.views.get(name)
-        return view.account if view else None
-
     def limits(self) -> dict[str, int]:
         return {name: view.limit.limit for name, view in self.views.items()}
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.run import free_port, free_tcp_port  # one helper for the benchmark and the tests
+
 ROOT = Path(__file__).parents[2]
 SCENARIOS = ROOT / "sipp_scenarios"
 UAC_IP, UAS_IP, CALLER2_IP, PROXY_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.1"
@@ -37,15 +39,7 @@ def require(tool: str) -> str:
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port(host)
 
 
 @dataclass

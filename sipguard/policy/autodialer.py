@@ -106,6 +106,7 @@ class DialerDetector:
 
     def __init__(self, config: DialerConfig | None = None) -> None:
         self.config = config or DialerConfig()
+        self._limits = _limits(self.config)
         self._windows: dict[str, _Window] = {}
         self._pending: dict[str, tuple[str, ...]] = {}  # call key -> window keys awaiting its outcome
 
@@ -114,6 +115,7 @@ class DialerDetector:
 
     def set_config(self, config: DialerConfig) -> None:
         self.config = config
+        self._limits = _limits(config)
 
     def _window(self, key: str) -> _Window:
         w = self._windows.get(key)
@@ -245,8 +247,11 @@ class DialerDetector:
                 cv = math.sqrt(max(0.0, w.gap_sq / n - mean * mean)) / mean
             else:
                 cv = 0.0
-        score = (c.rate_per_second.score(per_second) + c.rate_per_minute.score(per_minute)
-                 + c.sequential_run.score(w.run) + c.distinct_destinations.score(distinct)
+        t = self._limits
+        score = ((2 if per_second >= t[1] else 1 if per_second >= t[0] else 0)
+                 + (2 if per_minute >= t[3] else 1 if per_minute >= t[2] else 0)
+                 + (2 if w.run >= t[5] else 1 if w.run >= t[4] else 0)
+                 + (2 if distinct >= t[7] else 1 if distinct >= t[6] else 0)
                  + c.short_share.score(short_share) + c.regularity_cv.score(cv))
         blocked = w.blocked_until if w.blocked_until > now else None
         if score < c.warning_score:
@@ -274,7 +279,14 @@ class DialerDetector:
             self.config = _replace_scores(saved)
             return self._assess(w, now).features
         finally:
-            self.config = saved
+            self.config = saved  # the thresholds (_limits) are the same in both
+
+
+def _limits(c: DialerConfig) -> tuple[float, ...]:
+    """The count thresholds as plain floats, for the per-attempt score (no method calls)."""
+    return (c.rate_per_second.warning, c.rate_per_second.critical, c.rate_per_minute.warning,
+            c.rate_per_minute.critical, c.sequential_run.warning, c.sequential_run.critical,
+            c.distinct_destinations.warning, c.distinct_destinations.critical)
 
 
 def _replace_scores(config: DialerConfig) -> DialerConfig:

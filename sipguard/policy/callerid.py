@@ -22,13 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..sip.errors import ParseError
-from ..sip.message import Request, parse_name_addr
+from ..sip.message import Request, parse_name_addr, split_list
 from .model import Account
 from .numbers import NumberIndex, NumberPlan, identity_of, uri_user
 
 __all__ = ["Screening", "screen"]
 
-_IDENTITY_HEADERS = ("p-asserted-identity", "p-preferred-identity", "remote-party-id")
+_IDENTITY_HEADERS = frozenset(("p-asserted-identity", "p-preferred-identity", "remote-party-id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +73,8 @@ def screen(request: Request, account: Account, plan: NumberPlan, index: NumberIn
     asserted_own = False
     asserted_seen = False
     numbers_seen = 0
-    for key in _IDENTITY_HEADERS:
-        for value in request.get_all(key):
+    for key, value in [(k, v) for k, _n, v in request.headers if k in _IDENTITY_HEADERS]:
+        for value in split_list(value):
             _display, user = identity_of(value)
             number = plan.normalize(user)
             evidence.append((key, number or user))

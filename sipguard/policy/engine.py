@@ -65,6 +65,7 @@ class AccountView:
     account: Account
     limit: ChannelLimit
     sip_users: frozenset[str]
+    claim_reject: Reject  # the rejection of a refused channel claim (fixed for a policy)
 
 
 def _identity_uri(number: str, request: Request) -> str:
@@ -102,14 +103,17 @@ class Engine:
         self._domains = {d: a for a in policy.accounts for d in a.domains}
         self._upstream_hosts = {p.host for p in service.upstreams.values()}
         self._by_source: dict[str, Account | None] = {}
-        self.views = {
-            a.name: AccountView(
-                a, channel_limit(a, service.channel_bands, service.channel_rounding),
+        self.views: dict[str, AccountView] = {}
+        code = service.reject.channel_limit
+        for a in policy.accounts:
+            limit = channel_limit(a, service.channel_bands, service.channel_rounding)
+            warning = f'399 sipguard "channel limit of {limit.limit} reached for account {a.name}"'
+            self.views[a.name] = AccountView(
+                a, limit,
                 frozenset([*(u for user in a.users for u in user.sip_users),
                            *(u for device in a.devices for u in device.sip_users)]),
+                Reject(code, "Busy Here" if code == 486 else "Channel Limit", (("warning", warning),)),
             )
-            for a in policy.accounts
-        }
         self.index = NumberIndex((b, a) for a in policy.accounts for b in a.numbers)
 
     # ------------------------------------------------------------------ lookups
@@ -349,12 +353,9 @@ class Engine:
         mode = view.account.mode("channel_limit")
         if mode is RuleMode.OFF:
             return None, None
-        limit = view.limit.limit
-        claim = ChannelClaim(view.account.name, limit, f"{request.call_id};{request.from_tag or ''}", emergency,
-                             enforce=mode is RuleMode.ENFORCE)
-        code = self.policy.service.reject.channel_limit
-        warning = f'399 sipguard "channel limit of {limit} reached for account {view.account.name}"'
-        return claim, Reject(code, "Busy Here" if code == 486 else "Channel Limit", (("warning", warning),))
+        claim = ChannelClaim(view.account.name, view.limit.limit, f"{request.call_id};{request.from_tag or ''}",
+                             emergency, enforce=mode is RuleMode.ENFORCE)
+        return claim, view.claim_reject
 
 
 def _reject(status: int, reason: str, why: str) -> Reject:

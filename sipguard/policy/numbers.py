@@ -10,13 +10,12 @@ results are memoised (a bounded LRU).
 from __future__ import annotations
 
 import bisect
-import functools
 from collections.abc import Iterable
 
 import phonenumbers
 
 from ..sip.grammar import ADDR_SPEC_RE, NAME_ADDR_RE
-from ..sip.message import MEMO_SIZE
+from ..sip.memo import MEMO_SIZE, memoize
 from .model import NumberBlock
 
 __all__ = ["NumberPlan", "NumberIndex", "uri_user", "identity_of"]
@@ -37,9 +36,25 @@ def uri_user(uri: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=MEMO_SIZE)
 def identity_of(header_value: str) -> tuple[str | None, str | None]:
-    """(display name, URI user) of a From / P-Asserted-Identity / Remote-Party-ID value."""
+    """(display name, URI user) of a From / P-Asserted-Identity / Remote-Party-ID value.
+
+    The header parameters (a From's tag differs on every call) are cut off before the lookup,
+    so the memo serves every call of a caller.
+    """
+    if "<" in header_value:
+        end = header_value.rfind(">")
+        if end >= 0:
+            return _identity(header_value[: end + 1])
+    else:
+        semi = header_value.find(";")
+        if semi >= 0:
+            return _identity(header_value[:semi])
+    return _identity(header_value)
+
+
+@memoize()
+def _identity(header_value: str) -> tuple[str | None, str | None]:
     if "<" in header_value:
         m = NAME_ADDR_RE.fullmatch(header_value)
         return (m.group(1).strip() or None, uri_user(m.group(2))) if m else (None, None)
@@ -64,7 +79,7 @@ class NumberPlan:
         return raw if raw.lstrip("+").isdigit() else None
 
 
-@functools.lru_cache(maxsize=4 * MEMO_SIZE)
+@memoize(4 * MEMO_SIZE)
 def _normalize(text: str, country: str) -> str | None:
     raw = text.translate(_VISUAL)
     if not raw or not (raw[0] == "+" or raw[0].isdigit()) or not raw[1:].isdigit():

@@ -16,12 +16,12 @@ From/To/Contact/URIs are parsed on demand with the helpers below.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from .errors import ParseError
+from .memo import memoize
 from .grammar import (
     TOKEN,
     ADDR_SPEC_RE,
@@ -247,11 +247,10 @@ def split_list(value: str) -> list[str]:
 
 
 # Header values recur (a dialog's From, To, Route; a peer's host): the pure helpers below are
-# memoised with a bounded LRU.  Only results are cached; an invalid value raises every time.
-MEMO_SIZE = 16384
+# memoised (memo.py).  Only results are cached; an invalid value raises every time.
 
 
-@functools.lru_cache(maxsize=MEMO_SIZE)
+@memoize()
 def normalize_host(host: str) -> str:
     """Lower-case a host; validate and canonicalise a bracketed IPv6 reference.
 
@@ -289,7 +288,7 @@ def parse_params(text: str, *, what: str) -> Params:
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=MEMO_SIZE)
+@memoize()
 def parse_uri(text: str) -> SipUri:
     """Parse a sip:/sips: URI (an immutable SipUri, so results are shared).  Raises ParseError."""
     m = SIP_URI_RE.fullmatch(text)
@@ -336,7 +335,7 @@ _PARAMS_RE = re.compile(
 _TAG_RE = re.compile(r";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=MEMO_SIZE)
+@memoize()
 def check_name_addr(text: str) -> str:
     """Validate a name-addr / addr-spec with params (as parse_name_addr does); its params text.
 
@@ -351,7 +350,7 @@ def check_name_addr(text: str) -> str:
     return params
 
 
-@functools.lru_cache(maxsize=MEMO_SIZE)
+@memoize()
 def tag_of(text: str) -> str | None:
     """The tag parameter of a From / To value, after validating it.  Raises ParseError."""
     params = check_name_addr(text)

@@ -15,7 +15,6 @@ replacement), DNS (next hops must be IP literals: otherwise 478).
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field, replace
 from .actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Reject, Router, Send, Settle
 from .dialog import Dialog, DialogState
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
-from .message import MEMO_SIZE, Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri
+from .memo import memoize
+from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri
 from .grammar import CSEQ_RE
 from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, is_keepalive, parse
 from .serializer import Edit, Prepend, RemoveFirst, ReplaceFirst, SetHeader, header_name, serialize
@@ -928,7 +928,7 @@ class ProxyCore:
         out.append(DialogEnded(dialog.dialog_id, dialog.call_id, dialog.account, reason, dialog.claim, duration))
 
 
-@functools.lru_cache(maxsize=MEMO_SIZE)
+@memoize()
 def _route_uri(value: str) -> SipUri:
     """The SIP URI of a Route / Record-Route value (a dialog's route recurs).  Raises ParseError."""
     return parse_uri(parse_name_addr(value).uri)

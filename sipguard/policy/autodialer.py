@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 __all__ = ["DialerConfig", "Thresholds", "Assessment", "DialerDetector", "LEVELS"]
 
@@ -231,7 +231,7 @@ class DialerDetector:
             _at, was_short = w.ended.popleft()
             w.short -= was_short
 
-    def _assess(self, w: _Window, now: float) -> Assessment:
+    def _assess(self, w: _Window, now: float, full: bool = False) -> Assessment:
         c = self.config
         per_second = len(w.second)
         per_minute = len(w.minute)
@@ -254,11 +254,11 @@ class DialerDetector:
                  + (2 if distinct >= t[7] else 1 if distinct >= t[6] else 0)
                  + c.short_share.score(short_share) + c.regularity_cv.score(cv))
         blocked = w.blocked_until if w.blocked_until > now else None
-        if score < c.warning_score:
+        if score < c.warning_score and not full:
             if blocked is None and score == 0:
                 return _QUIET  # the common case: nothing to report, nothing to build
             return Assessment("none", score, (), blocked)
-        level = "critical" if score >= c.critical_score else "warning"
+        level = "critical" if score >= c.critical_score else "warning" if score >= c.warning_score else "none"
         features: tuple[tuple[str, float | None], ...] = (
             ("rate_per_second", float(per_second)),
             ("rate_per_minute", float(per_minute)),
@@ -274,12 +274,7 @@ class DialerDetector:
         w = self._windows.get(key)
         if w is None:
             return ()
-        saved = self.config
-        try:
-            self.config = _replace_scores(saved)
-            return self._assess(w, now).features
-        finally:
-            self.config = saved  # the thresholds (_limits) are the same in both
+        return self._assess(w, now, full=True).features
 
 
 def _limits(c: DialerConfig) -> tuple[float, ...]:
@@ -287,10 +282,6 @@ def _limits(c: DialerConfig) -> tuple[float, ...]:
     return (c.rate_per_second.warning, c.rate_per_second.critical, c.rate_per_minute.warning,
             c.rate_per_minute.critical, c.sequential_run.warning, c.sequential_run.critical,
             c.distinct_destinations.warning, c.distinct_destinations.critical)
-
-
-def _replace_scores(config: DialerConfig) -> DialerConfig:
-    return replace(config, warning_score=0, critical_score=10**9)
 
 
 _QUIET = Assessment("none", 0, (), None)

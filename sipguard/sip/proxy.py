@@ -276,6 +276,20 @@ class ProxyCore:
         )
         return format(zlib.crc32(basis.encode("utf-8", "surrogateescape")), "08x")
 
+    def _own_routes(self, req: Request) -> tuple[list[str], int]:
+        """The Route values and how many at the top are ours (to strip, §16.4)."""
+        routes = [v for k, _n, v in req.headers if k == "route"]
+        popped = 0
+        while popped < len(routes):
+            try:
+                uri = _route_uri(routes[popped])
+            except ParseError:
+                break
+            if not self._uri_is_me(uri):
+                break
+            popped += 1
+        return routes, popped
+
     def _server_key(self, req: Request, method: str) -> tuple[object, ...]:
         via = req.vias[0]
         branch = via.branch
@@ -355,7 +369,10 @@ class ProxyCore:
                     self._heap.cancel(txn, "H")
                     self._heap.set(txn, "I", now + self.timers.t4_s)
                 return
-            self._forward_in_dialog(req, source, now, out, stateless=True)
+            routes, popped = self._own_routes(req)
+            remaining = routes[popped:]
+            self._forward_in_dialog(req, source, now, out, remaining, popped, self._loop_hash(req, remaining),
+                                    stateless=True)
             return
 
         key = self._server_key(req, method)
@@ -382,18 +399,8 @@ class ProxyCore:
         if proxy_require:
             raise BadExtension("Proxy-Require", tuple(proxy_require))
 
-        routes = [v for k, _n, v in req.headers if k == "route"]
-        popped = 0
-        while popped < len(routes):
-            try:
-                route_uri = _route_uri(routes[popped])
-            except ParseError:
-                break
-            if not self._uri_is_me(route_uri):
-                break
-            popped += 1
+        routes, popped = self._own_routes(req)
         remaining = routes[popped:]
-
         loop = self._loop_hash(req, remaining)
         for via in req.vias:
             if self._is_me(via.host, via.port):
@@ -402,7 +409,8 @@ class ProxyCore:
                     raise LoopDetected(f"own Via {via.host}:{via.port} with the same request")
 
         if req.to_tag is not None:
-            self._forward_in_dialog(req, source, now, out, stateless=False, key=key, reply_to=reply_to)
+            self._forward_in_dialog(req, source, now, out, remaining, popped, loop, stateless=False, key=key,
+                                    reply_to=reply_to)
             return
 
         if method == "OPTIONS" and not remaining and self._addressed_to_me(req):
@@ -521,12 +529,17 @@ class ProxyCore:
             edits.extend(self._record_route(txn.reply_to, local))
         edits.extend(adm.edits)
         txn.target = target
-        txn.out_bytes = serialize(req, edits)
-        txn.client_key = (txn.branch, req.method)
+        self._start_client(txn, serialize(req, edits), now, out)
+
+    def _start_client(self, txn: Txn, data: bytes, now: float, out: list[Action]) -> None:
+        """Send a request downstream and start its client side: Timers A/E (UDP) and B/F."""
+        txn.out_bytes = data
+        txn.client_key = (txn.branch, txn.method if txn.key[0] != "cancel" else "CANCEL")
         self._client[txn.client_key] = txn
         txn.client_move("send")
-        out.append(Send(txn.out_bytes, target, req.method, 0))
-        if target.transport == "udp":
+        assert txn.target is not None
+        out.append(Send(data, txn.target, txn.client_key[1], 0))
+        if txn.target.transport == "udp":
             txn.retransmit_s = self.timers.t1_s
             self._heap.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
         self._heap.set(txn, "B" if txn.invite else "F", now + self.timers.t64_s)
@@ -562,21 +575,13 @@ class ProxyCore:
         return ReplaceFirst("via", str(Via(via.version, via.transport, via.host, via.port, tuple(params))))
 
     def _forward_in_dialog(
-        self, req: Request, source: Peer, now: float, out: list[Action], *, stateless: bool,
-        key: tuple[object, ...] | None = None, reply_to: Peer | None = None,
+        self, req: Request, source: Peer, now: float, out: list[Action], remaining: list[str], popped: int,
+        loop: str, *, stateless: bool, key: tuple[object, ...] | None = None, reply_to: Peer | None = None,
     ) -> None:
-        """Loose routing of a request inside a dialog (§16.4, §16.6), ACK for 2xx statelessly."""
-        routes = [v for k, _n, v in req.headers if k == "route"]
-        popped = 0
-        while popped < len(routes):
-            try:
-                uri = _route_uri(routes[popped])
-            except ParseError:
-                break
-            if not self._uri_is_me(uri):
-                break
-            popped += 1
-        remaining = routes[popped:]
+        """Loose routing of a request inside a dialog (§16.4, §16.6), ACK for 2xx statelessly.
+
+        ``remaining``: the Route values after our own ``popped`` ones; ``loop``: the request's loop hash.
+        """
         dialog = self._find_dialog(req)
         if dialog is None and not self.router.is_known(source):
             if stateless:
@@ -612,7 +617,6 @@ class ProxyCore:
                 assert key is not None and reply_to is not None
                 self._local_reply(req, key, reply_to, 503, now, out)
             return
-        loop = self._loop_hash(req, remaining)
         edits: list[Edit] = []
         src = reply_to or self._reply_address(req.vias[0], source)
         via_edit = self._received_edit(req.vias[0], src)
@@ -634,19 +638,11 @@ class ProxyCore:
         txn = Txn(key, req, reply_to)
         txn.branch = branch
         txn.target = target
-        txn.out_bytes = data
         txn.out_route = tuple(remaining)
-        txn.client_key = (branch, req.method)
         self._txns[key] = txn
-        self._client[txn.client_key] = txn
         if txn.invite:  # re-INVITE: 100 hop-by-hop, no new channel
             self._server_provisional(txn, self._build_reply(req, 100, "Trying", to_tag=False), 100, out)
-        txn.client_move("send")
-        out.append(Send(data, target, req.method, 0))
-        if target.transport == "udp":
-            txn.retransmit_s = self.timers.t1_s
-            self._heap.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
-        self._heap.set(txn, "B" if txn.invite else "F", now + self.timers.t64_s)
+        self._start_client(txn, data, now, out)
 
     def _send_cancel(self, txn: Txn, now: float, out: list[Action]) -> None:
         """CANCEL downstream for our INVITE client transaction (§9.1, §16.10)."""
@@ -664,8 +660,6 @@ class ProxyCore:
                 lines.append(f"{name}: {value}")
         lines.append(f"CSeq: {req.cseq} CANCEL")
         lines.extend(("Content-Length: 0", "", ""))
-        data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
-        out.append(Send(data, txn.target, "CANCEL", 0))
         # a small client transaction for the CANCEL itself: retransmits until its final
         cancel = Txn(("cancel", txn.branch), req, txn.reply_to)
         cancel.invite = False
@@ -673,15 +667,8 @@ class ProxyCore:
         cancel.local = True
         cancel.branch = txn.branch
         cancel.target = txn.target
-        cancel.out_bytes = data
-        cancel.client_key = (txn.branch, "CANCEL")
-        self._client[cancel.client_key] = cancel
-        cancel.client_move("send")
         self._txns[cancel.key] = cancel
-        if txn.target.transport == "udp":
-            cancel.retransmit_s = self.timers.t1_s
-            self._heap.set(cancel, "E", now + cancel.retransmit_s)
-        self._heap.set(cancel, "F", now + self.timers.t64_s)
+        self._start_client(cancel, "\r\n".join(lines).encode("utf-8", "surrogateescape"), now, out)
 
     def _send_ack(self, txn: Txn, resp: Response, out: list[Action]) -> None:
         """ACK for a non-2xx final, hop-by-hop (§17.1.1.3); the same bytes for a retransmitted final."""
@@ -851,7 +838,8 @@ class ProxyCore:
         t = self.timers
         if name in ("A", "E"):  # retransmit downstream over UDP
             txn.client_move("timer_a" if name == "A" else "timer_e")
-            out.append(Send(txn.out_bytes, txn.target, txn.method if txn.key[0] != "cancel" else "CANCEL", 0))  # type: ignore[arg-type]
+            assert txn.target is not None and txn.client_key is not None
+            out.append(Send(txn.out_bytes, txn.target, txn.client_key[1], 0))
             if name == "A":
                 txn.retransmit_s *= 2
             else:

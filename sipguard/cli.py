@@ -33,6 +33,15 @@ def _run(args: argparse.Namespace) -> int:
         except ImportError:
             pass
 
+    if args.workers > 1:
+        from .workers import run_workers
+
+        try:
+            return run_workers(settings, args.workers)
+        except PolicyError as err:
+            print(f"sipguard: the policy is not valid:\n{err}", file=sys.stderr)
+            return 2
+
     async def main() -> None:
         server = Server(settings)
         await server.start()
@@ -110,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--advertise", help="host[:port] for Via and Record-Route; overrides service.advertise")
     run.add_argument("--decision-log", help="append decision log lines to this file (default: stderr)")
     run.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop")
+    run.add_argument("--workers", type=int, default=1,
+                     help="worker processes sharing the listen addresses (one per core); each also listens "
+                          "on listen port + 1 + its index, and serves admin on admin port + 1 + its index")
     run.set_defaults(func=_run)
     check = sub.add_parser("check", help="validate policy files without starting")
     check.add_argument("files", nargs="+")

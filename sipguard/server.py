@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -30,9 +31,10 @@ from .sip.message import Request, ip_literal
 from .sip.proxy import Local, ProxyCore
 from .sip.timers import TimerConfig
 from .state import ChannelClaim, InMemoryStore
+from .state.shared import SharedCounts, SharedStore
 from .transport import Transport, UdpListener, parse_listen
 
-__all__ = ["Server", "timer_config"]
+__all__ = ["Server", "WorkerSlot", "timer_config"]
 
 log = logging.getLogger("sipguard")
 
@@ -67,6 +69,21 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
     return text, None
 
 
+class WorkerSlot:
+    """Which worker this process is, of how many, and the channel table they share (workers.py)."""
+
+    __slots__ = ("index", "count", "counts")
+
+    def __init__(self, index: int, count: int, counts: SharedCounts) -> None:
+        self.index = index
+        self.count = count
+        self.counts = counts
+
+    def private_port(self, port: int) -> int:
+        """The worker's own port beside a shared one (0 stays 0: any free port)."""
+        return port + 1 + self.index if port else 0
+
+
 class _TimedRouter:
     """The Engine, with each decision timed into the latency histogram."""
 
@@ -92,8 +109,9 @@ class Server:
     """One sipguard process.  ``await start()``, then ``await serve_forever()`` or ``stop()``."""
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
-                 decision_stream: TextIO | None = None) -> None:
+                 decision_stream: TextIO | None = None, worker: WorkerSlot | None = None) -> None:
         self.settings = settings
+        self.worker = worker
         self.policy = load(settings.policy_path)  # PolicyError propagates: nothing started yet
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, lambda: self.core, self._channel_rows, self._state_rows)
@@ -102,7 +120,8 @@ class Server:
             self._decision_file = open(settings.decision_log, "a", encoding="utf-8")  # noqa: SIM115
             decision_stream = self._decision_file
         self.decisions = DecisionLog(decision_stream or sys.stderr)
-        self.store = InMemoryStore()
+        self.store: InMemoryStore | SharedStore = (
+            InMemoryStore() if worker is None else SharedStore(worker.counts, worker.index))
         self.engine = Engine(self.policy)  # owns the EdgeGuard and DialerDetector, handed on at reload
         self.listeners: list[Transport] = []
         self._by_family: dict[tuple[str, int], Transport] = {}
@@ -122,16 +141,29 @@ class Server:
         advertise = self.settings.advertise or service.advertise
         locals_: list[Local] = []
         aliases: list[str] = list(self.settings.extra_aliases)
+        worker = self.worker
+        shared_locals: list[Local] = []
         try:
             for spec in specs:
                 transport, host, port = parse_listen(spec)
                 if transport != "udp":
                     raise ValueError(f"{spec}: only udp listeners are implemented so far")
-                listener = UdpListener(host, port, self._on_datagram)
+                if worker is None:
+                    listener = UdpListener(host, port, self._on_datagram)
+                else:
+                    if port == 0:
+                        raise ValueError(f"{spec}: workers share a fixed port; port 0 is not allowed with --workers")
+                    # workers: new requests arrive on the shared address (SO_REUSEPORT spreads them by
+                    # source); Via and Record-Route name the worker's own port, so that responses and
+                    # in-dialog requests come back to the worker that holds the transaction and dialog
+                    shared = UdpListener(host, port, self._on_datagram, reuse_port=True)
+                    await shared.start()
+                    self.listeners.append(shared)
+                    listener = UdpListener(host, worker.private_port(port), self._on_datagram)
                 await listener.start()
                 self.listeners.append(listener)
-                self._by_family.setdefault(("udp", listener.family), listener)
-                adv_host, adv_port = host, listener.port
+                self._by_family.setdefault(("udp", listener.family), listener)  # sends leave by the own port
+                adv_host, adv_port, shared_port = host, listener.port, port
                 if host in ("0.0.0.0", "::"):
                     adv_host = _auto_address(listener.family)
                     aliases.append(adv_host)
@@ -140,18 +172,23 @@ class Server:
                     # a name applies to every listener, an address to those of its family
                     if ip_literal(a_host) is None or (6 if ":" in a_host else 4) == listener.family:
                         aliases.append(adv_host)
+                        if worker is not None and a_port:
+                            shared_port, a_port = a_port, worker.private_port(a_port)
                         adv_host, adv_port = a_host, a_port or adv_port
                 locals_.append(Local(transport, adv_host, adv_port))
+                if worker is not None:  # the shared address is ours too (Route, OPTIONS, loops)
+                    shared_locals.append(Local(transport, adv_host, shared_port))
         except Exception:
             self._close_listeners()
             raise
         self.core = ProxyCore(
-            locals_, _TimedRouter(self.engine, self.metrics), timer_config(self.policy),
+            locals_ + shared_locals, _TimedRouter(self.engine, self.metrics), timer_config(self.policy),
             max_message_bytes=service.max_message_bytes, aliases=aliases,
         )
         admin = self.settings.admin or service.admin
         admin_host, _sep, admin_port = admin.rpartition(":")
-        self._admin = await asyncio.start_server(self._admin_conn, admin_host.strip("[]"), int(admin_port))
+        admin_port_no = int(admin_port) if worker is None else worker.private_port(int(admin_port))
+        self._admin = await asyncio.start_server(self._admin_conn, admin_host.strip("[]"), admin_port_no)
         self.admin_port = self._admin.sockets[0].getsockname()[1]
         try:
             self._loop.add_signal_handler(signal.SIGHUP, self._sighup)
@@ -164,7 +201,9 @@ class Server:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        log.info("sipguard listening on %s, admin on %s:%s", ", ".join(l.hostport for l in locals_),
+        who = "sipguard" if worker is None else f"sipguard worker {worker.index} (pid {os.getpid()})"
+        shared_note = "" if not shared_locals else " (shared: " + ", ".join(l.hostport for l in shared_locals) + ")"
+        log.info("%s listening on %s%s, admin on %s:%s", who, ", ".join(l.hostport for l in locals_), shared_note,
                  admin_host, self.admin_port)
 
     async def serve_forever(self) -> None:
@@ -345,6 +384,8 @@ class Server:
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif method == "POST" and path == "/reload":
                 problems = self.reload()
+                if not problems and self.worker is not None:
+                    os.kill(os.getppid(), signal.SIGHUP)  # the supervisor reloads every worker
                 if problems:
                     status, body = "400 Bad Request", ("\n".join(problems) + "\n").encode()
                 else:

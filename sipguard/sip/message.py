@@ -358,8 +358,12 @@ def tag_of(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+@memoize()
 def parse_via(text: str) -> Via:
-    """Parse one via-parm.  Raises ParseError; the version is checked by the caller."""
+    """Parse one via-parm.  Raises ParseError; the version is checked by the caller.
+
+    Memoised: a Via recurs in every response of its transaction, ours at the top, the
+    sender's below it (and a Via is immutable)."""
     m = VIA_RE.fullmatch(text)
     if m is None:
         raise ParseError(f"bad Via {text!r}")

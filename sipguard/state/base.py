@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ChannelClaim", "StateStore", "StoreUnavailable"]
+__all__ = ["ChannelClaim", "StateStore", "StoreUnavailable", "SyncStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,3 +38,25 @@ class StateStore(Protocol):
     async def active(self, account: str) -> int:
         """How many calls the account holds now."""
         ...
+
+
+class SyncStore:
+    """The async contract for a store whose operations complete at once (``*_now``: no I/O)."""
+
+    def claim_now(self, claim: ChannelClaim) -> bool:
+        raise NotImplementedError
+
+    def release_now(self, claim: ChannelClaim) -> None:
+        raise NotImplementedError
+
+    def active_now(self, account: str) -> int:
+        raise NotImplementedError
+
+    async def claim(self, claim: ChannelClaim, now: float) -> bool:
+        return self.claim_now(claim)
+
+    async def release(self, claim: ChannelClaim) -> None:
+        self.release_now(claim)
+
+    async def active(self, account: str) -> int:
+        return self.active_now(account)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import ChannelClaim
+from .base import ChannelClaim, SyncStore
 
 __all__ = ["InMemoryStore"]
 
 
-class InMemoryStore:
+class InMemoryStore(SyncStore):
     def __init__(self) -> None:
         self._calls: dict[str, set[str]] = {}
 
@@ -20,6 +20,9 @@ class InMemoryStore:
         calls.add(claim.call_key)
         return True
 
+    def holds(self, claim: ChannelClaim) -> bool:
+        return claim.call_key in self._calls.get(claim.account, ())
+
     def release_now(self, claim: ChannelClaim) -> None:
         calls = self._calls.get(claim.account)
         if calls is not None:
@@ -27,12 +30,3 @@ class InMemoryStore:
 
     def active_now(self, account: str) -> int:
         return len(self._calls.get(account, ()))
-
-    async def claim(self, claim: ChannelClaim, now: float) -> bool:
-        return self.claim_now(claim)
-
-    async def release(self, claim: ChannelClaim) -> None:
-        self.release_now(claim)
-
-    async def active(self, account: str) -> int:
-        return self.active_now(account)

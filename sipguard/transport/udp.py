@@ -41,9 +41,11 @@ class _Protocol(asyncio.DatagramProtocol):
 class UdpListener:
     """A bound UDP socket.  ``on_datagram(data, peer)`` is called for each datagram."""
 
-    def __init__(self, host: str, port: int, on_datagram: Callable[[bytes, Peer], None]) -> None:
+    def __init__(self, host: str, port: int, on_datagram: Callable[[bytes, Peer], None], *,
+                 reuse_port: bool = False) -> None:
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port  # several worker processes on one address: the kernel spreads by 4-tuple
         self.on_datagram = on_datagram
         self.errors = 0
         self._transport: asyncio.DatagramTransport | None = None
@@ -60,6 +62,8 @@ class UdpListener:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF_BYTES)

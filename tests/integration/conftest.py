@@ -109,7 +109,7 @@ def sipguard_factory(tmp_path: Path) -> Iterator:
     procs: list[Sipguard] = []
 
     def start(policy_text: str | None = None, *, uas_port: int | None = None, dialog_timeout_s: int = 60,
-              **fmt: object) -> Sipguard:
+              workers: int = 1, **fmt: object) -> Sipguard:
         sip_port = free_udp_port()
         admin_port = free_tcp_port()
         uas_port = uas_port or free_udp_port(UAS_IP)
@@ -120,18 +120,22 @@ def sipguard_factory(tmp_path: Path) -> Iterator:
         decision_log = tmp_path / f"decisions-{sip_port}.jsonl"
         log = tmp_path / f"sipguard-{sip_port}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sipguard", "run", "--policy", str(policy), "--decision-log", str(decision_log)],
+            [sys.executable, "-m", "sipguard", "run", "--policy", str(policy), "--decision-log", str(decision_log),
+             "--workers", str(workers)],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
         )
-        sg = Sipguard(proc, sip_port, admin_port, policy, decision_log, log)
+        # with workers, worker i serves admin on admin port + 1 + i: ``sg`` speaks to worker 0
+        sg = Sipguard(proc, sip_port, admin_port if workers == 1 else admin_port + 1, policy, decision_log, log)
         sg.uas_port = uas_port  # type: ignore[attr-defined]
+        sg.workers = [sg] if workers == 1 else [  # type: ignore[attr-defined]
+            Sipguard(proc, sip_port, admin_port + 1 + i, policy, decision_log, log) for i in range(workers)]
         procs.append(sg)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"sipguard exited: {log.read_text()}")
             try:
-                if sg.http("/healthz")[0] == 200:
+                if all(w.http("/healthz")[0] == 200 for w in sg.workers):  # type: ignore[attr-defined]
                     return sg
             except OSError:
                 pass
@@ -204,9 +208,10 @@ class Sipp:
         errors = "".join(p.read_text(errors="replace")[:4000] for p in self.workdir.glob("*errors.log"))
         return SippRun(proc.returncode, out.decode(errors="replace"), self.workdir, errors)
 
-    def uac_background(self, scenario: str, target_port: int, *extra: str, ip: str = UAC_IP) -> subprocess.Popen[bytes]:
+    def uac_background(self, scenario: str, target_port: int, *extra: str, ip: str = UAC_IP,
+                       port: int | None = None) -> subprocess.Popen[bytes]:
         """A UAC left running (holding calls); finish it with ``finish``."""
-        port = free_udp_port(ip)
+        port = port or free_udp_port(ip)
         out = open(self.workdir / f"uac-{port}.out", "wb")
         proc = subprocess.Popen(self._cmd(scenario, ip, port, *extra) + [f"127.0.0.1:{target_port}"],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)

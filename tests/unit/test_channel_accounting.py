@@ -8,6 +8,7 @@ from helpers import UAC, UAS, Wire, feed, request, response_to, run_timers
 from sipguard.policy import Engine, load_text
 from sipguard.sip import Local, Peer, ProxyCore, TimerConfig, parse
 from sipguard.state import ChannelClaim, InMemoryStore
+from sipguard.state.shared import SharedCounts, SharedStore, TableFull
 
 POLICY = """
 service:
@@ -132,8 +133,20 @@ def test_off_mode_holds_nothing() -> None:
     assert h.active == 0
 
 
-def test_store_release_is_idempotent_and_a_claim_is_counted_once() -> None:
-    store = InMemoryStore()
+def _in_memory() -> InMemoryStore:
+    return InMemoryStore()
+
+
+def _shared() -> SharedStore:
+    return SharedStore(SharedCounts(workers=2, rows=16), worker=1)
+
+
+STORES = pytest.mark.parametrize("make_store", [_in_memory, _shared], ids=["memory", "shared"])
+
+
+@STORES
+def test_store_release_is_idempotent_and_a_claim_is_counted_once(make_store) -> None:
+    store = make_store()
     claim = ChannelClaim("a", 1, "k1")
     assert store.claim_now(claim) and store.claim_now(claim)  # the same call again: still one
     assert store.active_now("a") == 1
@@ -142,9 +155,56 @@ def test_store_release_is_idempotent_and_a_claim_is_counted_once() -> None:
     assert store.active_now("a") == 0
 
 
+@STORES
 @pytest.mark.parametrize("emergency,enforce,admitted", [(False, True, False), (True, True, True),
                                                         (False, False, True)])
-def test_store_claim_at_the_limit(emergency: bool, enforce: bool, admitted: bool) -> None:
-    store = InMemoryStore()
+def test_store_claim_at_the_limit(make_store, emergency: bool, enforce: bool, admitted: bool) -> None:
+    store = make_store()
     store.claim_now(ChannelClaim("a", 1, "first"))
     assert store.claim_now(ChannelClaim("a", 1, "second", emergency, enforce)) is admitted
+
+
+def _claim_many(counts: SharedCounts, worker: int, n: int, out) -> None:  # type: ignore[no-untyped-def]
+    store = SharedStore(counts, worker)
+    out.put(sum(store.claim_now(ChannelClaim("acct", 10, f"w{worker}-{i}")) for i in range(n)))
+
+
+def test_shared_store_holds_the_limit_across_processes() -> None:
+    """Real processes, real shared memory: 3 workers race for 10 channels, 10 are granted in all."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    counts = SharedCounts(workers=3, rows=16)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_many, args=(counts, w, 8, out)) for w in range(3)]
+    for p in procs:
+        p.start()
+    granted = [out.get(timeout=20) for _ in procs]
+    for p in procs:
+        p.join(timeout=20)
+    assert sum(granted) == 10, granted
+    assert counts.total("acct") == 10  # the workers' calls are still held: they published their counts
+    # a worker dies: the supervisor zeroes its column, and its channels are free again
+    counts.forget_worker(0)
+    assert counts.total("acct") == 10 - granted[0]
+
+
+def test_shared_store_counts_other_workers_and_releases_its_own() -> None:
+    counts = SharedCounts(workers=2, rows=16)
+    a, b = SharedStore(counts, 0), SharedStore(counts, 1)
+    assert a.claim_now(ChannelClaim("x", 2, "a1")) and b.claim_now(ChannelClaim("x", 2, "b1"))
+    assert not a.claim_now(ChannelClaim("x", 2, "a2"))  # b's call counts against a's claim
+    assert a.active_now("x") == b.active_now("x") == 2
+    b.release_now(ChannelClaim("x", 2, "a1"))  # not b's call: nothing happens
+    assert a.active_now("x") == 2
+    b.release_now(ChannelClaim("x", 2, "b1"))
+    assert a.claim_now(ChannelClaim("x", 2, "a2")) and a.active_now("x") == 2
+
+
+def test_shared_table_is_bounded() -> None:
+    counts = SharedCounts(workers=1, rows=4)
+    store = SharedStore(counts, 0)
+    for i in range(4):
+        assert store.claim_now(ChannelClaim(f"acct{i}", 1, "k"))
+    with pytest.raises(TableFull):
+        store.claim_now(ChannelClaim("one-too-many", 1, "k"))

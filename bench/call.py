@@ -1,0 +1,226 @@
+"""Micro-benchmark of whole calls through the server, without sockets.
+
+    python -m bench.call [--calls 5000] [--repeat 5] [--profile]
+
+Replays complete calls (INVITE / 100 / 180 / 200 / ACK / BYE / 200, as the load benchmark's
+SIPp scenarios send them) through ``Server._on_datagram`` on the benchmark policy: parse,
+attribution, every policy rule, the channel claim, transactions, dialogs, timers, metrics
+and the bytes sent, everything but the system calls.  Prints µs per call inside the server (median and
+spread of the repeats).  ``--profile`` prints a cProfile table of one repeat instead.
+Not a test: nothing is asserted beyond the calls completing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from sipguard.config import Settings
+from sipguard.server import Server
+from sipguard.sip import Peer
+
+from .micro import SDP
+from .policy import UAC_IP, benchmark_policy
+
+UAS_IP = "127.0.0.3"
+UAS_PORT = 5063
+PROXY = ("127.0.0.1", 5060)
+
+
+class _Clock:
+    """Stands in for the event loop: a clock the harness moves; the one armed timer runs when due."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.spent = 0.0
+        self.at: float | None = None
+        self.callback: Callable[[], None] | None = None
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> "_Clock":
+        self.at, self.callback = when, callback
+        return self
+
+    def cancel(self) -> None:
+        self.at = self.callback = None
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        if self.at is not None and self.callback is not None and self.at <= self.now:
+            callback, self.at, self.callback = self.callback, None, None
+            t0 = time.perf_counter()
+            callback()
+            self.spent += time.perf_counter() - t0
+
+
+class _Wire:
+    """A listener that keeps what the server sends, instead of a socket."""
+
+    family = 4
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, str, int]] = []
+
+    def send(self, data: bytes, host: str, port: int) -> None:
+        self.sent.append((data, host, port))
+
+
+def _headers(data: bytes, *names: str) -> list[str]:
+    out = []
+    for line in data.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")[1:]:
+        if line.split(":", 1)[0].strip().lower() in names:
+            out.append(line)
+    return out
+
+
+def _reply(request: bytes, status: str, to_tag: str, body: bytes = b"", rr: bool = True) -> bytes:
+    """What the SIPp UAS sends: the request's Via, From, To (+tag), Call-ID, CSeq, Record-Route."""
+    lines = [f"SIP/2.0 {status}"]
+    names = ("via", "from", "call-id", "cseq") + (("record-route",) if rr else ())
+    for line in _headers(request, "via", "from", "to", "call-id", "cseq", "record-route"):
+        name = line.split(":", 1)[0].strip().lower()
+        if name == "to":
+            lines.append(line if ";tag=" in line else f"{line};tag={to_tag}")
+        elif name in names:
+            lines.append(line)
+    lines.append(f"Contact: <sip:{UAS_IP}:{UAS_PORT};transport=UDP>")
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _uac_request(method: str, n: int, cseq: int, to: str, routes: list[str], branch: str) -> bytes:
+    lines = [
+        f"{method} sip:+3250555{n % 10000:04d}@{UAS_IP}:{UAS_PORT} SIP/2.0",
+        f"Via: SIP/2.0/UDP {UAC_IP}:5062;branch={branch}",
+        f'From: "sipp" <sip:+3228807241@{UAC_IP}:5062>;tag=bench{n}',
+        to,
+        f"Call-ID: {n}-bench@{UAC_IP}",
+        f"CSeq: {cseq} {method}",
+        *routes,
+        "Max-Forwards: 70",
+        f"Contact: <sip:sipp@{UAC_IP}:5062>",
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _invite(n: int) -> bytes:
+    head = (
+        f"INVITE sip:+3250555{n % 10000:04d}@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {UAC_IP}:5062;branch=z9hG4bK-bench-{n}-1\r\n"
+        f'From: "sipp" <sip:+3228807241@{UAC_IP}:5062>;tag=bench{n}\r\n'
+        f"To: <sip:+3250555{n % 10000:04d}@127.0.0.1:5060>\r\n"
+        f"Call-ID: {n}-bench@{UAC_IP}\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:sipp@{UAC_IP}:5062>\r\n"
+        "Max-Forwards: 70\r\n"
+        "Subject: sipguard bench\r\n"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(SDP)}\r\n\r\n"
+    )
+    return head.encode() + SDP
+
+
+class Harness:
+    def __init__(self, workdir: Path) -> None:
+        policy = workdir / "policy.yaml"
+        policy.write_text(benchmark_policy(PROXY[1], 9090, UAS_PORT))
+        self.server = Server(Settings(str(policy), decision_log=str(workdir / "decisions.jsonl")),
+                             registry=CollectorRegistry())
+        self.clock = _Clock()
+        self.wire = _Wire()
+        self.server._loop = self.clock  # type: ignore[assignment]
+        from sipguard.server import _TimedRouter
+        from sipguard.sip import Local, ProxyCore
+        from sipguard.server import timer_config
+        self.server.core = ProxyCore([Local("udp", *PROXY)], _TimedRouter(self.server.engine, self.server.metrics),
+                                     timer_config(self.server.policy))
+        self.server._by_family[("udp", 4)] = self.wire  # type: ignore[assignment]
+        self.spent = 0.0  # seconds inside the server (the harness's own message building excluded)
+        self.uac = Peer("udp", UAC_IP, 5062)
+        self.uas = Peer("udp", UAS_IP, UAS_PORT)
+
+    def _take(self) -> list[bytes]:
+        sent = [d for d, _h, _p in self.wire.sent]
+        self.wire.sent.clear()
+        return sent
+
+    def feed(self, data: bytes, source: Peer) -> None:
+        t0 = time.perf_counter()
+        self.server._on_datagram(data, source)
+        self.spent += time.perf_counter() - t0
+
+    def call(self, n: int) -> None:
+        s, clock = self, self.clock
+        s.feed(_invite(n), self.uac)
+        sent = self._take()
+        fwd = next(d for d in sent if d.startswith(b"INVITE"))
+        tag = f"uas{n}"
+        clock.advance(0.0005)
+        s.feed(_reply(fwd, "180 Ringing", tag), self.uas)
+        clock.advance(0.0005)
+        s.feed(_reply(fwd, "200 OK", tag, SDP), self.uas)
+        ok = next(d for d in self._take() if d.startswith(b"SIP/2.0 200"))
+        to = _headers(ok, "to")[0]
+        routes = [line.replace("Record-Route", "Route", 1) for line in _headers(ok, "record-route")]
+        clock.advance(0.0005)
+        s.feed(_uac_request("ACK", n, 1, to, routes, f"z9hG4bK-bench-{n}-2"), self.uac)
+        clock.advance(0.001)
+        s.feed(_uac_request("BYE", n, 2, to, routes, f"z9hG4bK-bench-{n}-3"), self.uac)
+        bye = next(d for d in self._take() if d.startswith(b"BYE"))
+        s.feed(_reply(bye, "200 OK", tag, rr=False), self.uas)
+        if not self._take():
+            raise RuntimeError("the BYE's 200 was not forwarded")
+        clock.advance(0.0075)  # 10 ms per call: transactions expire (64*T1) within a run
+
+
+def measure(calls: int, repeat: int, profile: bool = False) -> list[float]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeat):
+            h = Harness(Path(tmp))
+            base = r * calls
+            for n in range(200):  # warm the memos and caches as a running server has them
+                h.call(base + n)
+            prof = cProfile.Profile() if profile else None
+            h.spent = h.clock.spent = 0.0
+            if prof:
+                prof.enable()
+            for n in range(200, calls):
+                h.call(base + n)
+            if prof:
+                prof.disable()
+                pstats.Stats(prof).sort_stats("tottime").print_stats(35)
+                return []
+            results.append((h.spent + h.clock.spent) / (calls - 200) * 1e6)
+            if h.server.core.dialog_count != 0:
+                raise RuntimeError(f"{h.server.core.dialog_count} dialogs left")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    results = measure(args.calls, args.repeat, args.profile)
+    if results:
+        print(f"whole call through the server, µs per call inside the server ({args.calls} calls x {args.repeat} repeats)")
+        print(f"median {statistics.median(results):.1f}  min {min(results):.1f}  max {max(results):.1f}")
+
+
+if __name__ == "__main__":
+    main()

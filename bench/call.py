@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import statistics
 import tempfile
@@ -202,7 +203,7 @@ def measure(calls: int, repeat: int, profile: bool = False) -> list[float]:
                 h.call(base + n)
             if prof:
                 prof.disable()
-                pstats.Stats(prof).sort_stats("tottime").print_stats(35)
+                pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("ROWS", "35")))
                 return []
             results.append((h.spent + h.clock.spent) / (calls - 200) * 1e6)
             if h.server.core.dialog_count != 0:

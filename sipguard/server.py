@@ -38,6 +38,9 @@ __all__ = ["Server", "WorkerSlot", "timer_config"]
 
 log = logging.getLogger("sipguard")
 
+GC_YOUNG_THRESHOLD = 5_000  # tracked objects allocated (net) between collections of the youngest generation
+GC_FULL_EVERY_S = 600.0  # a full collection this often, instead of ones triggered by allocation counts
+
 
 def timer_config(policy: Policy) -> TimerConfig:
     t = policy.service.sip_timers
@@ -128,6 +131,7 @@ class Server:
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._full_gc: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admin: asyncio.base_events.Server | None = None
         self.admin_port: int | None = None
@@ -194,17 +198,26 @@ class Server:
             self._loop.add_signal_handler(signal.SIGHUP, self._sighup)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-        # The cyclic GC is for cycles, and the hot path makes none: what it keeps alive (transactions,
-        # dialogs) is freed by reference counting.  Full collections over that many objects are
-        # what showed as p99 spikes under load, so: freeze what startup made, collect young
-        # objects less often, and let full collections come rarely.
+        # The cyclic GC is for cycles, and the hot path makes none (bench/call.py: 0 cyclic objects
+        # over thousands of calls): what it keeps alive (transactions, dialogs) is freed by reference
+        # counting.  A collection of an older generation walks every live transaction, and those
+        # walks were the INVITE->200 p99 under load (BENCHMARKS.md).  So: freeze what startup made,
+        # let the youngest generation be collected often and briefly (what dies young, such as an
+        # admin connection's cycles, is reclaimed there), never collect the older ones on their own,
+        # and collect everything once every GC_FULL_EVERY_S instead, for the rare cycle that aged.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 1_000_000_000, 1_000_000_000)
+        self._full_gc = self._loop.call_later(GC_FULL_EVERY_S, self._collect_all)
         who = "sipguard" if worker is None else f"sipguard worker {worker.index} (pid {os.getpid()})"
         shared_note = "" if not shared_locals else " (shared: " + ", ".join(l.hostport for l in shared_locals) + ")"
         log.info("%s listening on %s%s, admin on %s:%s", who, ", ".join(l.hostport for l in locals_), shared_note,
                  admin_host, self.admin_port)
+
+    def _collect_all(self) -> None:
+        gc.collect()
+        assert self._loop is not None
+        self._full_gc = self._loop.call_later(GC_FULL_EVERY_S, self._collect_all)
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,6 +234,9 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._full_gc is not None:
+            self._full_gc.cancel()
+            self._full_gc = None
         self._close_listeners()
         if self._admin is not None:
             self._admin.close()

@@ -25,7 +25,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from sipguard.config import Settings
-from sipguard.server import Server
+from sipguard.server import Server, tune_gc
 from sipguard.sip import Peer
 
 from .micro import SDP
@@ -195,6 +195,7 @@ def measure(calls: int, repeat: int, profile: bool = False) -> list[float]:
             base = r * calls
             for n in range(200):  # warm the memos and caches as a running server has them
                 h.call(base + n)
+            tune_gc()  # as Server.start() does
             prof = cProfile.Profile() if profile else None
             h.spent = h.clock.spent = 0.0
             if prof:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import __version__
+from .sip import native_core
 from .sip.proxy import ProxyCore
 
 __all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector"]
@@ -121,6 +123,9 @@ class Metrics:
         self.autodialer_detections = Counter("sipguard_autodialer_detections",
                                              "Auto-dialer detections, by level", ["level"], registry=registry)
         self._children: dict[tuple[object, ...], Counter] = {}
+        build = Gauge("sipguard_build_info", "What runs: the version and the SIP core (native: compiled by mypyc)",
+                      ["version", "core"], registry=registry)
+        build.labels(__version__, "native" if native_core() else "python").set(1)
         self.internal_errors = Counter("sipguard_internal_errors", "Bugs caught by the transport guard",
                                        registry=registry)
 

@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .policy import Engine, Policy, PolicyError, load
 from .policy.decision import Decision, Mode, Verdict
 from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Send, Settle
+from .sip import native_core
 from .sip.message import Request, ip_literal
 from .sip.proxy import Local, ProxyCore
 from .sip.timers import TimerConfig
@@ -34,7 +35,7 @@ from .state import ChannelClaim, InMemoryStore
 from .state.shared import SharedCounts, SharedStore
 from .transport import Transport, UdpListener, parse_listen
 
-__all__ = ["Server", "WorkerSlot", "timer_config"]
+__all__ = ["Server", "WorkerSlot", "timer_config", "tune_gc"]
 
 log = logging.getLogger("sipguard")
 
@@ -70,6 +71,22 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
         host, _sep, port = text.partition(":")
         return host, int(port) if port.isdigit() else None
     return text, None
+
+
+def tune_gc() -> None:
+    """Set the cyclic GC up for the hot path (the server at start; bench/call.py likewise).
+
+    The cyclic GC is for cycles, and the hot path makes none (bench/call.py: 0 cyclic objects over
+    thousands of calls): what it keeps alive (transactions, dialogs) is freed by reference counting.
+    A collection of an older generation walks every live transaction, and those walks were the
+    INVITE->200 p99 under load (BENCHMARKS.md).  So: freeze what startup made, let the youngest
+    generation be collected often and briefly (what dies young, such as an admin connection's
+    cycles, is reclaimed there), and never collect the older ones on their own: the server runs a
+    full collection every GC_FULL_EVERY_S instead, for the rare cycle that aged.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 1_000_000_000, 1_000_000_000)
 
 
 class WorkerSlot:
@@ -198,21 +215,12 @@ class Server:
             self._loop.add_signal_handler(signal.SIGHUP, self._sighup)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-        # The cyclic GC is for cycles, and the hot path makes none (bench/call.py: 0 cyclic objects
-        # over thousands of calls): what it keeps alive (transactions, dialogs) is freed by reference
-        # counting.  A collection of an older generation walks every live transaction, and those
-        # walks were the INVITE->200 p99 under load (BENCHMARKS.md).  So: freeze what startup made,
-        # let the youngest generation be collected often and briefly (what dies young, such as an
-        # admin connection's cycles, is reclaimed there), never collect the older ones on their own,
-        # and collect everything once every GC_FULL_EVERY_S instead, for the rare cycle that aged.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, 1_000_000_000, 1_000_000_000)
+        tune_gc()
         self._full_gc = self._loop.call_later(GC_FULL_EVERY_S, self._collect_all)
         who = "sipguard" if worker is None else f"sipguard worker {worker.index} (pid {os.getpid()})"
         shared_note = "" if not shared_locals else " (shared: " + ", ".join(l.hostport for l in shared_locals) + ")"
-        log.info("%s listening on %s%s, admin on %s:%s", who, ", ".join(l.hostport for l in locals_), shared_note,
-                 admin_host, self.admin_port)
+        log.info("%s listening on %s%s, admin on %s:%s (SIP core: %s)", who, ", ".join(l.hostport for l in locals_),
+                 shared_note, admin_host, self.admin_port, "compiled" if native_core() else "pure Python")
 
     def _collect_all(self) -> None:
         gc.collect()

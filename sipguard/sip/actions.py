@@ -9,7 +9,7 @@ policy answers for a new request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .message import Request
 from .serializer import Edit
@@ -50,7 +50,7 @@ class Settle:
     """Settle ``claim`` in the state store, then call ``core.settled(ticket, ok, now)``."""
 
     ticket: int
-    claim: object
+    claim: Any
     emergency: bool
 
 
@@ -60,7 +60,7 @@ class DialogStarted:
     call_id: str
     account: str | None
     direction: str
-    claim: object | None
+    claim: Any | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class DialogEnded:
     call_id: str
     account: str | None
     reason: str  # bye | rejected | cancelled | timer_c | no_response | timeout | claim_refused
-    claim: object | None
+    claim: Any | None
     duration_s: float | None  # from 2xx to end; None if never answered
 
 
@@ -77,7 +77,7 @@ class DialogEnded:
 class Decided:
     """A policy decision to log and count (the server decides what is logged)."""
 
-    decision: object
+    decision: Any
     call_id: str
     account: str | None
 
@@ -110,7 +110,7 @@ class Admission:
     reject: Reject | None = None
     silent: bool = False
     edits: tuple[Edit, ...] = ()
-    claim: object | None = None
+    claim: Any | None = None
     claim_reject: Reject | None = None
     emergency: bool = False
     decisions: tuple[object, ...] = ()

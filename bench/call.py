@@ -1,6 +1,6 @@
 """Micro-benchmark of whole calls through the server, without sockets.
 
-    python -m bench.call [--calls 5000] [--repeat 5] [--profile]
+    python -m bench.call [--calls 5000] [--repeat 5] [--profile] [--by-message]
 
 Replays complete calls (INVITE / 100 / 180 / 200 / ACK / BYE / 200, as the load benchmark's
 SIPp scenarios send them) through ``Server._on_datagram`` on the benchmark policy: parse,
@@ -150,6 +150,7 @@ class Harness:
                                      timer_config(self.server.policy))
         self.server._by_family[("udp", 4)] = self.wire  # type: ignore[assignment]
         self.spent = 0.0  # seconds inside the server (the harness's own message building excluded)
+        self.by_kind: dict[str, float] = {}
         self.uac = Peer("udp", UAC_IP, 5062)
         self.uas = Peer("udp", UAS_IP, UAS_PORT)
 
@@ -161,7 +162,13 @@ class Harness:
     def feed(self, data: bytes, source: Peer) -> None:
         t0 = time.perf_counter()
         self.server._on_datagram(data, source)
-        self.spent += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        self.spent += spent
+        # by message: the method, or the status and the CSeq method of a response
+        first = data[:12].split(b" ")
+        kind = first[0].decode() if not data.startswith(b"SIP/") else (
+            first[1].decode() + (" BYE" if b" BYE\r\n" in data else " INVITE"))
+        self.by_kind[kind] = self.by_kind.get(kind, 0.0) + spent
 
     def call(self, n: int) -> None:
         s, clock = self, self.clock
@@ -187,7 +194,7 @@ class Harness:
         clock.advance(0.0075)  # 10 ms per call: transactions expire (64*T1) within a run
 
 
-def measure(calls: int, repeat: int, profile: bool = False) -> list[float]:
+def measure(calls: int, repeat: int, profile: bool = False, by_message: bool = False) -> list[float]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeat):
@@ -198,6 +205,7 @@ def measure(calls: int, repeat: int, profile: bool = False) -> list[float]:
             tune_gc()  # as Server.start() does
             prof = cProfile.Profile() if profile else None
             h.spent = h.clock.spent = 0.0
+            h.by_kind.clear()
             if prof:
                 prof.enable()
             for n in range(200, calls):
@@ -207,6 +215,12 @@ def measure(calls: int, repeat: int, profile: bool = False) -> list[float]:
                 pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("ROWS", "35")))
                 return []
             results.append((h.spent + h.clock.spent) / (calls - 200) * 1e6)
+            if by_message and r == repeat - 1:
+                total = h.spent + h.clock.spent
+                for kind, spent in sorted(h.by_kind.items(), key=lambda kv: -kv[1]):
+                    print(f"  {kind:<12}{spent / (calls - 200) * 1e6:8.1f} µs per call  {100 * spent / total:4.0f}%")
+                print(f"  {'timers':<12}{h.clock.spent / (calls - 200) * 1e6:8.1f} µs per call  "
+                      f"{100 * h.clock.spent / total:4.0f}%")
             if h.server.core.dialog_count != 0:
                 raise RuntimeError(f"{h.server.core.dialog_count} dialogs left")
     return results
@@ -217,8 +231,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--by-message", action="store_true", help="where the time goes, by message (last repeat)")
     args = parser.parse_args()
-    results = measure(args.calls, args.repeat, args.profile)
+    results = measure(args.calls, args.repeat, args.profile, args.by_message)
     if results:
         print(f"whole call through the server, µs per call inside the server ({args.calls} calls x {args.repeat} repeats)")
         print(f"median {statistics.median(results):.1f}  min {min(results):.1f}  max {max(results):.1f}")

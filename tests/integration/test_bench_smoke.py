@@ -19,19 +19,21 @@ def test_load_benchmark_smoke_run(tmp_path: Path) -> None:
     require("sipp")
     require("kamailio")
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--json", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--json", str(out), "--targets",
+                           "direct,sipguard,sipguard-2w,kamailio", "--sipp-transport", "un"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     targets = {step["target"] for step in report["steps"]}
-    assert targets == {"direct", "sipguard", "kamailio"}, proc.stdout[-2000:]
+    assert targets == {"direct", "sipguard", "sipguard-2w", "kamailio"}, proc.stdout[-2000:]
     for step in report["steps"]:
         assert step["failed"] == 0 and step["ok"] == step["calls"] > 0, step
         assert step["invite_p50_ms"] is not None, step
         assert step["probe_invite_p50_us"] is not None and step["probe_invite_p99_us"] > 0, step  # the µs probe
-    assert report["capacity"] == {"direct": 50, "sipguard": 50, "kamailio": 50}
+    assert report["capacity"] == {"direct": 50, "sipguard": 50, "sipguard-2w": 50, "kamailio": 50}
     assert report["held"]["concurrent"] == 200 and report["held"]["kb_per_dialog"] > 0
-    assert "ratio sipguard/kamailio" in proc.stdout and "capacity" in proc.stdout
+    assert "ratio sipguard/kamailio" in proc.stdout and "ratio sipguard-2w/kamailio" in proc.stdout
+    assert "SIPp transport un" in proc.stdout
     assert "sipguard at 50/s adds INVITE->200 p50" in proc.stdout
 
 
@@ -41,3 +43,12 @@ def test_micro_benchmark_smoke_run() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split()[0] for line in proc.stdout.splitlines()[2:]}
     assert {"parse", "decide", "serialize", "core.receive"} <= rows, proc.stdout
+
+
+def test_whole_call_benchmark_smoke_run() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.call", "--calls", "400", "--repeat", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "µs per call inside the server" in proc.stdout
+    median = float(proc.stdout.split("median")[1].split()[0])
+    assert median > 0, proc.stdout

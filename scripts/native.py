@@ -1,14 +1,16 @@
-"""Compile the SIP core (sipguard/sip) with mypyc, in place, or remove the compiled modules.
+"""Compile the hot path (sipguard/sip, sipguard/policy) with mypyc, in place, or remove it.
 
     python scripts/native.py build     # needs gcc, the Python headers and mypy (the native/test extras)
     python scripts/native.py clean
     python scripts/native.py status
 
-The same source, compiled: mypyc turns the type-annotated modules of the SIP core into C
-extensions that sit beside the .py files and take precedence on import.  The whole call costs
-about a fifth less CPU (BENCHMARKS.md).  ``errors.py`` and ``__init__.py`` stay interpreted
-(exception classes; the package's staleness check).  Without a build, sipguard runs the
-same code as pure Python.  ``bash scripts/dev run|test`` builds it when the sources changed.
+The same source, compiled: mypyc turns the type-annotated modules of the SIP core and of the
+policy decision path into C extensions that sit beside the .py files and take precedence on
+import (BENCHMARKS.md has what it saves).  Interpreted still: ``errors.py`` (exception
+classes), the ``__init__`` modules (they refuse stale builds), and the policy model and loader
+(mypyc checks annotations at run time, and the loader builds the model from YAML values).
+Without a build, sipguard runs the same code as pure Python.  ``bash scripts/dev run|test``
+builds it when the sources changed.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "sipguard" / "sip"
-MODULES = ("grammar", "memo", "message", "parser", "serializer", "proxy", "transaction", "dialog", "timers",
-           "actions")
-GROUP = "sipguard.sip.native"  # the shared library lands in the package: importable wherever it is installed
+MODULES = {
+    ROOT / "sipguard" / "sip": ("grammar", "memo", "message", "parser", "serializer", "proxy", "transaction",
+                                "dialog", "timers", "actions"),
+    ROOT / "sipguard" / "policy": ("engine", "callerid", "numbers", "autodialer", "edge", "emergency", "decision"),
+}
+SOURCES = [package / f"{name}.py" for package, names in MODULES.items() for name in names]
+GROUP = "sipguard.sip.native"  # the shared library lands in a package: importable wherever it is installed
 
 
 def compiled() -> list[Path]:
-    return sorted(p for p in PACKAGE.glob("*.so"))
+    return sorted(p for package in MODULES for p in package.glob("*.so"))
 
 
 def clean() -> None:
@@ -36,10 +41,10 @@ def clean() -> None:
 def stale() -> list[str]:
     """Modules whose source is newer than their compiled form, or that are not compiled."""
     out = []
-    for name in MODULES:
-        sos = list(PACKAGE.glob(f"{name}.*.so"))
-        if not sos or (PACKAGE / f"{name}.py").stat().st_mtime > sos[0].stat().st_mtime:
-            out.append(name)
+    for source in SOURCES:
+        sos = list(source.parent.glob(f"{source.stem}.*.so"))
+        if not sos or source.stat().st_mtime > sos[0].stat().st_mtime:
+            out.append(f"{source.parent.name}.{source.stem}")
     return out
 
 
@@ -52,7 +57,7 @@ def build() -> None:
     setup(
         name="sipguard-native",
         packages=[],
-        ext_modules=mypycify([f"sipguard/sip/{name}.py" for name in MODULES], group_name=GROUP, opt_level="3"),
+        ext_modules=mypycify([str(p.relative_to(ROOT)) for p in SOURCES], group_name=GROUP, opt_level="3"),
         script_args=["-q", "build_ext", "--inplace", "--force", "--build-temp", "build/native"],
     )
     for path in compiled():  # copies keep the build's times: date them now, for the staleness check
@@ -66,13 +71,13 @@ def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
     if command == "build":
         build()
-        print(f"compiled SIP core: {len(compiled())} extension modules in {PACKAGE.relative_to(ROOT)}")
+        print(f"compiled: {len(compiled())} extension modules in sipguard/sip and sipguard/policy")
     elif command == "clean":
         clean()
-        print("compiled SIP core removed: pure Python")
+        print("compiled modules removed: pure Python")
     elif command == "status":
         left = stale()
-        print("pure Python" if len(left) == len(MODULES) else f"compiled, stale: {left}" if left else "compiled")
+        print("pure Python" if len(left) == len(SOURCES) else f"compiled, stale: {left}" if left else "compiled")
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -1,4 +1,12 @@
-"""The pure policy engine: model, loader, decisions."""
+"""The pure policy engine: model, loader, decisions.
+
+The decision path (engine and the rules) may run compiled (``scripts/native.py build``);
+the model and the loader stay interpreted.
+"""
+
+from .._compiled import refuse_stale as _refuse_stale
+
+_refuse_stale(__path__[0])
 
 from .decision import Decision, Mode, Verdict
 from .engine import Engine

@@ -5,19 +5,9 @@ beside the sources and are imported instead.  A compiled module older than its s
 run old code, so importing the package refuses that (rebuild, or ``scripts/native.py clean``).
 """
 
-from pathlib import Path as _Path
+from .._compiled import refuse_stale as _refuse_stale
 
-
-def _refuse_stale_native() -> None:
-    here = _Path(__file__).parent
-    for compiled in here.glob("*.so"):
-        source = here / (compiled.name.split(".", 1)[0] + ".py")
-        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
-            raise ImportError(f"{compiled.name} is older than {source.name}: run `python scripts/native.py build` "
-                              "(or `clean` for pure Python)")
-
-
-_refuse_stale_native()
+_refuse_stale(__path__[0])
 
 from .actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Reject, Router, Send, Settle
 from .errors import (
@@ -39,10 +29,12 @@ from .timers import TimerConfig
 
 
 def native_core() -> bool:
-    """Whether the compiled (mypyc) SIP core is the one running."""
-    from . import parser as _parser
+    """Whether the compiled (mypyc) SIP core and policy engine are the ones running."""
+    from .._compiled import is_compiled
+    from ..policy import engine
+    from . import parser
 
-    return not str(_parser.__file__).endswith(".py")
+    return is_compiled(parser) and is_compiled(engine)
 
 
 __all__ = [

@@ -14,6 +14,7 @@ import pytest
 
 import sipguard
 import sipguard.sip as sip
+from sipguard.policy import engine
 from sipguard.sip import parser, proxy
 
 
@@ -25,7 +26,8 @@ def test_the_core_in_use_is_the_one_expected(core, registry) -> None:
         pytest.skip("run through scripts/dev test to check the build")
     assert sip.native_core() is (expected == "native")
     suffix = Path(str(parser.__file__)).suffix
-    assert (suffix == ".so") is (expected == "native") and Path(str(proxy.__file__)).suffix == suffix
+    assert (suffix == ".so") is (expected == "native")
+    assert Path(str(proxy.__file__)).suffix == Path(str(engine.__file__)).suffix == suffix
     # and operators see it: sipguard_build_info{core=...}
     from sipguard.metrics import Metrics
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from sipguard.config import Settings
-from sipguard.server import Server, tune_gc
-from sipguard.sip import Peer
+from sipguard.server import Server, _TimedRouter, timer_config, tune_gc
+from sipguard.sip import Local, Peer, ProxyCore
 
 from .micro import SDP
 from .policy import UAC_IP, benchmark_policy
@@ -143,9 +143,7 @@ class Harness:
         self.clock = _Clock()
         self.wire = _Wire()
         self.server._loop = self.clock  # type: ignore[assignment]
-        from sipguard.server import _TimedRouter
-        from sipguard.sip import Local, ProxyCore
-        from sipguard.server import timer_config
+        # the core as Server.start() builds it, minus the sockets
         self.server.core = ProxyCore([Local("udp", *PROXY)], _TimedRouter(self.server.engine, self.server.metrics),
                                      timer_config(self.server.policy))
         self.server._by_family[("udp", 4)] = self.wire  # type: ignore[assignment]

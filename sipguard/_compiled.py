@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["refuse_stale", "is_compiled"]
+__all__ = ["refuse_stale", "is_compiled", "native_core"]
 
 
 def refuse_stale(package_dir: str | Path) -> None:
@@ -25,3 +25,11 @@ def refuse_stale(package_dir: str | Path) -> None:
 
 def is_compiled(module: ModuleType) -> bool:
     return not str(module.__file__).endswith(".py")
+
+
+def native_core() -> bool:
+    """Whether the compiled (mypyc) SIP core and policy decision path are the ones running."""
+    from .policy import engine
+    from .sip import parser
+
+    return is_compiled(parser) and is_compiled(engine)

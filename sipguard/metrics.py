@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .sip import native_core
+from ._compiled import native_core
 from .sip.proxy import ProxyCore
 
 __all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector"]

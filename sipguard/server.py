@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .policy import Engine, Policy, PolicyError, load
 from .policy.decision import Decision, Mode, Verdict
 from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Send, Settle
-from .sip import native_core
+from ._compiled import native_core
 from .sip.message import Request, ip_literal
 from .sip.proxy import Local, ProxyCore
 from .sip.timers import TimerConfig
@@ -90,13 +90,12 @@ def tune_gc() -> None:
 
 
 class WorkerSlot:
-    """Which worker this process is, of how many, and the channel table they share (workers.py)."""
+    """Which worker this process is, and the channel table the workers share (workers.py)."""
 
-    __slots__ = ("index", "count", "counts")
+    __slots__ = ("index", "counts")
 
-    def __init__(self, index: int, count: int, counts: SharedCounts) -> None:
+    def __init__(self, index: int, counts: SharedCounts) -> None:
         self.index = index
-        self.count = count
         self.counts = counts
 
     def private_port(self, port: int) -> int:

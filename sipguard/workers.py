@@ -29,7 +29,7 @@ __all__ = ["run_workers"]
 
 log = logging.getLogger("sipguard")
 
-def _worker_main(settings: Settings, index: int, count: int, counts: SharedCounts, ready_fd: int) -> int:
+def _worker_main(settings: Settings, index: int, counts: SharedCounts, ready_fd: int) -> int:
     from .server import Server, WorkerSlot
 
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -44,7 +44,7 @@ def _worker_main(settings: Settings, index: int, count: int, counts: SharedCount
             pass
 
     async def main() -> None:
-        server = Server(settings, worker=WorkerSlot(index, count, counts))
+        server = Server(settings, worker=WorkerSlot(index, counts))
         await server.start()
         os.write(ready_fd, b"1")  # the supervisor tells "could not start" from "died later" by this
         os.close(ready_fd)
@@ -73,7 +73,7 @@ def run_workers(settings: Settings, count: int) -> int:
             code = 1
             try:
                 os.close(ready_r)
-                code = _worker_main(settings, index, count, counts, ready_w)
+                code = _worker_main(settings, index, counts, ready_w)
             finally:
                 os._exit(code)
         os.close(ready_w)

@@ -26,19 +26,7 @@ from .proxy import CoreStats, Local, ProxyCore
 from .serializer import serialize
 from .timers import TimerConfig
 
-
-
-def native_core() -> bool:
-    """Whether the compiled (mypyc) SIP core and policy engine are the ones running."""
-    from .._compiled import is_compiled
-    from ..policy import engine
-    from . import parser
-
-    return is_compiled(parser) and is_compiled(engine)
-
-
 __all__ = [
-    "native_core",
     "Action", "Admission", "Decided", "DialogEnded", "DialogStarted", "Peer", "Reject", "Router", "Send",
     "Settle", "BadExtension", "LoopDetected", "MessageTooLarge", "ParseError", "SipError", "TooManyHops",
     "UnsupportedUriScheme", "VersionNotSupported", "NameAddr", "Request", "Response", "SipUri", "Via",

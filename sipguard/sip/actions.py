@@ -50,7 +50,7 @@ class Settle:
     """Settle ``claim`` in the state store, then call ``core.settled(ticket, ok, now)``."""
 
     ticket: int
-    claim: Any
+    claim: Any  # the store's claim, opaque to the core (Any, not object: mypyc's dataclasses need it)
     emergency: bool
 
 

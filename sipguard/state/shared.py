@@ -105,9 +105,9 @@ class SharedStore(SyncStore):
         self._own = InMemoryStore()
 
     def claim_now(self, claim: ChannelClaim) -> bool:
-        own = self._own.active_now(claim.account)
         if self._own.holds(claim):
             return True
+        own = self._own.active_now(claim.account)
         limit = claim.limit if claim.enforce and not claim.emergency else None
         if not self.counts.claim(claim.account, self.worker, own, limit):
             return False

@@ -14,6 +14,7 @@ import pytest
 
 import sipguard
 import sipguard.sip as sip
+from sipguard._compiled import native_core
 from sipguard.policy import engine
 from sipguard.sip import parser, proxy
 
@@ -24,7 +25,7 @@ def test_the_core_in_use_is_the_one_expected(core, registry) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("under CI, scripts/dev test says which core it built (SIPGUARD_EXPECT_CORE)")
         pytest.skip("run through scripts/dev test to check the build")
-    assert sip.native_core() is (expected == "native")
+    assert native_core() is (expected == "native")
     suffix = Path(str(parser.__file__)).suffix
     assert (suffix == ".so") is (expected == "native")
     assert Path(str(proxy.__file__)).suffix == Path(str(engine.__file__)).suffix == suffix

@@ -3,7 +3,7 @@
     python -m bench.call [--calls 5000] [--repeat 5] [--profile] [--by-message]
 
 Replays complete calls (INVITE / 100 / 180 / 200 / ACK / BYE / 200, as the load benchmark's
-SIPp scenarios send them) through ``Server._on_datagram`` on the benchmark policy: parse,
+SIPp scenarios send them) through the server's datagram path (``Server.pump``) on the benchmark policy: parse,
 attribution, every policy rule, the channel claim, transactions, dialogs, timers, metrics
 and the bytes sent, everything but the system calls.  Prints µs per call inside the server (median and
 spread of the repeats).  ``--profile`` prints a cProfile table of one repeat instead.
@@ -72,8 +72,8 @@ class _Wire:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, str, int]] = []
 
-    def send(self, data: bytes, host: str, port: int) -> None:
-        self.sent.append((data, host, port))
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr[0], addr[1]))
 
 
 def _headers(data: bytes, *names: str) -> list[str]:
@@ -146,7 +146,7 @@ class Harness:
         # the core as Server.start() builds it, minus the sockets
         self.server.core = ProxyCore([Local("udp", *PROXY)], _TimedRouter(self.server.engine, self.server.metrics),
                                      timer_config(self.server.policy))
-        self.server._by_family[("udp", 4)] = self.wire  # type: ignore[assignment]
+        self.server.pump = self.server.make_pump({("udp", 4): self.wire.sendto})
         self.spent = 0.0  # seconds inside the server (the harness's own message building excluded)
         self.by_kind: dict[str, float] = {}
         self.uac = Peer("udp", UAC_IP, 5062)
@@ -159,7 +159,7 @@ class Harness:
 
     def feed(self, data: bytes, source: Peer) -> None:
         t0 = time.perf_counter()
-        self.server._on_datagram(data, source)
+        self.server.pump.receive(data, source)
         spent = time.perf_counter() - t0
         self.spent += spent
         # by message: the method, or the status and the CSeq method of a response

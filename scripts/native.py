@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {
-    ROOT / "sipguard" / "sip": ("grammar", "memo", "message", "parser", "serializer", "proxy", "transaction",
+    ROOT / "sipguard" / "sip": ("grammar", "memo", "message", "parser", "serializer", "proxy", "pump", "transaction",
                                 "dialog", "timers", "actions"),
     ROOT / "sipguard" / "policy": ("engine", "callerid", "numbers", "autodialer", "edge", "emergency", "decision"),
 }

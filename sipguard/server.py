@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,10 +26,11 @@ from .decisionlog import DecisionLog
 from .metrics import Metrics
 from .policy import Engine, Policy, PolicyError, load
 from .policy.decision import Decision, Mode, Verdict
-from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Send, Settle
+from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Settle
 from ._compiled import native_core
 from .sip.message import Request, ip_literal
 from .sip.proxy import Local, ProxyCore
+from .sip.pump import Pump
 from .sip.timers import TimerConfig
 from .state import ChannelClaim, InMemoryStore
 from .state.shared import SharedCounts, SharedStore
@@ -145,8 +146,8 @@ class Server:
         self.listeners: list[Transport] = []
         self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
+        self.pump: Pump = None  # type: ignore[assignment]  # set in start()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._full_gc: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admin: asyncio.base_events.Server | None = None
@@ -169,17 +170,17 @@ class Server:
                 if transport != "udp":
                     raise ValueError(f"{spec}: only udp listeners are implemented so far")
                 if worker is None:
-                    listener = UdpListener(host, port, self._on_datagram)
+                    listener = UdpListener(host, port)
                 else:
                     if port == 0:
                         raise ValueError(f"{spec}: workers share a fixed port; port 0 is not allowed with --workers")
                     # workers: new requests arrive on the shared address (SO_REUSEPORT spreads them by
                     # source); Via and Record-Route name the worker's own port, so that responses and
                     # in-dialog requests come back to the worker that holds the transaction and dialog
-                    shared = UdpListener(host, port, self._on_datagram, reuse_port=True)
+                    shared = UdpListener(host, port, reuse_port=True)
                     await shared.start()
                     self.listeners.append(shared)
-                    listener = UdpListener(host, worker.private_port(port), self._on_datagram)
+                    listener = UdpListener(host, worker.private_port(port))
                 await listener.start()
                 self.listeners.append(listener)
                 self._by_family.setdefault(("udp", listener.family), listener)  # sends leave by the own port
@@ -205,6 +206,9 @@ class Server:
             locals_ + shared_locals, _TimedRouter(self.engine, self.metrics), timer_config(self.policy),
             max_message_bytes=service.max_message_bytes, aliases=aliases,
         )
+        self.pump = self.make_pump({key: sending.sender() for key, sending in self._by_family.items()})
+        for receiving in self.listeners:
+            receiving.set_receiver(self.pump.datagram_received)
         admin = self.settings.admin or service.admin
         admin_host, _sep, admin_port = admin.rpartition(":")
         admin_port_no = int(admin_port) if worker is None else worker.private_port(int(admin_port))
@@ -260,38 +264,30 @@ class Server:
         self._by_family.clear()
 
     # ------------------------------------------------------------------ hot path
-    def _on_datagram(self, data: bytes, peer: Peer) -> None:
+    def make_pump(self, senders: dict[tuple[str, int], Callable[[bytes, tuple[str, int]], object]]) -> Pump:
+        """The compiled datagram path (sip/pump.py) over ``self.core``; ``senders`` by (transport, family)."""
         loop = self._loop
         assert loop is not None
-        try:
-            actions = self.core.receive(data, peer, loop.time())
-            if actions:
-                self._carry_out(actions)
-        except Exception:  # the one guard: a bug must not stop the service
-            self.metrics.internal_errors.inc()
-            log.exception("internal error on a message from %s:%s", peer.host, peer.port)
+        return Pump(self.core, senders, self._on_action, self._internal_error, self._arm_at, loop.time)
 
-    def _carry_out(self, actions: list[Action]) -> None:
-        by_family = self._by_family
-        for action in actions:
-            if type(action) is Send:
-                dest = action.dest
-                listener = by_family.get((dest.transport, 6 if ":" in dest.host else 4))
-                if listener is not None:
-                    listener.send(action.data, dest.host, dest.port)
-            elif isinstance(action, Decided):
-                self._decided(action)
-            elif isinstance(action, DialogStarted):
-                self.metrics.child(self.metrics.dialogs_started, action.direction).inc()
-            elif isinstance(action, DialogEnded):
-                self.metrics.child(self.metrics.dialogs_ended, action.reason).inc()
-                if isinstance(action.claim, ChannelClaim):
-                    self.store.release_now(action.claim)
-                self.engine.dialer.ended(action.dialog_id, action.duration_s is not None, action.duration_s,
-                                         self._loop.time() if self._loop else 0.0)
-            elif isinstance(action, Settle):
-                self._settle(action)
-        self._arm_timer()
+    def _internal_error(self, peer: Peer) -> None:
+        self.metrics.internal_errors.inc()
+        log.exception("internal error on a message from %s:%s", peer.host, peer.port)
+
+    def _on_action(self, action: Action) -> None:
+        """Every action but Send (the pump sends), in order."""
+        if isinstance(action, Decided):
+            self._decided(action)
+        elif isinstance(action, DialogStarted):
+            self.metrics.child(self.metrics.dialogs_started, action.direction).inc()
+        elif isinstance(action, DialogEnded):
+            self.metrics.child(self.metrics.dialogs_ended, action.reason).inc()
+            if isinstance(action.claim, ChannelClaim):
+                self.store.release_now(action.claim)
+            self.engine.dialer.ended(action.dialog_id, action.duration_s is not None, action.duration_s,
+                                     self._loop.time() if self._loop else 0.0)
+        elif isinstance(action, Settle):
+            self._settle(action)
 
     def _decided(self, action: Decided) -> None:
         decision = action.decision
@@ -333,7 +329,7 @@ class Server:
         assert loop is not None
         more = self.core.settled(action.ticket, granted, loop.time())
         if more:
-            self._carry_out(more)
+            self.pump.carry_out(more)
 
     def _channel_rows(self) -> list[tuple[str, int, int]]:
         return [(name, self.store.active_now(name), limit) for name, limit in self.engine.limits().items()]
@@ -344,29 +340,25 @@ class Server:
         buckets, bans = engine.edge.sizes
         return scores, {"edge_buckets": buckets, "edge_bans": bans, "autodialer_keys": len(engine.dialer)}
 
-    def _arm_timer(self) -> None:
-        at = self.core.next_deadline()
-        if at is None or (self._timer_at is not None and self._timer_at <= at):
-            return
+    def _arm_at(self, at: float) -> None:
+        """The pump asks for the one loop timer at ``at`` (earlier than the one armed)."""
         loop = self._loop
         assert loop is not None
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_at = at
         self._timer = loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         loop = self._loop
         assert loop is not None
         self._timer = None
-        self._timer_at = None
+        self.pump.fired()
         try:
-            actions = self.core.on_timer(loop.time())
-            self._carry_out(actions)
+            self.pump.carry_out(self.core.on_timer(loop.time()))
         except Exception:
             self.metrics.internal_errors.inc()
             log.exception("internal error in a timer")
-            self._arm_timer()
+            self.pump.rearm()
 
     # ------------------------------------------------------------------ reload
     def reload(self) -> list[str]:

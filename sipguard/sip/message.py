@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from .errors import ParseError
 from .memo import memoize
@@ -64,16 +65,26 @@ def _param(params: Params, name: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+# Immutable values with a written-out __init__ and Final fields, not frozen dataclasses: see actions.py.
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class SipUri:
     """A sip:/sips: URI (RFC 3261 §19.1)."""
 
-    scheme: str
-    user: str | None
-    host: str  # lower-case; IPv6 in brackets
-    port: int | None
-    params: Params
-    headers: str | None  # the '?...' part, unparsed
+    scheme: Final[str]
+    user: Final[str | None]
+    host: Final[str]  # lower-case; IPv6 in brackets
+    port: Final[int | None]
+    params: Final[Params]
+    headers: Final[str | None]  # the '?...' part, unparsed
+
+    def __init__(self, scheme: str, user: str | None, host: str, port: int | None, params: Params,
+                 headers: str | None) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.host = host
+        self.port = port
+        self.params = params
+        self.headers = headers
 
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
@@ -100,14 +111,20 @@ class SipUri:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class NameAddr:
     """name-addr / addr-spec with header parameters (From, To, Contact, Route...)."""
 
-    display: str | None
-    uri: str
-    params: Params
-    bracketed: bool
+    display: Final[str | None]
+    uri: Final[str]
+    params: Final[Params]
+    bracketed: Final[bool]
+
+    def __init__(self, display: str | None, uri: str, params: Params, bracketed: bool) -> None:
+        self.display = display
+        self.uri = uri
+        self.params = params
+        self.bracketed = bracketed
 
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
@@ -117,15 +134,22 @@ class NameAddr:
         return self.param("tag")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Via:
     """One via-parm (RFC 3261 §20.42)."""
 
-    version: str
-    transport: str  # upper-case
-    host: str  # lower-case, IPv6 bracketed
-    port: int | None
-    params: Params
+    version: Final[str]
+    transport: Final[str]  # upper-case
+    host: Final[str]  # lower-case, IPv6 bracketed
+    port: Final[int | None]
+    params: Final[Params]
+
+    def __init__(self, version: str, transport: str, host: str, port: int | None, params: Params) -> None:
+        self.version = version
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
 
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
@@ -147,17 +171,30 @@ class Via:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class _Base:
-    headers: tuple[HeaderField, ...]
-    body: bytes
-    call_id: str
-    cseq: int
-    cseq_method: str
-    from_tag: str | None
-    to_tag: str | None
-    vias: tuple[Via, ...]
-    raw_lines: tuple[str | None, ...] = field(compare=False, repr=False)
+    headers: Final[tuple[HeaderField, ...]]
+    body: Final[bytes]
+    call_id: Final[str]
+    cseq: Final[int]
+    cseq_method: Final[str]
+    from_tag: Final[str | None]
+    to_tag: Final[str | None]
+    vias: Final[tuple[Via, ...]]
+    raw_lines: tuple[str | None, ...] = field(compare=False, repr=False)  # not Final: a dataclass field() default
+
+    def __init__(self, headers: tuple[HeaderField, ...], body: bytes, call_id: str, cseq: int, cseq_method: str,
+                 from_tag: str | None, to_tag: str | None, vias: tuple[Via, ...],
+                 raw_lines: tuple[str | None, ...]) -> None:
+        self.headers = headers
+        self.body = body
+        self.call_id = call_id
+        self.cseq = cseq
+        self.cseq_method = cseq_method
+        self.from_tag = from_tag
+        self.to_tag = to_tag
+        self.vias = vias
+        self.raw_lines = raw_lines
 
     def get(self, key: str) -> str | None:
         """The value of the first field with this (lower-case, long-form) key."""
@@ -181,22 +218,38 @@ class _Base:
         return False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Request(_Base):
-    method: str = ""
-    uri: str = ""
-    ruri: SipUri | None = None  # None for tel: and other accepted schemes
-    max_forwards: int | None = None
+    method: Final[str]
+    uri: Final[str]
+    ruri: Final[SipUri | None]  # None for tel: and other accepted schemes
+    max_forwards: Final[int | None]
+
+    def __init__(self, headers: tuple[HeaderField, ...], body: bytes, call_id: str, cseq: int, cseq_method: str,
+                 from_tag: str | None, to_tag: str | None, vias: tuple[Via, ...], raw_lines: tuple[str | None, ...],
+                 method: str = "", uri: str = "", ruri: SipUri | None = None, max_forwards: int | None = None) -> None:
+        _Base.__init__(self, headers, body, call_id, cseq, cseq_method, from_tag, to_tag, vias, raw_lines)  # no super(): slots=True makes a new class
+        self.method = method
+        self.uri = uri
+        self.ruri = ruri
+        self.max_forwards = max_forwards
 
     @property
     def is_request(self) -> bool:
         return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Response(_Base):
-    status: int = 0
-    reason: str = ""
+    status: Final[int]
+    reason: Final[str]
+
+    def __init__(self, headers: tuple[HeaderField, ...], body: bytes, call_id: str, cseq: int, cseq_method: str,
+                 from_tag: str | None, to_tag: str | None, vias: tuple[Via, ...], raw_lines: tuple[str | None, ...],
+                 status: int = 0, reason: str = "") -> None:
+        _Base.__init__(self, headers, body, call_id, cseq, cseq_method, from_tag, to_tag, vias, raw_lines)  # no super(): slots=True makes a new class
+        self.status = status
+        self.reason = reason
 
     @property
     def is_request(self) -> bool:
@@ -358,12 +411,39 @@ def tag_of(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+_TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
+
+
 @memoize()
 def parse_via(text: str) -> Via:
     """Parse one via-parm.  Raises ParseError; the version is checked by the caller.
 
     Memoised: a Via recurs in every response of its transaction, ours at the top, the
-    sender's below it (and a Via is immutable)."""
+    sender's below it (and a Via is immutable).  A Via seen for the first time usually
+    differs from earlier ones only in its branch: then the sent-protocol and sent-by part
+    comes from a memo of its own, and the parameters are checked without a regex."""
+    if " " not in text[12:] and "\t" not in text:  # 'SIP/2.0/UDP ' then no more whitespace
+        head, semi, params = text.partition(";")
+        if semi:
+            plist: list[tuple[str, str | None]] = []
+            for part in params.split(";"):
+                name, eq, value = part.partition("=")
+                if not name or name.strip(_TOKEN_CHARS) or (eq and (not value or value.strip(_TOKEN_CHARS))):
+                    break  # not a token=token parameter (a host, a quoted string, an error): the full path
+                plist.append((name.lower(), value if eq else None))
+            else:
+                first = _via_head(head)
+                return Via(first.version, first.transport, first.host, first.port, tuple(plist))
+    return _parse_via(text)
+
+
+@memoize()
+def _via_head(text: str) -> Via:
+    """The sent-protocol and sent-by of a Via without its parameters."""
+    return _parse_via(text)
+
+
+def _parse_via(text: str) -> Via:
     m = VIA_RE.fullmatch(text)
     if m is None:
         raise ParseError(f"bad Via {text!r}")

@@ -45,7 +45,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 16384
 _CSEQ_MAX = 2**31 - 1  # RFC 3261 §8.1.1.5: less than 2**31
 _SINGLE_SET = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
 _NAME_KEYS: dict[str, str] = {}  # header name as received -> key (bounded memo)
-_CTL_BYTES_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# every control byte, CR and LF included: deleting them from a clean head removes exactly its CRLFs
+_CTL_BYTES = bytes(range(0x20)) + b"\x7f"
 _SPLIT = frozenset(("via", "route", "record-route"))
 # a CTL, unless quoted-pair-escaped (quoted-pair allows %x00-09 / %x0B-0C / %x0E-7F), or a bare CR/LF
 _CONTROL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
@@ -112,13 +113,16 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         raise ParseError("no empty line after the headers")
     head_bytes = data[:end]
     head = head_bytes.decode("utf-8", "surrogateescape")
-    if _CTL_BYTES_RE.search(head_bytes) is not None:  # rare: then look closely (quoted-pairs may hold CTLs)
+    crlf = head_bytes.count(b"\r\n")
+    # One pass in C over the bytes: a head whose only control bytes are its CRLFs loses exactly 2 per CRLF
+    # (CR >= CRLF and LF >= CRLF, so any other CTL, bare CR or bare LF makes the difference larger).
+    if len(head_bytes) - len(head_bytes.translate(None, _CTL_BYTES)) != 2 * crlf:
+        # rare: look closely (a quoted-pair may escape a CTL)
         ctl = _CONTROL_RE.search(head)
-        if ctl is not None:  # TEXT-UTF8 and the start lines exclude CTLs; only CRLF separates lines
+        if ctl is not None and ctl.group() not in ("\r", "\n"):  # TEXT-UTF8 and the start lines exclude CTLs
             raise ParseError(f"control character {ctl.group()!r} in the headers")
-    crlf = head.count("\r\n")
-    if head.count("\r") != crlf or head.count("\n") != crlf:
-        raise ParseError("a bare CR or LF in the headers")
+        if head.count("\r") != crlf or head.count("\n") != crlf:  # only CRLF separates lines
+            raise ParseError("a bare CR or LF in the headers")
     body_start = end + 4
     lines = head.split("\r\n")
     start = lines[0]
@@ -262,19 +266,9 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         elif key == "date" and DATE_RE.fullmatch(value) is None:
             raise ParseError(f"bad Date {value!r}")
 
-    common = dict(
-        headers=tuple(headers),
-        body=body,
-        call_id=call_id,
-        cseq=cseq,
-        cseq_method=cseq_method,
-        from_tag=from_tag,
-        to_tag=to_tag,
-        vias=tuple(vias),
-        raw_lines=tuple(raw),
-    )
     if not is_request:
-        return Response(status=int(sm.group(2)), reason=sm.group(3), **common)  # type: ignore[arg-type]
+        return Response(tuple(headers), body, call_id, cseq, cseq_method, from_tag, to_tag, tuple(vias), tuple(raw),
+                        int(sm.group(2)), sm.group(3))
 
     method = sm.group(1)
     uri = sm.group(2)
@@ -300,4 +294,5 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         if mm is None:
             raise ParseError(f"bad Max-Forwards {mf_value!r}")
         max_forwards = int(mm.group(1))
-    return Request(method=method, uri=uri, ruri=ruri, max_forwards=max_forwards, **common)  # type: ignore[arg-type]
+    return Request(tuple(headers), body, call_id, cseq, cseq_method, from_tag, to_tag, tuple(vias), tuple(raw),
+                   method, uri, ruri, max_forwards)

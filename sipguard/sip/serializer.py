@@ -9,6 +9,7 @@ out of ``headers`` (it is framing), and the serializer writes it last.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from .grammar import CANONICAL_NAMES
 from .message import Message, Request
@@ -35,53 +36,61 @@ def header_name(key: str) -> str:
     return "-".join(part.capitalize() for part in key.split("-"))
 
 
-@dataclass(frozen=True, slots=True)
-class Prepend:
+# The edits: immutable values with a compiled __init__ (see sip/actions.py), on two shapes.
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class _Key:
+    key: Final[str]
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class _KeyValue:
+    key: Final[str]
+    value: Final[str]
+
+    def __init__(self, key: str, value: str) -> None:
+        self.key = key
+        self.value = value
+
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class Prepend(_KeyValue):
     """Insert a field before the first field of the same key (or on top)."""
 
-    key: str
-    value: str
 
-
-@dataclass(frozen=True, slots=True)
-class Append:
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class Append(_KeyValue):
     """Add a field after the last header."""
 
-    key: str
-    value: str
 
-
-@dataclass(frozen=True, slots=True)
-class ReplaceFirst:
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class ReplaceFirst(_KeyValue):
     """Replace the value of the first field with this key."""
 
-    key: str
-    value: str
 
-
-@dataclass(frozen=True, slots=True)
-class RemoveFirst:
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class RemoveFirst(_Key):
     """Remove the first field with this key (a popped Route, our Via)."""
 
-    key: str
 
-
-@dataclass(frozen=True, slots=True)
-class SetHeader:
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class SetHeader(_KeyValue):
     """Make this key hold exactly this one value (replace all, or add)."""
 
-    key: str
-    value: str
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class RemoveAll(_Key):
+    """Remove every field with this key."""
 
 
-@dataclass(frozen=True, slots=True)
-class RemoveAll:
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)  # compiled __init__: see sip/actions.py
 class SetRequestUri:
-    uri: str
+    uri: Final[str]
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
 
 
 Edit = Prepend | Append | ReplaceFirst | RemoveFirst | SetHeader | RemoveAll | SetRequestUri

@@ -4,7 +4,8 @@ Every transport offers the same small interface (``Transport``), so the server
 does not care whether a message leaves over UDP, or later TCP or TLS.
 """
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .udp import UdpListener, parse_listen
 
@@ -19,6 +20,12 @@ class Transport(Protocol):
     async def start(self) -> None: ...
 
     def send(self, data: bytes, host: str, port: int) -> None: ...
+
+    def sender(self) -> Callable[[bytes, tuple[str, int]], Any]:
+        """The fastest way to send: ``sendto(data, (host, port))`` (the server's pump calls it)."""
+        ...
+
+    def set_receiver(self, receiver: Callable[[bytes, tuple[Any, ...]], None]) -> None: ...
 
     def close(self) -> None: ...
 

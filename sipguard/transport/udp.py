@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-
-from ..sip.actions import Peer
+from typing import Any
 
 __all__ = ["UdpListener", "parse_listen"]
 
@@ -26,12 +25,19 @@ def parse_listen(spec: str) -> tuple[str, str, int]:
     return transport, host.strip("[]"), int(port)
 
 
+Receiver = Callable[[bytes, tuple[Any, ...]], None]  # (data, (host, port[, ...])) as asyncio hands them over
+SendTo = Callable[[bytes, tuple[str, int]], None]
+
+
+def _drop(data: bytes, addr: tuple[Any, ...]) -> None:
+    """Before the server has a receiver (between bind and the core's creation): nothing to do."""
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, listener: UdpListener) -> None:
         self.listener = listener
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
-        self.listener.on_datagram(data, Peer("udp", addr[0], addr[1]))
+        # the receiver itself, as an instance attribute: the event loop calls it with no frame between
+        self.datagram_received = listener.receiver  # type: ignore[method-assign,assignment]
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable from a previous sendto: the peer is gone; nothing to do
@@ -39,17 +45,28 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class UdpListener:
-    """A bound UDP socket.  ``on_datagram(data, peer)`` is called for each datagram."""
+    """A bound UDP socket.  ``receiver(data, addr)`` is called for each datagram (``set_receiver``)."""
 
-    def __init__(self, host: str, port: int, on_datagram: Callable[[bytes, Peer], None], *,
-                 reuse_port: bool = False) -> None:
+    def __init__(self, host: str, port: int, receiver: Receiver = _drop, *, reuse_port: bool = False) -> None:
         self.host = host
         self.port = port
         self.reuse_port = reuse_port  # several worker processes on one address: the kernel spreads by 4-tuple
-        self.on_datagram = on_datagram
+        self.receiver = receiver
         self.errors = 0
         self._transport: asyncio.DatagramTransport | None = None
-        self._sendto: Callable[..., None] | None = None
+        self._protocol: _Protocol | None = None
+        self._sendto: SendTo | None = None
+
+    def set_receiver(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        if self._protocol is not None:
+            self._protocol.datagram_received = receiver  # type: ignore[method-assign,assignment]
+
+    def sender(self) -> SendTo:
+        """The fastest way to send from this socket: ``sendto(data, (host, port))``."""
+        if self._sendto is None:
+            raise RuntimeError("listener not started")
+        return self._sendto
 
     @property
     def family(self) -> int:
@@ -77,8 +94,9 @@ class UdpListener:
         if self.port == 0:
             self.port = sock.getsockname()[1]
         loop = asyncio.get_running_loop()
-        transport, _proto = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        transport, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
+        self._protocol = protocol
         self._sendto = transport.sendto
 
     def send(self, data: bytes, host: str, port: int) -> None:
@@ -90,4 +108,5 @@ class UdpListener:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+            self._protocol = None
             self._sendto = None

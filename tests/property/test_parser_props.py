@@ -123,3 +123,54 @@ def test_core_never_raises_for_bad_input(data: bytes) -> None:
             # 400/505 even where those headers are what is wrong) under a valid status line
             assert send.status >= 400
             assert STATUS_LINE_RE.fullmatch(send.data.split(b"\r\n", 1)[0].decode())
+
+
+# Via values close to what UAs send, and near misses: every character class the fast path must
+# either accept exactly as the regex does, or hand over to it.
+VIA_PART = st.sampled_from(["SIP/2.0/UDP ", "SIP/2.0/TCP ", "SIP/2.0/SCTP ", "SIP / 2.0 / UDP ", "sip/2.0/udp ",
+                            "SIP/2.0/UDP\t", "SIP/2.0/UDP", " SIP/2.0/UDP "])
+VIA_HOST = st.sampled_from(["127.0.0.2", "host.example", "[::1]", "[2001:DB8::1]", "Host.Example.", "bad_host",
+                            "[::g]", ""])
+VIA_PORT = st.sampled_from(["", ":5060", ":65535", ":65536", ":0", ": 5060", ":x"])
+VIA_PARAM = st.one_of(
+    st.builds(lambda n, v: f"{n}={v}", st.sampled_from(["branch", "BRANCH", "rport", "received", "ttl", "x-y", "b!"]),
+              st.one_of(TOKEN, st.sampled_from(["127.0.0.1", "::1", "[::1]", '"q s"', "", "a b", "a,b", "é"]))),
+    st.sampled_from(["rport", "lr", "", " rport", "rport ", "=x", "a=b=c"]),
+)
+
+
+@PROPS
+@given(VIA_PART, VIA_HOST, VIA_PORT, st.lists(VIA_PARAM, max_size=4))
+def test_via_fast_path_agrees_with_the_grammar(proto: str, host: str, port: str, params: list[str]) -> None:
+    from sipguard.sip.message import _parse_via, parse_via
+
+    text = proto + host + port + "".join(";" + p for p in params)
+    try:
+        expected = _parse_via(text)
+    except SipError:
+        expected = None
+    try:
+        got = parse_via(text)
+    except SipError:
+        got = None
+    assert got == expected, text
+
+
+@PROPS
+@given(st.lists(st.sampled_from(["Via: SIP/2.0/UDP a;branch=z9hG4bK1", "X: \\\x01", 'X: "\\\x01"', "X: a\rb",
+                                 "X: a\nb", "X: \x7f", "X: \x00", "X: \t", "CSeq: 1 OPTIONS"]), max_size=5))
+def test_control_character_check_agrees_with_the_grammar(extra: list[str]) -> None:
+    import re
+
+    lines = ["OPTIONS sip:a@b SIP/2.0", "Via: SIP/2.0/UDP h;branch=z9hG4bKx", "From: <sip:a@b>;tag=1",
+             "To: <sip:b@c>", "Call-ID: c", "CSeq: 1 OPTIONS", *extra]
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
+    # the rule, as RFC 3261 §7.3.1/§25 reads: no CTL but in a quoted-pair, no CR or LF outside a CRLF
+    bad = re.search(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n", head) is not None
+    try:
+        parse(data)
+        refused = False
+    except SipError as err:
+        refused = "control character" in str(err) or "bare CR or LF" in str(err)
+    assert refused == bad, extra

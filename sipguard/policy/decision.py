@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+
+from ..sip.symbol import Symbol
 
 __all__ = ["Verdict", "Mode", "Decision", "Evidence"]
 
 
-class Verdict(Enum):
+class Verdict(Symbol):
     ALLOW = "allow"
     REJECT = "reject"
     REWRITE = "rewrite"
     FLAG = "flag"
 
 
-class Mode(Enum):
+class Mode(Symbol):
     ENFORCE = "enforce"
     SHADOW = "shadow"
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from enum import Enum
 
 from ..sip.actions import Peer
+from ..sip.symbol import Symbol
 from .autodialer import DialerConfig
 from .edge import EdgeConfig
 
@@ -34,7 +34,7 @@ __all__ = [
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class RuleMode(Enum):
+class RuleMode(Symbol):
     ENFORCE = "enforce"
     SHADOW = "shadow"
     OFF = "off"

@@ -69,7 +69,7 @@ class NumberPlan:
         self.country = country.upper()
 
     def normalize(self, text: str | None) -> str | None:
-        return _normalize(text, self.country) if text else None
+        return _normalize((text, self.country)) if text else None
 
     def dialled(self, text: str | None) -> str | None:
         """The digits as dialled (no separators, no URI parameters), for emergency numbers."""
@@ -80,7 +80,9 @@ class NumberPlan:
 
 
 @memoize(4 * MEMO_SIZE)
-def _normalize(text: str, country: str) -> str | None:
+def _normalize(text_country: tuple[str, str]) -> str | None:
+    """(dialled text, ISO country) -> E.164, or None; one argument, the memo's key."""
+    text, country = text_country
     raw = text.translate(_VISUAL)
     if not raw or not (raw[0] == "+" or raw[0].isdigit()) or not raw[1:].isdigit():
         return None

@@ -9,12 +9,12 @@ the caller's tag as its To tag, so both directions find it.
 
 from __future__ import annotations
 
-from enum import Enum
+from .symbol import Symbol
 
 __all__ = ["DialogState", "Dialog", "DIALOG_TRANSITIONS"]
 
 
-class DialogState(Enum):
+class DialogState(Symbol):
     EARLY = "early"
     CONFIRMED = "confirmed"
     ENDED = "ended"

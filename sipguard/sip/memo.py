@@ -3,41 +3,51 @@
 A plain dict that is emptied when full: a hit is one lookup, a miss one insert, and no
 bookkeeping (an LRU pays for its order on every miss, and most misses here are values seen
 once: a new call's tags).  Exceptions are not cached: an invalid value raises every time.
+
+The memo is a small class, not a closure over ``*args``: compiled, a call is one typed dict
+lookup with no argument tuple built (each helper takes one argument; a pair is one tuple).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["memoize", "MEMO_SIZE"]
+__all__ = ["memoize", "Memo", "MEMO_SIZE"]
 
 MEMO_SIZE = 16384
-F = TypeVar("F", bound=Callable[..., Any])
-_MISSING = object()
+A = TypeVar("A")
+R = TypeVar("R")
+_MISSING: Any = object()
 
 
-def memoize(maxsize: int = MEMO_SIZE) -> Callable[[F], F]:
-    """Memoise a pure function of hashable positional arguments, keeping at most ``maxsize`` results."""
+class Memo(Generic[A, R]):
+    """``fn(arg)``, remembered for at most ``maxsize`` distinct arguments."""
 
-    def decorate(fn: F) -> F:
-        cache: dict[Any, Any] = {}
-        get = cache.get
+    def __init__(self, fn: Callable[[A], R], maxsize: int = MEMO_SIZE) -> None:
+        self.fn = fn
+        self.maxsize = maxsize
+        self.cache: dict[Any, Any] = {}
 
-        @functools.wraps(fn)
-        def wrapper(*args: Any) -> Any:
-            key = args[0] if len(args) == 1 else args
-            hit = get(key, _MISSING)
-            if hit is not _MISSING:
-                return hit
-            value = fn(*args)
-            if len(cache) >= maxsize:
-                cache.clear()
-            cache[key] = value
-            return value
+    def __call__(self, arg: A) -> R:
+        cache = self.cache
+        hit = cache.get(arg, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[no-any-return]
+        value = self.fn(arg)
+        if len(cache) >= self.maxsize:
+            cache.clear()
+        cache[arg] = value
+        return value
 
-        wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+    def cache_clear(self) -> None:
+        self.cache.clear()
+
+
+def memoize(maxsize: int = MEMO_SIZE) -> Callable[[Callable[[A], R]], Memo[A, R]]:
+    """Memoise a pure function of one hashable argument, keeping at most ``maxsize`` results."""
+
+    def decorate(fn: Callable[[A], R]) -> Memo[A, R]:
+        return Memo(fn, maxsize)
 
     return decorate

@@ -28,6 +28,7 @@ from enum import Enum
 
 from .actions import Admission, Peer
 from .message import Request
+from .symbol import Symbol
 
 __all__ = [
     "ServerState",
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 
-class ServerState(Enum):
+class ServerState(Symbol):
     TRYING = "trying"
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
@@ -50,7 +51,7 @@ class ServerState(Enum):
     TERMINATED = "terminated"
 
 
-class ClientState(Enum):
+class ClientState(Symbol):
     NONE = "none"
     CALLING = "calling"
     TRYING = "trying"

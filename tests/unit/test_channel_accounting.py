@@ -166,7 +166,7 @@ def test_store_claim_at_the_limit(make_store, emergency: bool, enforce: bool, ad
 
 def _claim_many(counts: SharedCounts, worker: int, n: int, out) -> None:  # type: ignore[no-untyped-def]
     store = SharedStore(counts, worker)
-    out.put(sum(store.claim_now(ChannelClaim("acct", 10, f"w{worker}-{i}")) for i in range(n)))
+    out.put((worker, sum(store.claim_now(ChannelClaim("acct", 10, f"w{worker}-{i}")) for i in range(n))))
 
 
 def test_shared_store_holds_the_limit_across_processes() -> None:
@@ -179,10 +179,10 @@ def test_shared_store_holds_the_limit_across_processes() -> None:
     procs = [ctx.Process(target=_claim_many, args=(counts, w, 8, out)) for w in range(3)]
     for p in procs:
         p.start()
-    granted = [out.get(timeout=20) for _ in procs]
+    granted = dict(out.get(timeout=20) for _ in procs)  # worker -> channels granted (in the order they finished)
     for p in procs:
         p.join(timeout=20)
-    assert sum(granted) == 10, granted
+    assert sum(granted.values()) == 10, granted
     assert counts.total("acct") == 10  # the workers' calls are still held: they published their counts
     # a worker dies: the supervisor zeroes its column, and its channels are free again
     counts.forget_worker(0)

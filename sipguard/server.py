@@ -147,7 +147,6 @@ class Server:
         self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
         self.pump: Pump = None  # type: ignore[assignment]  # set in start()
-        self._timer: asyncio.TimerHandle | None = None
         self._full_gc: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admin: asyncio.base_events.Server | None = None
@@ -242,9 +241,8 @@ class Server:
 
     async def stop(self) -> None:
         self._stopped.set()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.pump is not None:
+            self.pump.close()
         if self._full_gc is not None:
             self._full_gc.cancel()
             self._full_gc = None
@@ -268,11 +266,14 @@ class Server:
         """The compiled datagram path (sip/pump.py) over ``self.core``; ``senders`` by (transport, family)."""
         loop = self._loop
         assert loop is not None
-        return Pump(self.core, senders, self._on_action, self._internal_error, self._arm_at, loop.time)
+        return Pump(self.core, senders, self._on_action, self._internal_error, loop.call_at, loop.time)
 
-    def _internal_error(self, peer: Peer) -> None:
+    def _internal_error(self, peer: Peer | None) -> None:
         self.metrics.internal_errors.inc()
-        log.exception("internal error on a message from %s:%s", peer.host, peer.port)
+        if peer is None:
+            log.exception("internal error in a timer")
+        else:
+            log.exception("internal error on a message from %s:%s", peer.host, peer.port)
 
     def _on_action(self, action: Action) -> None:
         """Every action but Send (the pump sends), in order."""
@@ -339,26 +340,6 @@ class Server:
         scores = [(name, engine.dialer.score_of(name)) for name in engine.views]
         buckets, bans = engine.edge.sizes
         return scores, {"edge_buckets": buckets, "edge_bans": bans, "autodialer_keys": len(engine.dialer)}
-
-    def _arm_at(self, at: float) -> None:
-        """The pump asks for the one loop timer at ``at`` (earlier than the one armed)."""
-        loop = self._loop
-        assert loop is not None
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = loop.call_at(at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._timer = None
-        self.pump.fired()
-        try:
-            self.pump.carry_out(self.core.on_timer(loop.time()))
-        except Exception:
-            self.metrics.internal_errors.inc()
-            log.exception("internal error in a timer")
-            self.pump.rearm()
 
     # ------------------------------------------------------------------ reload
     def reload(self) -> list[str]:

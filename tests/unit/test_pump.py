@@ -1,0 +1,116 @@
+"""The pump between the sockets and the core: sends, hands on other actions, runs the one timer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from helpers import UAC, request
+from sipguard.sip import ProxyCore, parse
+from sipguard.sip.actions import Action, DialogStarted, Peer, Settle
+from sipguard.sip.pump import TICK_S, Pump
+
+
+class Loop:
+    """The loop's clock and call_at, moved by hand: fires armed callbacks as time passes."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.armed: list[tuple[float, Callable[[], None], "Loop.Handle"]] = []
+        self.fired_at: list[float] = []
+
+    class Handle:
+        def __init__(self) -> None:
+            self.cancelled = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> "Loop.Handle":
+        handle = Loop.Handle()
+        self.armed.append((when, callback, handle))
+        return handle
+
+    def live(self) -> list[float]:
+        return sorted(when for when, _cb, h in self.armed if not h.cancelled)
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            due = sorted((w, i) for i, (w, _cb, h) in enumerate(self.armed) if not h.cancelled and w <= end)
+            if not due:
+                break
+            when, i = due[0]
+            _w, callback, handle = self.armed.pop(i)
+            self.now = when
+            self.fired_at.append(when)
+            callback()
+        self.now = end
+
+
+def _pump(core: ProxyCore, loop: Loop) -> tuple[Pump, list[tuple[bytes, tuple[str, int]]], list[object]]:
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    other: list[object] = []
+
+    def on_action(action: Action) -> None:
+        other.append(action)
+        if isinstance(action, Settle):
+            pump.carry_out(core.settled(action.ticket, True, loop.time()))
+
+    pump = Pump(core, {("udp", 4): lambda data, addr: sent.append((data, addr))}, on_action,
+                lambda peer: other.append(("error", peer)), loop.call_at, loop.time)
+    return pump, sent, other
+
+
+def test_sends_go_out_and_other_actions_go_to_the_server_in_order(core: ProxyCore) -> None:
+    loop = Loop()
+    pump, sent, other = _pump(core, loop)
+    pump.datagram_received(request(), ("127.0.0.2", 5062))
+    kinds = [parse(data).status if data.startswith(b"SIP/") else parse(data).method for data, _addr in sent]
+    assert kinds == [100, "INVITE"]  # 100 Trying upstream, then the INVITE downstream after the claim
+    assert sent[0][1] == ("127.0.0.2", 5062) and sent[1][1] == ("127.0.0.3", 5063)
+    assert [type(a) for a in other] == [Settle, DialogStarted]
+
+
+def test_the_loop_timer_is_armed_per_tick_and_never_early(core: ProxyCore) -> None:
+    loop = Loop()
+    loop.now = 1000.003
+    pump, sent, _other = _pump(core, loop)
+    pump.receive(request(), UAC)
+    deadline = core.next_deadline()  # Timer A of the first INVITE: now + T1
+    assert deadline is not None
+    (armed,) = loop.live()  # one loop timer, at the end of the deadline's tick
+    assert deadline <= armed <= deadline + TICK_S
+    # a second INVITE 1 ms later: its Timer A falls in the same tick, so no second loop timer
+    loop.now += 0.001
+    pump.receive(request(branch="z9hG4bK-uac-2", call_id="call-2@127.0.0.2"), UAC)
+    assert loop.live() == [armed]
+    before = len(sent)
+    loop.advance(deadline - loop.now)  # the first deadline itself: the tick has not ended
+    assert len(sent) == before
+    loop.advance(TICK_S)
+    # both INVITEs went downstream again, from one wake-up of the loop at the end of the tick
+    assert [parse(d).method for d, _a in sent[before:]] == ["INVITE", "INVITE"]
+    assert loop.fired_at == [armed]
+    assert loop.live(), "the next retransmissions are armed"
+
+
+def test_a_bug_behind_the_pump_is_reported_with_its_peer_and_the_pump_goes_on(core: ProxyCore) -> None:
+    loop = Loop()
+    errors: list[Peer | None] = []
+    handed: list[object] = []
+    broken = [True]
+
+    def on_action(action: Action) -> None:
+        if broken[0]:
+            raise RuntimeError("a bug in the server's handling")
+        handed.append(action)
+
+    pump = Pump(core, {("udp", 4): lambda data, addr: None}, on_action, errors.append, loop.call_at, loop.time)
+    pump.datagram_received(request(), ("127.0.0.2", 5062))
+    assert errors == [UAC]
+    broken[0] = False
+    pump.datagram_received(request(branch="z9hG4bK-uac-9", call_id="call-9@127.0.0.2"), ("127.0.0.2", 5062))
+    assert errors == [UAC] and [type(a) for a in handed] == [Settle]

@@ -12,6 +12,8 @@ import re
 __all__ = [
     "TOKEN",
     "TOKEN_RE",
+    "TOKEN_CHARS",
+    "DIGIT_CHARS",
     "REQUEST_LINE_RE",
     "STATUS_LINE_RE",
     "HEADER_NAME_RE",
@@ -33,6 +35,9 @@ __all__ = [
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 TOKEN_RE = re.compile(TOKEN)
+# the same characters for str.strip: ``not s.strip(TOKEN_CHARS)`` is a token check with no regex
+TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
+DIGIT_CHARS = "0123456789"
 
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF   (exactly one SP each)
 # SIP-Version  = "SIP" "/" 1*DIGIT "." 1*DIGIT

@@ -25,6 +25,7 @@ from .errors import ParseError
 from .memo import memoize
 from .grammar import (
     TOKEN,
+    TOKEN_CHARS,
     ADDR_SPEC_RE,
     GENERIC_PARAM_RE,
     HOSTNAME_RE,
@@ -411,9 +412,6 @@ def tag_of(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-_TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
-
-
 @memoize()
 def parse_via(text: str) -> Via:
     """Parse one via-parm.  Raises ParseError; the version is checked by the caller.
@@ -428,7 +426,7 @@ def parse_via(text: str) -> Via:
             plist: list[tuple[str, str | None]] = []
             for part in params.split(";"):
                 name, eq, value = part.partition("=")
-                if not name or name.strip(_TOKEN_CHARS) or (eq and (not value or value.strip(_TOKEN_CHARS))):
+                if not name or name.strip(TOKEN_CHARS) or (eq and (not value or value.strip(TOKEN_CHARS))):
                     break  # not a token=token parameter (a host, a quoted string, an error): the full path
                 plist.append((name.lower(), value if eq else None))
             else:

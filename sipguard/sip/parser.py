@@ -21,9 +21,11 @@ from .grammar import (
     CSEQ_RE,
     DATE_RE,
     DIGITS_RE,
+    DIGIT_CHARS,
     HEADER_NAME_RE,
     REQUEST_LINE_RE,
     STATUS_LINE_RE,
+    TOKEN_CHARS,
 )
 from .message import (
     HeaderField,
@@ -105,6 +107,21 @@ def _header_key(name_part: str) -> str:
         if len(_NAME_KEYS) < 4096:
             _NAME_KEYS[name_part] = key
     return key
+
+
+def _is_digits(text: str) -> bool:
+    """1 to 10 ASCII digits, nothing else (str.isdigit would take other scripts' digits too)."""
+    return 0 < len(text) <= 10 and not text.strip(DIGIT_CHARS)
+
+
+def _digits(value: str, what: str) -> int:
+    """1*10DIGIT with optional LWS around it (Content-Length, Max-Forwards).  Raises ParseError."""
+    if _is_digits(value):
+        return int(value)
+    m = DIGITS_RE.fullmatch(value)
+    if m is None:
+        raise ParseError(f"bad {what} {value!r}")
+    return int(m.group(1))
 
 
 def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Message:
@@ -235,13 +252,15 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     cseq_value = values.get("cseq")
     if cseq_value is None:
         raise ParseError("no CSeq")
-    cm = CSEQ_RE.fullmatch(cseq_value)
-    if cm is None:
-        raise ParseError(f"bad CSeq {cseq_value!r}")
-    cseq = int(cm.group(1))
+    number, space, cseq_method = cseq_value.partition(" ")
+    if not (space and _is_digits(number) and cseq_method and not cseq_method.strip(TOKEN_CHARS)):
+        cm = CSEQ_RE.fullmatch(cseq_value)  # LWS other than one space, or not a CSeq at all
+        if cm is None:
+            raise ParseError(f"bad CSeq {cseq_value!r}")
+        number, cseq_method = cm.group(1), cm.group(2)
+    cseq = int(number)
     if cseq > _CSEQ_MAX:
         raise ParseError(f"CSeq {cseq} out of range")
-    cseq_method = cm.group(2)
 
     # Body and Content-Length (§18.3, §20.14)
     cl_value = values.get("content-length")
@@ -251,10 +270,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
             raise ParseError("no Content-Length on a stream transport")
         body = data[body_start:]
     else:
-        lm = DIGITS_RE.fullmatch(cl_value)
-        if lm is None:
-            raise ParseError(f"bad Content-Length {cl_value!r}")
-        length = int(lm.group(1))
+        length = _digits(cl_value, "Content-Length")
         if length > available:
             raise ParseError(f"Content-Length {length} > {available} bytes received")
         body = data[body_start : body_start + length]  # trailing octets ignored (§18.3)
@@ -290,9 +306,6 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     max_forwards: int | None = None
     mf_value = values.get("max-forwards")
     if mf_value is not None:
-        mm = DIGITS_RE.fullmatch(mf_value)
-        if mm is None:
-            raise ParseError(f"bad Max-Forwards {mf_value!r}")
-        max_forwards = int(mm.group(1))
+        max_forwards = _digits(mf_value, "Max-Forwards")
     return Request(tuple(headers), body, call_id, cseq, cseq_method, from_tag, to_tag, tuple(vias), tuple(raw),
                    method, uri, ruri, max_forwards)

@@ -174,3 +174,39 @@ def test_control_character_check_agrees_with_the_grammar(extra: list[str]) -> No
     except SipError as err:
         refused = "control character" in str(err) or "bare CR or LF" in str(err)
     assert refused == bad, extra
+
+
+NUMBERISH = st.text(alphabet="0123456789 \t١²x-", max_size=13)
+
+
+@PROPS
+@given(NUMBERISH)
+def test_number_fast_path_agrees_with_the_grammar(value: str) -> None:
+    from sipguard.sip.grammar import DIGITS_RE
+    from sipguard.sip.parser import _digits
+
+    m = DIGITS_RE.fullmatch(value)
+    try:
+        got: int | None = _digits(value, "Content-Length")
+    except SipError:
+        got = None
+    assert got == (int(m.group(1)) if m else None), value
+
+
+@PROPS
+@given(NUMBERISH, st.sampled_from(["OPTIONS", " OPTIONS", "\tOPTIONS", "OPTIONS ", "OPT IONS", "", "OPTIONS\t"]))
+def test_cseq_fast_path_agrees_with_the_grammar(number: str, method: str) -> None:
+    from sipguard.sip.grammar import CSEQ_RE
+
+    value = f"{number} {method}".strip()  # the parser strips a header value before reading it
+    data = ("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\n"
+            f"To: <sip:b@c>\r\nCall-ID: c\r\nCSeq: {value}\r\n\r\n").encode()
+    m = CSEQ_RE.fullmatch(value)
+    expected = (int(m.group(1)), m.group(2)) if m and int(m.group(1)) < 2**31 else None
+    try:
+        msg = parse(data)
+        got: tuple[int, str] | None = (msg.cseq, msg.cseq_method)
+    except SipError as err:
+        assert expected is None or "does not match" in str(err), (value, err)
+        return
+    assert got == expected, value

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,7 +30,7 @@ from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted,
 from ._compiled import native_core
 from .sip.message import Request, ip_literal
 from .sip.proxy import Local, ProxyCore
-from .sip.pump import Pump
+from .sip.pump import Pump, SendTo
 from .sip.timers import TimerConfig
 from .state import ChannelClaim, InMemoryStore
 from .state.shared import SharedCounts, SharedStore
@@ -262,7 +262,7 @@ class Server:
         self._by_family.clear()
 
     # ------------------------------------------------------------------ hot path
-    def make_pump(self, senders: dict[tuple[str, int], Callable[[bytes, tuple[str, int]], object]]) -> Pump:
+    def make_pump(self, senders: dict[tuple[str, int], SendTo]) -> Pump:
         """The compiled datagram path (sip/pump.py) over ``self.core``; ``senders`` by (transport, family)."""
         loop = self._loop
         assert loop is not None

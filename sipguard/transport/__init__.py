@@ -1,13 +1,13 @@
-"""Socket edges: thin asyncio listeners that hand bytes to the server.
+"""Socket edges: thin asyncio listeners that hand datagrams to the server's pump.
 
 Every transport offers the same small interface (``Transport``), so the server
 does not care whether a message leaves over UDP, or later TCP or TLS.
 """
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from .udp import UdpListener, parse_listen
+from ..sip.pump import SendTo
+from .udp import Receiver, UdpListener, parse_listen
 
 
 class Transport(Protocol):
@@ -19,13 +19,11 @@ class Transport(Protocol):
 
     async def start(self) -> None: ...
 
-    def send(self, data: bytes, host: str, port: int) -> None: ...
-
-    def sender(self) -> Callable[[bytes, tuple[str, int]], Any]:
+    def sender(self) -> SendTo:
         """The fastest way to send: ``sendto(data, (host, port))`` (the server's pump calls it)."""
         ...
 
-    def set_receiver(self, receiver: Callable[[bytes, tuple[Any, ...]], None]) -> None: ...
+    def set_receiver(self, receiver: Receiver) -> None: ...
 
     def close(self) -> None: ...
 

@@ -1,7 +1,8 @@
-"""UDP listener: one socket per listen address, bytes straight to a callback.
+"""UDP listener: one socket per listen address, datagrams straight to a receiver.
 
-The transport interface the server relies on is ``send(data, host, port)`` and
-a ``Local`` describing the address; TCP/TLS listeners will offer the same.
+The transport interface the server relies on (``Transport``): ``set_receiver`` for what comes in,
+``sender()`` for what goes out (both meet in the pump, sip/pump.py), and a ``Local`` describing
+the address; TCP/TLS listeners will offer the same.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import asyncio
 import socket
 from collections.abc import Callable
 from typing import Any
+
+from ..sip.pump import SendTo
 
 __all__ = ["UdpListener", "parse_listen"]
 
@@ -26,7 +29,6 @@ def parse_listen(spec: str) -> tuple[str, str, int]:
 
 
 Receiver = Callable[[bytes, tuple[Any, ...]], None]  # (data, (host, port[, ...])) as asyncio hands them over
-SendTo = Callable[[bytes, tuple[str, int]], None]
 
 
 def _drop(data: bytes, addr: tuple[Any, ...]) -> None:
@@ -98,11 +100,6 @@ class UdpListener:
         self._transport = transport
         self._protocol = protocol
         self._sendto = transport.sendto
-
-    def send(self, data: bytes, host: str, port: int) -> None:
-        if self._sendto is None:
-            raise RuntimeError("listener not started")
-        self._sendto(data, (host, port))
 
     def close(self) -> None:
         if self._transport is not None:

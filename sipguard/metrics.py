@@ -2,22 +2,28 @@
 
 The registry is passed in (tests use a fresh one).  Counters the SIP core keeps
 as plain integers are read at scrape time by ``CoreCollector``, so the hot path
-pays nothing for them.  Labels come from bounded sets only.
+pays nothing for them; the server's per-call counters and the decision-time
+histogram are kept the same way (``Tally``, ``Timings``: one dict or list update,
+no lock, no prometheus_client code per call; each process is one thread).  The
+rare ones (reloads, emergency calls...) are prometheus_client metrics.  Labels come
+from bounded sets only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from ._compiled import native_core
 from .sip.proxy import ProxyCore
 
-__all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector"]
+__all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector", "Tally", "Timings"]
 
 
 class CoreCollector(Collector):
@@ -54,6 +60,63 @@ class CoreCollector(Collector):
         yield drops
         yield GaugeMetricFamily("sipguard_transactions", "SIP transactions in memory", value=core.transaction_count)
         yield GaugeMetricFamily("sipguard_dialogs", "Dialogs (calls) in memory", value=core.dialog_count)
+
+
+class Tally:
+    """A labelled counter kept as plain integers; exposed as ``<name>_total`` at scrape time."""
+
+    __slots__ = ("name", "doc", "labels", "counts")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.doc = doc
+        self.labels = list(labels)
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *values: str) -> None:
+        counts = self.counts
+        counts[values] = counts.get(values, 0) + 1
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for values, n in sorted(self.counts.items()):
+            family.add_metric(list(values), n)
+        return family
+
+
+class Timings:
+    """A histogram kept as a list of bucket counts (``le`` bounds in seconds) and a sum."""
+
+    __slots__ = ("name", "doc", "bounds", "counts", "total")
+
+    def __init__(self, name: str, doc: str, bounds: Sequence[float]) -> None:
+        self.name = name
+        self.doc = doc
+        self.bounds = sorted(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # a value equal to a bound is in that bucket
+        self.total += seconds
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative, buckets = 0, []
+        for bound, n in zip([*self.bounds, float("inf")], self.counts):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        family = HistogramMetricFamily(self.name, self.doc)
+        family.add_metric([], buckets, sum_value=self.total)
+        return family
+
+
+class _OwnCollector(Collector):
+    def __init__(self, metrics: Sequence[Tally | Timings]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
+        for metric in self._metrics:
+            yield metric.family()
 
 
 class ChannelsCollector(Collector):
@@ -102,18 +165,15 @@ class Metrics:
         registry.register(CoreCollector(core))
         registry.register(ChannelsCollector(channels))
         registry.register(GuardCollector(guards))
-        self.decisions = Counter("sipguard_decisions", "Policy decisions, by rule and outcome",
-                                 ["rule", "outcome"], registry=registry)
-        self.dialogs_started = Counter("sipguard_dialogs_started", "Dialogs admitted, by direction",
-                                       ["direction"], registry=registry)
-        self.dialogs_ended = Counter("sipguard_dialogs_ended", "Dialogs ended, by reason", ["reason"],
-                                     registry=registry)
+        self.decisions = Tally("sipguard_decisions", "Policy decisions, by rule and outcome", ["rule", "outcome"])
+        self.dialogs_started = Tally("sipguard_dialogs_started", "Dialogs admitted, by direction", ["direction"])
+        self.dialogs_ended = Tally("sipguard_dialogs_ended", "Dialogs ended, by reason", ["reason"])
+        self.decision_seconds = Timings("sipguard_policy_decision_seconds", "Time one policy decision takes",
+                                        (2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3))
+        registry.register(_OwnCollector((self.decisions, self.dialogs_started, self.dialogs_ended,
+                                         self.decision_seconds)))
         self.reloads = Counter("sipguard_policy_reloads", "Policy reloads, by result", ["result"],
                                registry=registry)
-        self.decision_seconds = Histogram(
-            "sipguard_policy_decision_seconds", "Time one policy decision takes",
-            buckets=(2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3), registry=registry,
-        )
         self.emergency_calls = Counter("sipguard_emergency_calls", "Emergency calls, by location and caller ID",
                                        ["location", "caller_id"], registry=registry)
         self.fax_calls = Counter("sipguard_fax_calls", "Calls offering T.38 fax, per account", ["account"],
@@ -122,17 +182,8 @@ class Metrics:
                                      registry=registry)
         self.autodialer_detections = Counter("sipguard_autodialer_detections",
                                              "Auto-dialer detections, by level", ["level"], registry=registry)
-        self._children: dict[tuple[object, ...], Counter] = {}
         build = Gauge("sipguard_build_info", "What runs: the version and the SIP core (native: compiled by mypyc)",
                       ["version", "core"], registry=registry)
         build.labels(__version__, "native" if native_core() else "python").set(1)
         self.internal_errors = Counter("sipguard_internal_errors", "Bugs caught by the transport guard",
                                        registry=registry)
-
-    def child(self, counter: Counter, *labels: str) -> Counter:
-        """``counter.labels(*labels)``, memoised: label sets are bounded, and labels() is slow."""
-        key = (id(counter), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = counter.labels(*labels)
-        return found

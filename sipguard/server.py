@@ -280,9 +280,9 @@ class Server:
         if isinstance(action, Decided):
             self._decided(action)
         elif isinstance(action, DialogStarted):
-            self.metrics.child(self.metrics.dialogs_started, action.direction).inc()
+            self.metrics.dialogs_started.inc(action.direction)
         elif isinstance(action, DialogEnded):
-            self.metrics.child(self.metrics.dialogs_ended, action.reason).inc()
+            self.metrics.dialogs_ended.inc(action.reason)
             if isinstance(action.claim, ChannelClaim):
                 self.store.release_now(action.claim)
             self.engine.dialer.ended(action.dialog_id, action.duration_s is not None, action.duration_s,
@@ -298,7 +298,7 @@ class Server:
 
     def _record(self, decision: Decision, call_id: str, account: str | None) -> None:
         m = self.metrics
-        m.child(m.decisions, decision.rule, decision.verdict.value).inc()
+        m.decisions.inc(decision.rule, decision.verdict.value)
         if decision.rule == "emergency":
             ev = dict(decision.evidence)
             m.emergency_calls.labels(str(ev.get("location")), str(ev.get("caller_id_action"))).inc()

@@ -32,3 +32,23 @@ def test_labels_are_bounded(core, clock, registry) -> None:
     text = generate_latest(registry).decode()
     assert 'sipguard_requests_total{method="other"} 50.0' in text
     assert "XMETHOD" not in text
+
+
+def test_per_call_counters_and_the_decision_histogram_are_exposed_at_scrape_time(core, registry) -> None:
+    m = Metrics(registry, lambda: core)
+    m.decisions.inc("caller_id", "reject")
+    m.decisions.inc("caller_id", "reject")
+    m.dialogs_ended.inc("bye")
+    for seconds in (1e-6, 2e-6, 3e-6, 1.5e-5, 0.01):  # 2e-6 sits on a bound: it belongs to that bucket
+        m.decision_seconds.observe(seconds)
+    text = generate_latest(registry).decode()
+    assert 'sipguard_decisions_total{outcome="reject",rule="caller_id"} 2.0' in text
+    assert 'sipguard_dialogs_ended_total{reason="bye"} 1.0' in text
+    assert "# TYPE sipguard_policy_decision_seconds histogram" in text
+    assert 'sipguard_policy_decision_seconds_bucket{le="2e-06"} 2.0' in text
+    assert 'sipguard_policy_decision_seconds_bucket{le="5e-06"} 3.0' in text
+    assert 'sipguard_policy_decision_seconds_bucket{le="2e-05"} 4.0' in text
+    assert 'sipguard_policy_decision_seconds_bucket{le="0.005"} 4.0' in text
+    assert 'sipguard_policy_decision_seconds_bucket{le="+Inf"} 5.0' in text
+    assert "sipguard_policy_decision_seconds_count 5.0" in text
+    assert registry.get_sample_value("sipguard_policy_decision_seconds_sum") == sum((1e-6, 2e-6, 3e-6, 1.5e-5, 0.01))

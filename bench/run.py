@@ -67,6 +67,7 @@ class Step:
     peak_rss_mb: float | None
     probe_invite_p50_us: float | None = None  # bench/probe.py beside the load: µs resolution
     probe_invite_p99_us: float | None = None
+    probe_invite_us: list[float] = field(default_factory=list)  # every probe call, in order (the tail's shape)
 
 
 @dataclass
@@ -314,6 +315,7 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
             if probe and probe[0].invite_us:
                 step.probe_invite_p50_us = probe[0].percentile("invite", 0.5)
                 step.probe_invite_p99_us = probe[0].percentile("invite", 0.99)
+                step.probe_invite_us = [round(v, 1) for v in probe[0].invite_us]
             report.steps.append(step)
             print(_row(step), flush=True)
             if failed:

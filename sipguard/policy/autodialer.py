@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Final
 
 __all__ = ["DialerConfig", "Thresholds", "Assessment", "DialerDetector", "LEVELS"]
 
@@ -284,7 +285,7 @@ def _limits(c: DialerConfig) -> tuple[float, ...]:
             c.distinct_destinations.warning, c.distinct_destinations.critical)
 
 
-_QUIET = Assessment("none", 0, (), None)
+_QUIET: Final = Assessment("none", 0, (), None)
 
 
 def _as_int(called: str | None) -> int | None:

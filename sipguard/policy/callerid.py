@@ -20,6 +20,7 @@ caller's; it passes, flagged as forwarded with the diverting number as evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from ..sip.errors import ParseError
 from ..sip.message import Request, parse_name_addr, split_list
@@ -28,7 +29,7 @@ from .numbers import NumberIndex, NumberPlan, identity_of, uri_user
 
 __all__ = ["Screening", "screen"]
 
-_IDENTITY_HEADERS = frozenset(("p-asserted-identity", "p-preferred-identity", "remote-party-id"))
+_IDENTITY_HEADERS: Final = frozenset(("p-asserted-identity", "p-preferred-identity", "remote-party-id"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from ..sip.actions import Admission, Peer, Reject
 from ..sip.errors import ParseError
@@ -49,8 +50,12 @@ from .numbers import NumberIndex, NumberPlan
 
 __all__ = ["Engine", "AccountView", "is_t38"]
 
-_CACHE_MAX = 65536
-_URI_USER_RE = re.compile(r"(<?\s*(?:sips?|tel):)([^@;>]*@)?")
+_CACHE_MAX: Final = 65536
+# the rule modes as C statics (compiled, ``RuleMode.OFF`` is a globals lookup and an attribute lookup)
+_ENFORCE: Final = RuleMode.ENFORCE
+_SHADOW: Final = RuleMode.SHADOW
+_OFF: Final = RuleMode.OFF
+_URI_USER_RE: Final = re.compile(r"(<?\s*(?:sips?|tel):)([^@;>]*@)?")
 
 
 def is_t38(body: bytes) -> bool:
@@ -70,7 +75,7 @@ class AccountView:
 
 def _identity_uri(number: str, request: Request) -> str:
     try:
-        host = parse_uri(parse_name_addr(request.get("from") or "").uri).host
+        host = parse_uri.call(parse_name_addr(request.get("from") or "").uri).host
     except ParseError:
         host = "invalid"
     return f"<sip:{number}@{host};user=phone>"
@@ -182,7 +187,7 @@ class Engine:
 
     def _account_for_domain(self, request: Request) -> Account | None:
         try:
-            host = parse_uri(parse_name_addr(request.get("from") or "").uri).host
+            host = parse_uri.call(parse_name_addr(request.get("from") or "").uri).host
         except ParseError:
             return None
         return self._domains.get(host)
@@ -199,12 +204,12 @@ class Engine:
             self._emergency(request, source, account, decisions, edits)
         else:
             mode = account.mode("caller_id")
-            if mode is not RuleMode.OFF:
+            if mode is not _OFF:
                 rejected = self._caller_id(request, view, mode, decisions, edits)
                 if rejected is not None:
                     return Admission(account=account.name, reject=rejected, decisions=tuple(decisions))
             mode = account.mode("autodialer")
-            if mode is not RuleMode.OFF:
+            if mode is not _OFF:
                 rejected = self._autodialer(request, source, account, mode, now, decisions)
                 if rejected is not None:
                     return Admission(account=account.name, reject=rejected, decisions=tuple(decisions))
@@ -253,12 +258,12 @@ class Engine:
             number = account.default_caller_id
             decisions.append(Decision(Verdict.REWRITE, "caller_id", f"{result.reason}; rewritten to {number}",
                                       account.name, (*result.evidence, ("rewritten_to", number)), Mode(mode.value)))
-            if mode is RuleMode.ENFORCE:
+            if mode is _ENFORCE:
                 edits.extend(self._identity_edits(request, number))
             return None
         decisions.append(Decision(Verdict.REJECT, "caller_id", result.reason, account.name, result.evidence,
                                   Mode(mode.value), status=code))
-        if mode is RuleMode.SHADOW:
+        if mode is _SHADOW:
             return None
         warning = f'399 sipguard "caller ID not allowed: {_quote(result.reason)}"'
         return Reject(code, "Forbidden", (("warning", warning),))
@@ -292,7 +297,7 @@ class Engine:
             reason = (f"emergency call: caller ID {outcome.presented} is not at the caller's address; "
                       f"asserted {outcome.caller_id}")
             verdict = Verdict.REWRITE
-            if mode is not RuleMode.SHADOW:  # never off: the law wants the right address
+            if mode is not _SHADOW:  # never off: the law wants the right address
                 edits.extend(self._identity_edits(request, outcome.caller_id))
         else:
             reason = "emergency call: caller ID kept"
@@ -301,7 +306,7 @@ class Engine:
             reason += "; location unverified"
             verdict = Verdict.FLAG if verdict is Verdict.ALLOW else verdict
         decisions.append(Decision(verdict, "emergency", reason, account.name, evidence,
-                                  Mode.SHADOW if mode is RuleMode.SHADOW else Mode.ENFORCE))
+                                  Mode.SHADOW if mode is _SHADOW else Mode.ENFORCE))
 
     def _autodialer(self, request: Request, source: Peer, account: Account, mode: RuleMode, now: float,
                     decisions: list[Decision]) -> Reject | None:
@@ -315,7 +320,7 @@ class Engine:
             ("level", assessment.level), ("score", assessment.score), ("source", source.host),
             *assessment.features,
         ]
-        shadow = mode is RuleMode.SHADOW
+        shadow = mode is _SHADOW
         if blocked is not None:
             decisions.append(Decision(Verdict.REJECT, "autodialer", "blocked as an auto-dialer (cool-down)",
                                       account.name, (*evidence, ("blocked_for_s", round(blocked - now, 1))),
@@ -351,10 +356,10 @@ class Engine:
 
     def _claim(self, request: Request, view: AccountView, emergency: bool) -> tuple[ChannelClaim | None, Reject | None]:
         mode = view.account.mode("channel_limit")
-        if mode is RuleMode.OFF:
+        if mode is _OFF:
             return None, None
         claim = ChannelClaim(view.account.name, view.limit.limit, f"{request.call_id};{request.from_tag or ''}",
-                             emergency, enforce=mode is RuleMode.ENFORCE)
+                             emergency, enforce=mode is _ENFORCE)
         return claim, view.claim_reject
 
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from typing import Final
 
 import phonenumbers
 
 from ..sip.grammar import ADDR_SPEC_RE, NAME_ADDR_RE
-from ..sip.memo import MEMO_SIZE, memoize
+from ..sip.memo import MEMO_SIZE, Memo
 from .model import NumberBlock
 
 __all__ = ["NumberPlan", "NumberIndex", "uri_user", "identity_of"]
 
-_VISUAL = str.maketrans("", "", " -.()")
+_VISUAL: Final = str.maketrans("", "", " -.()")
 
 
 def uri_user(uri: str) -> str | None:
@@ -45,21 +46,23 @@ def identity_of(header_value: str) -> tuple[str | None, str | None]:
     if "<" in header_value:
         end = header_value.rfind(">")
         if end >= 0:
-            return _identity(header_value[: end + 1])
+            return _identity.call(header_value[: end + 1])
     else:
         semi = header_value.find(";")
         if semi >= 0:
-            return _identity(header_value[:semi])
-    return _identity(header_value)
+            return _identity.call(header_value[:semi])
+    return _identity.call(header_value)
 
 
-@memoize()
-def _identity(header_value: str) -> tuple[str | None, str | None]:
+def _identity_fn(header_value: str) -> tuple[str | None, str | None]:
     if "<" in header_value:
         m = NAME_ADDR_RE.fullmatch(header_value)
         return (m.group(1).strip() or None, uri_user(m.group(2))) if m else (None, None)
     m = ADDR_SPEC_RE.fullmatch(header_value)
     return (None, uri_user(m.group(1))) if m else (None, None)
+
+
+_identity: Final = Memo(_identity_fn)
 
 
 class NumberPlan:
@@ -69,7 +72,7 @@ class NumberPlan:
         self.country = country.upper()
 
     def normalize(self, text: str | None) -> str | None:
-        return _normalize((text, self.country)) if text else None
+        return _normalize.call((text, self.country)) if text else None
 
     def dialled(self, text: str | None) -> str | None:
         """The digits as dialled (no separators, no URI parameters), for emergency numbers."""
@@ -79,8 +82,7 @@ class NumberPlan:
         return raw if raw.lstrip("+").isdigit() else None
 
 
-@memoize(4 * MEMO_SIZE)
-def _normalize(text_country: tuple[str, str]) -> str | None:
+def _normalize_fn(text_country: tuple[str, str]) -> str | None:
     """(dialled text, ISO country) -> E.164, or None; one argument, the memo's key."""
     text, country = text_country
     raw = text.translate(_VISUAL)
@@ -95,6 +97,9 @@ def _normalize(text_country: tuple[str, str]) -> str | None:
     if not phonenumbers.is_possible_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+_normalize: Final = Memo(_normalize_fn, 4 * MEMO_SIZE)
 
 
 class NumberIndex:

@@ -9,6 +9,8 @@ the caller's tag as its To tag, so both directions find it.
 
 from __future__ import annotations
 
+from typing import Final
+
 from .symbol import Symbol
 
 __all__ = ["DialogState", "Dialog", "DIALOG_TRANSITIONS"]
@@ -20,7 +22,7 @@ class DialogState(Symbol):
     ENDED = "ended"
 
 
-DIALOG_TRANSITIONS: dict[tuple[DialogState, str], DialogState] = {
+DIALOG_TRANSITIONS: Final[dict[tuple[DialogState, str], DialogState]] = {
     (DialogState.EARLY, "recv_2xx"): DialogState.CONFIRMED,
     (DialogState.EARLY, "end"): DialogState.ENDED,
     (DialogState.CONFIRMED, "recv_2xx"): DialogState.CONFIRMED,

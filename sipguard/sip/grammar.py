@@ -8,6 +8,7 @@ after unfolding (the parser joins continuation lines with one space), so
 from __future__ import annotations
 
 import re
+from typing import Final
 
 __all__ = [
     "TOKEN",
@@ -33,29 +34,29 @@ __all__ = [
 ]
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
-TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
-TOKEN_RE = re.compile(TOKEN)
+TOKEN: Final = r"[A-Za-z0-9\-.!%*_+`'~]+"
+TOKEN_RE: Final = re.compile(TOKEN)
 # the same characters for str.strip: ``not s.strip(TOKEN_CHARS)`` is a token check with no regex
-TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
-DIGIT_CHARS = "0123456789"
+TOKEN_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
+DIGIT_CHARS: Final = "0123456789"
 
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF   (exactly one SP each)
 # SIP-Version  = "SIP" "/" 1*DIGIT "." 1*DIGIT
-REQUEST_LINE_RE = re.compile(r"(" + TOKEN + r") ([^ \t]+) SIP/(\d+\.\d+)")
+REQUEST_LINE_RE: Final = re.compile(r"(" + TOKEN + r") ([^ \t]+) SIP/(\d+\.\d+)")
 
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF; Status-Code = 3DIGIT
-STATUS_LINE_RE = re.compile(r"SIP/(\d+\.\d+) ([1-6]\d\d) (.*)", re.DOTALL)
+STATUS_LINE_RE: Final = re.compile(r"SIP/(\d+\.\d+) ([1-6]\d\d) (.*)", re.DOTALL)
 
 # message-header: header-name HCOLON header-value; HCOLON = *( SP / HTAB ) ":" SWS
-HEADER_NAME_RE = re.compile(r"(" + TOKEN + r")[ \t]*:")
+HEADER_NAME_RE: Final = re.compile(r"(" + TOKEN + r")[ \t]*:")
 
 # hostname / IPv4address / IPv6reference; IPv6reference = "[" IPv6address "]"
-HOSTNAME_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?")
+HOSTNAME_RE: Final = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?")
 
 # SIP-URI = "sip:" [ userinfo ] hostport uri-parameters [ headers ]
 # userinfo = ( user / telephone-subscriber ) [ ":" password ] "@"
 # hostport = host [ ":" port ]
-SIP_URI_RE = re.compile(
+SIP_URI_RE: Final = re.compile(
     r"(sips?):"
     r"(?:([^@\s<>\"]*)@)?"  # userinfo (user may hold ';' per §19.1.1, semiuri)
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)"  # host
@@ -66,42 +67,42 @@ SIP_URI_RE = re.compile(
 )
 
 # absoluteURI = scheme ":" ( hier-part / opaque-part ); scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
-ABSOLUTE_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
+ABSOLUTE_URI_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
 
 # via-parm = sent-protocol LWS sent-by *( SEMI via-params )
 # sent-protocol = protocol-name SLASH protocol-version SLASH transport
-VIA_RE = re.compile(
+VIA_RE: Final = re.compile(
     r"[ \t]*(" + TOKEN + r")[ \t]*/[ \t]*(" + TOKEN + r")[ \t]*/[ \t]*(" + TOKEN + r")[ \t]+"
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:[ \t]*:[ \t]*(\d{1,5}))?[ \t]*((?:;.*)?)"
 )
 # via-params = via-ttl / via-maddr / via-received / via-branch / via-extension
 # generic-param = token [ EQUAL gen-value ]; gen-value = token / host / quoted-string
-VIA_PARAM_RE = re.compile(
+VIA_PARAM_RE: Final = re.compile(
     r"[ \t]*(" + TOKEN + r")[ \t]*(?:=[ \t]*(" + TOKEN + r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+|\"(?:[^\"\\]|\\.)*\")[ \t]*)?"
 )
-GENERIC_PARAM_RE = VIA_PARAM_RE
+GENERIC_PARAM_RE: Final = VIA_PARAM_RE
 
 # name-addr = [ display-name ] LAQUOT addr-spec RAQUOT
 # display-name = *(token LWS) / quoted-string
-NAME_ADDR_RE = re.compile(
+NAME_ADDR_RE: Final = re.compile(
     r"[ \t]*((?:" + TOKEN + r"[ \t]*)*|\"(?:[^\"\\]|\\.)*\")[ \t]*<([^<>\s]+)>[ \t]*((?:;.*)?)"
 )
 # addr-spec form of from-spec/to-spec/contact-param: the URI ends at the first ';'
 # (its params belong to the header, §20.10) and may not hold '?', ',' or ';' headers.
-ADDR_SPEC_RE = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9+\-.]*:[^\s;<>\"?,]+)[ \t]*((?:;.*)?)")
+ADDR_SPEC_RE: Final = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9+\-.]*:[^\s;<>\"?,]+)[ \t]*((?:;.*)?)")
 
 # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
-CSEQ_RE = re.compile(r"[ \t]*(\d{1,10})[ \t]+(" + TOKEN + r")[ \t]*")
-DIGITS_RE = re.compile(r"[ \t]*(\d{1,10})[ \t]*")
+CSEQ_RE: Final = re.compile(r"[ \t]*(\d{1,10})[ \t]+(" + TOKEN + r")[ \t]*")
+DIGITS_RE: Final = re.compile(r"[ \t]*(\d{1,10})[ \t]*")
 
 # SIP-date = rfc1123-date = wkday "," SP date1 SP time SP "GMT"
-DATE_RE = re.compile(
+DATE_RE: Final = re.compile(
     r"[ \t]*(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
     r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT[ \t]*"
 )
 
 # RFC 3261 §7.3.3 compact forms, and the RFC 3515/3892/4028/3265/3841 ones.
-COMPACT_FORMS: dict[str, str] = {
+COMPACT_FORMS: Final[dict[str, str]] = {
     "i": "call-id",
     "m": "contact",
     "e": "content-encoding",
@@ -124,7 +125,7 @@ COMPACT_FORMS: dict[str, str] = {
 }
 
 # How we spell the headers we write ourselves.
-CANONICAL_NAMES: dict[str, str] = {
+CANONICAL_NAMES: Final[dict[str, str]] = {
     "via": "Via",
     "route": "Route",
     "record-route": "Record-Route",

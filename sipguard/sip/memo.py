@@ -11,14 +11,14 @@ lookup with no argument tuple built (each helper takes one argument; a pair is o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Final
 
 __all__ = ["memoize", "Memo", "MEMO_SIZE"]
 
 MEMO_SIZE = 16384
 A = TypeVar("A")
 R = TypeVar("R")
-_MISSING: Any = object()
+_MISSING: Final[Any] = object()
 
 
 class Memo(Generic[A, R]):
@@ -30,6 +30,11 @@ class Memo(Generic[A, R]):
         self.cache: dict[Any, Any] = {}
 
     def __call__(self, arg: A) -> R:
+        return self.call(arg)
+
+    def call(self, arg: A) -> R:
+        """``fn(arg)``, remembered.  Compiled callers use this: ``memo.call(x)`` is a native method call,
+        where ``memo(x)`` is a generic Python call through ``__call__``."""
         cache = self.cache
         hit = cache.get(arg, _MISSING)
         if hit is not _MISSING:

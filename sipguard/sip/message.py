@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .errors import ParseError
-from .memo import memoize
+from .memo import Memo
 from .grammar import (
     TOKEN,
     TOKEN_CHARS,
@@ -304,8 +304,7 @@ def split_list(value: str) -> list[str]:
 # memoised (memo.py).  Only results are cached; an invalid value raises every time.
 
 
-@memoize()
-def normalize_host(host: str) -> str:
+def _normalize_host_fn(host: str) -> str:
     """Lower-case a host; validate and canonicalise a bracketed IPv6 reference.
 
     Raises ParseError for an IPv6 reference that is not an IPv6 address.
@@ -321,6 +320,9 @@ def normalize_host(host: str) -> str:
     if not HOSTNAME_RE.fullmatch(host):
         raise ParseError(f"bad host {host!r}")
     return host.lower()
+
+
+normalize_host: Final = Memo(_normalize_host_fn)
 
 
 def parse_params(text: str, *, what: str) -> Params:
@@ -342,8 +344,7 @@ def parse_params(text: str, *, what: str) -> Params:
     return tuple(out)
 
 
-@memoize()
-def parse_uri(text: str) -> SipUri:
+def _parse_uri_fn(text: str) -> SipUri:
     """Parse a sip:/sips: URI (an immutable SipUri, so results are shared).  Raises ParseError."""
     m = SIP_URI_RE.fullmatch(text)
     if m is None:
@@ -359,7 +360,10 @@ def parse_uri(text: str) -> SipUri:
     port_no = int(port) if port else None
     if port_no is not None and port_no > 65535:
         raise ParseError(f"port out of range in {text!r}")
-    return SipUri(scheme.lower(), user, normalize_host(host), port_no, tuple(uri_params), headers)
+    return SipUri(scheme.lower(), user, normalize_host.call(host), port_no, tuple(uri_params), headers)
+
+
+parse_uri: Final = Memo(_parse_uri_fn)
 
 
 def parse_name_addr(text: str) -> NameAddr:
@@ -382,15 +386,14 @@ def parse_name_addr(text: str) -> NameAddr:
 
 
 # the parameters of a name-addr / addr-spec, validated in one C-level match
-_PARAMS_RE = re.compile(
+_PARAMS_RE: Final = re.compile(
     r"(?:[ \t]*;[ \t]*" + TOKEN + r"[ \t]*(?:=[ \t]*(?:" + TOKEN
     + r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+|\"(?:[^\"\\]|\\.)*\")[ \t]*)?)*[ \t]*"
 )
-_TAG_RE = re.compile(r";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
+_TAG_RE: Final = re.compile(r";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
 
 
-@memoize()
-def check_name_addr(text: str) -> str:
+def _check_name_addr_fn(text: str) -> str:
     """Validate a name-addr / addr-spec with params (as parse_name_addr does); its params text.
 
     The fast path of the parser: no objects are built.  Raises ParseError.
@@ -404,16 +407,20 @@ def check_name_addr(text: str) -> str:
     return params
 
 
-@memoize()
-def tag_of(text: str) -> str | None:
+check_name_addr: Final = Memo(_check_name_addr_fn)
+
+
+def _tag_of_fn(text: str) -> str | None:
     """The tag parameter of a From / To value, after validating it.  Raises ParseError."""
-    params = check_name_addr(text)
+    params = check_name_addr.call(text)
     m = _TAG_RE.search(params) if params else None
     return m.group(1) if m else None
 
 
-@memoize()
-def parse_via(text: str) -> Via:
+tag_of: Final = Memo(_tag_of_fn)
+
+
+def _parse_via_fn(text: str) -> Via:
     """Parse one via-parm.  Raises ParseError; the version is checked by the caller.
 
     Memoised: a Via recurs in every response of its transaction, ours at the top, the
@@ -430,15 +437,20 @@ def parse_via(text: str) -> Via:
                     break  # not a token=token parameter (a host, a quoted string, an error): the full path
                 plist.append((name.lower(), value if eq else None))
             else:
-                first = _via_head(head)
+                first = _via_head.call(head)
                 return Via(first.version, first.transport, first.host, first.port, tuple(plist))
     return _parse_via(text)
 
 
-@memoize()
-def _via_head(text: str) -> Via:
+parse_via: Final = Memo(_parse_via_fn)
+
+
+def _via_head_fn(text: str) -> Via:
     """The sent-protocol and sent-by of a Via without its parameters."""
     return _parse_via(text)
+
+
+_via_head: Final = Memo(_via_head_fn)
 
 
 def _parse_via(text: str) -> Via:
@@ -458,7 +470,7 @@ def _parse_via(text: str) -> Via:
     port_no = int(port) if port else None
     if port_no is not None and port_no > 65535:
         raise ParseError(f"Via port out of range in {text!r}")
-    return Via(version, transport.upper(), normalize_host(host), port_no, tuple(plist))
+    return Via(version, transport.upper(), normalize_host.call(host), port_no, tuple(plist))
 
 
 def ip_literal(host: str) -> str | None:

@@ -13,6 +13,7 @@ it could read.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from .errors import MessageTooLarge, ParseError, SipError, UnsupportedUriScheme, VersionNotSupported
 from .grammar import (
@@ -43,15 +44,15 @@ from .message import (
 
 __all__ = ["parse", "Partial", "DEFAULT_MAX_MESSAGE_BYTES", "is_keepalive"]
 
-DEFAULT_MAX_MESSAGE_BYTES = 16384
-_CSEQ_MAX = 2**31 - 1  # RFC 3261 §8.1.1.5: less than 2**31
-_SINGLE_SET = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
-_NAME_KEYS: dict[str, str] = {}  # header name as received -> key (bounded memo)
+DEFAULT_MAX_MESSAGE_BYTES: Final = 16384
+_CSEQ_MAX: Final = 2**31 - 1  # RFC 3261 §8.1.1.5: less than 2**31
+_SINGLE_SET: Final = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
+_NAME_KEYS: Final[dict[str, str]] = {}  # header name as received -> key (bounded memo)
 # every control byte, CR and LF included: deleting them from a clean head removes exactly its CRLFs
-_CTL_BYTES = bytes(range(0x20)) + b"\x7f"
-_SPLIT = frozenset(("via", "route", "record-route"))
+_CTL_BYTES: Final = bytes(range(0x20)) + b"\x7f"
+_SPLIT: Final = frozenset(("via", "route", "record-route"))
 # a CTL, unless quoted-pair-escaped (quoted-pair allows %x00-09 / %x0B-0C / %x0E-7F), or a bare CR/LF
-_CONTROL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_CONTROL_RE: Final = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 class Partial:
@@ -220,7 +221,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         if key == "via":
             if not value:
                 raise ParseError("empty Via")
-            vias.append(parse_via(value))
+            vias.append(parse_via.call(value))
     partial.vias = vias
 
     version = sm.group(1) if not is_request else sm.group(3)
@@ -247,8 +248,8 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     to_value = values.get("to")
     if not from_value or not to_value:
         raise ParseError("no From or To")
-    from_tag = tag_of(from_value)
-    to_tag = tag_of(to_value)
+    from_tag = tag_of.call(from_value)
+    to_tag = tag_of.call(to_value)
     cseq_value = values.get("cseq")
     if cseq_value is None:
         raise ParseError("no CSeq")
@@ -278,7 +279,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     for key, _name, value in headers:
         if key == "contact" and value != "*":
             for item in split_list(value):
-                check_name_addr(item)
+                check_name_addr.call(item)
         elif key == "date" and DATE_RE.fullmatch(value) is None:
             raise ParseError(f"bad Date {value!r}")
 
@@ -293,7 +294,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     ruri: SipUri | None = None
     lower = uri[:5].lower()
     if lower.startswith("sip:") or lower.startswith("sips:"):
-        ruri = parse_uri(uri)
+        ruri = parse_uri.call(uri)
         if ruri.headers:
             raise ParseError("headers in a Request-URI")  # RFC 4475 §3.1.2.11
     elif lower.startswith("tel:"):

@@ -19,28 +19,29 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from .actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Reject, Router, Send, Settle
 from .dialog import Dialog, DialogState
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
-from .memo import memoize
+from .memo import Memo
 from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri
 from .grammar import CSEQ_RE
 from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, is_keepalive, parse
 from .serializer import Edit, Prepend, RemoveFirst, ReplaceFirst, SetHeader, header_name, serialize
-from .timers import TimerConfig, TimerHeap
+from .timers import TimerConfig, TimerWheel
 from .transaction import ClientState, ServerState, Txn
 
 __all__ = ["ProxyCore", "Local", "CoreStats", "KNOWN_METHODS"]
 
-KNOWN_METHODS = frozenset(
+KNOWN_METHODS: Final = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
      "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
 )
-_DIALOG_CREATING = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
-_COOKIE = "z9hG4bK"
-_ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
-_REASONS = {
+_DIALOG_CREATING: Final = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
+_COOKIE: Final = "z9hG4bK"
+_ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+_REASONS: Final = {
     100: "Trying", 200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     408: "Request Timeout", 416: "Unsupported URI Scheme", 420: "Bad Extension",
     478: "Unresolvable Destination", 481: "Call/Transaction Does Not Exist",
@@ -130,7 +131,7 @@ class ProxyCore:
         self._client: dict[tuple[str, str], Txn] = {}
         self._tickets: dict[int, Txn] = {}
         self._dialogs: dict[tuple[str, str], Dialog] = {}
-        self._heap = TimerHeap()
+        self._timers = TimerWheel()
         self._counter = 0
         self.stats = CoreStats()
 
@@ -155,7 +156,7 @@ class ProxyCore:
 
     # ------------------------------------------------------------------ inputs
     def next_deadline(self) -> float | None:
-        return self._heap.next_deadline()
+        return self._timers.next_deadline()
 
     def receive(self, data: bytes, source: Peer, now: float) -> list[Action]:
         """Process one datagram (or one framed stream message) from ``source``.
@@ -222,15 +223,23 @@ class ProxyCore:
             self._end_dialog(dialog, "cancelled", now, out)
             return out
         self._forward_admitted(txn, adm, now, out)
+        self._trying(txn, req, out)
         return out
+
+    def _trying(self, txn: Txn, req: Request, out: list[Action]) -> None:
+        """The 100 Trying of a new INVITE, sent just after the INVITE went downstream (the downstream
+        hop gets it first; RFC 3261 §17.2.1 gives the 100 up to 200 ms), unless a final was sent instead."""
+        if txn.invite and txn.last_status == 0:
+            self._server_provisional(txn, self._build_reply(req, 100, "Trying", to_tag=False), 100, out)
 
     def on_timer(self, now: float) -> list[Action]:
         """Fire every timer due at ``now``."""
         out: list[Action] = []
-        for owner, name in self._heap.pop_due(now):
+        for owner, name in self._timers.pop_due(now):
+            if not owner.alive:  # ended by an earlier timer of this batch
+                continue
             if isinstance(owner, Dialog):
-                if owner.alive:
-                    self._end_dialog(owner, "timeout", now, out)
+                self._end_dialog(owner, "timeout", now, out)
             else:
                 self._txn_timer(owner, name, now, out)  # type: ignore[arg-type]
         return out
@@ -282,7 +291,7 @@ class ProxyCore:
         popped = 0
         while popped < len(routes):
             try:
-                uri = _route_uri(routes[popped])
+                uri = _route_uri.call(routes[popped])
             except ParseError:
                 break
             if not self._uri_is_me(uri):
@@ -365,9 +374,9 @@ class ProxyCore:
                 # ACK for our non-2xx final: absorbed hop-by-hop (§17.2.1)
                 if txn.server is ServerState.COMPLETED:
                     txn.server_move("recv_ack")
-                    self._heap.cancel(txn, "G")
-                    self._heap.cancel(txn, "H")
-                    self._heap.set(txn, "I", now + self.timers.t4_s)
+                    self._timers.cancel(txn, "G")
+                    self._timers.cancel(txn, "H")
+                    self._timers.set(txn, "I", now + self.timers.t4_s)
                 return
             routes, popped = self._own_routes(req)
             remaining = routes[popped:]
@@ -444,16 +453,15 @@ class ProxyCore:
         txn.popped = popped
         txn.loop = loop
         self._txns[key] = txn
-        if txn.invite:
-            self._server_provisional(txn, self._build_reply(req, 100, "Trying", to_tag=False), 100, out)
         if adm.claim is not None:
             txn.ticket = self._next_id()
             self._tickets[txn.ticket] = txn
             out.append(Settle(txn.ticket, adm.claim, adm.emergency))
-            return
+            return  # settled() forwards it, then sends the 100
         if txn.invite:
             txn.dialog = self._start_dialog(req, adm, now, out)
         self._forward_admitted(txn, adm, now, out)
+        self._trying(txn, req, out)
 
     def _addressed_to_me(self, req: Request) -> bool:
         ruri = req.ruri
@@ -473,7 +481,7 @@ class ProxyCore:
 
     def _route_target(self, route_value: str) -> Peer | None:
         try:
-            uri = _route_uri(route_value)
+            uri = _route_uri.call(route_value)
         except ParseError:
             return None
         return self._uri_target(uri)
@@ -541,8 +549,8 @@ class ProxyCore:
         out.append(Send(data, txn.target, txn.client_key[1], 0))
         if txn.target.transport == "udp":
             txn.retransmit_s = self.timers.t1_s
-            self._heap.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
-        self._heap.set(txn, "B" if txn.invite else "F", now + self.timers.t64_s)
+            self._timers.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
+        self._timers.set(txn, "B" if txn.invite else "F", now + self.timers.t64_s)
 
     def _record_route(self, source: Peer, out_local: Local) -> list[Edit]:
         # §16.6 item 4; RFC 5658 double Record-Route when the two sides differ
@@ -610,7 +618,7 @@ class ProxyCore:
             if req.method == "BYE":
                 self._end_dialog(dialog, "bye", now, out)
             elif dialog.state is DialogState.CONFIRMED:
-                self._heap.set(dialog, "timeout", now + self.timers.dialog_timeout_s)
+                self._timers.set(dialog, "timeout", now + self.timers.dialog_timeout_s)
         local = self._local_for(target)
         if local is None:
             if not stateless:
@@ -715,9 +723,9 @@ class ProxyCore:
         if txn.key[0] == "cancel":
             if resp.status >= 200 and txn.client in (ClientState.TRYING, ClientState.PROCEEDING):
                 txn.client_move("recv_final")
-                self._heap.cancel(txn, "E")
-                self._heap.cancel(txn, "F")
-                self._heap.set(txn, "K", now + self.timers.t4_s)
+                self._timers.cancel(txn, "E")
+                self._timers.cancel(txn, "F")
+                self._timers.set(txn, "K", now + self.timers.t4_s)
             return
         if len(resp.vias) < 2:
             self.stats.drops["no_upstream_via"] += 1
@@ -743,10 +751,10 @@ class ProxyCore:
             if client not in (ClientState.CALLING, ClientState.PROCEEDING):
                 return  # a provisional after a final: ignore
             txn.client_move("recv_1xx")
-            self._heap.cancel(txn, "A")
-            self._heap.cancel(txn, "B")
+            self._timers.cancel(txn, "A")
+            self._timers.cancel(txn, "B")
             if status > 100 or "C" not in txn.deadlines:
-                self._heap.set(txn, "C", now + self.timers.timer_c_s)  # §16.7 item 2
+                self._timers.set(txn, "C", now + self.timers.timer_c_s)  # §16.7 item 2
             if txn.cancel_pending:
                 txn.cancel_pending = False
                 self._send_cancel(txn, now, out)
@@ -759,21 +767,21 @@ class ProxyCore:
                 return
             txn.client_move("recv_2xx")
             for name in ("A", "B", "C"):
-                self._heap.cancel(txn, name)
+                self._timers.cancel(txn, name)
             if "M" not in txn.deadlines:
-                self._heap.set(txn, "M", now + self.timers.t64_s)
+                self._timers.set(txn, "M", now + self.timers.t64_s)
             if dialog is not None and dialog.alive:
                 if dialog.state is DialogState.EARLY:
                     dialog.answered_at = now
                     dialog.callee_tag = resp.to_tag
                 dialog.move("recv_2xx")
-                self._heap.set(dialog, "timeout", now + self.timers.dialog_timeout_s)
+                self._timers.set(dialog, "timeout", now + self.timers.dialog_timeout_s)
             data = self._forward_response(txn, resp)
             if txn.server is not ServerState.TERMINATED:
                 txn.server_move("send_2xx")
             txn.last_response = None
             if "L" not in txn.deadlines and txn.server is ServerState.ACCEPTED:
-                self._heap.set(txn, "L", now + self.timers.t64_s)
+                self._timers.set(txn, "L", now + self.timers.t64_s)
             out.append(Send(data, txn.reply_to, "INVITE", status))
             return
         # 3xx-6xx: ACK it hop-by-hop; forward it once
@@ -785,8 +793,8 @@ class ProxyCore:
         if not first:
             return
         for name in ("A", "B", "C"):
-            self._heap.cancel(txn, name)
-        self._heap.set(txn, "D", now + self.timers.t64_s)
+            self._timers.cancel(txn, name)
+        self._timers.set(txn, "D", now + self.timers.t64_s)
         if txn.server is ServerState.PROCEEDING:
             self._server_final(txn, self._forward_response(txn, resp), status, now, out)
         if dialog is not None and dialog.alive:
@@ -802,9 +810,9 @@ class ProxyCore:
                 self._server_provisional(txn, self._forward_response(txn, resp), status, out)
             return
         txn.client_move("recv_final")
-        self._heap.cancel(txn, "E")
-        self._heap.cancel(txn, "F")
-        self._heap.set(txn, "K", now + (self.timers.t4_s if txn.target and txn.target.transport == "udp" else 0))
+        self._timers.cancel(txn, "E")
+        self._timers.cancel(txn, "F")
+        self._timers.set(txn, "K", now + (self.timers.t4_s if txn.target and txn.target.transport == "udp" else 0))
         if txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
             self._server_final(txn, self._forward_response(txn, resp), status, now, out)
 
@@ -828,10 +836,10 @@ class ProxyCore:
         if txn.invite:
             if udp:
                 txn.retransmit_s = self.timers.t1_s
-                self._heap.set(txn, "G", now + txn.retransmit_s)
-            self._heap.set(txn, "H", now + self.timers.t64_s)
+                self._timers.set(txn, "G", now + txn.retransmit_s)
+            self._timers.set(txn, "H", now + self.timers.t64_s)
         else:
-            self._heap.set(txn, "J", now + (self.timers.t64_s if udp else 0))
+            self._timers.set(txn, "J", now + (self.timers.t64_s if udp else 0))
 
     # ------------------------------------------------------------------ timers
     def _txn_timer(self, txn: Txn, name: str, now: float, out: list[Action]) -> None:
@@ -844,10 +852,10 @@ class ProxyCore:
                 txn.retransmit_s *= 2
             else:
                 txn.retransmit_s = t.t2_s if txn.client is ClientState.PROCEEDING else min(txn.retransmit_s * 2, t.t2_s)
-            self._heap.set(txn, name, now + txn.retransmit_s)
+            self._timers.set(txn, name, now + txn.retransmit_s)
         elif name in ("B", "F"):  # no final from downstream
-            self._heap.cancel(txn, "A")
-            self._heap.cancel(txn, "E")
+            self._timers.cancel(txn, "A")
+            self._timers.cancel(txn, "E")
             txn.client_move("timer_b" if name == "B" else "timer_f")
             if txn.key[0] != "cancel" and txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
                 assert txn.request is not None
@@ -866,15 +874,15 @@ class ProxyCore:
                 self._server_final(txn, data, 408, now, out)
             if isinstance(txn.dialog, Dialog) and txn.dialog.alive:
                 self._end_dialog(txn.dialog, "timer_c", now, out)
-            self._heap.set(txn, "B", now + t.t64_s)  # give the 487 a bound
+            self._timers.set(txn, "B", now + t.t64_s)  # give the 487 a bound
         elif name == "G":
             txn.server_move("timer_g")
             if txn.last_response is not None:
                 out.append(Send(txn.last_response, txn.reply_to, txn.method, txn.last_status))
             txn.retransmit_s = min(txn.retransmit_s * 2, t.t2_s)
-            self._heap.set(txn, "G", now + txn.retransmit_s)
+            self._timers.set(txn, "G", now + txn.retransmit_s)
         elif name in ("H", "I", "J", "L"):
-            self._heap.cancel(txn, "G")
+            self._timers.cancel(txn, "G")
             txn.server_move("timer_" + name.lower())
         elif name in ("D", "K", "M"):
             txn.client_move("timer_" + name.lower())
@@ -886,7 +894,7 @@ class ProxyCore:
                 txn.slim()
             return
         txn.alive = False
-        txn.deadlines.clear()
+        self._timers.cancel_all(txn)
         if self._txns.get(txn.key) is txn:
             del self._txns[txn.key]
         if txn.client_key is not None and self._client.get(txn.client_key) is txn:
@@ -910,16 +918,18 @@ class ProxyCore:
             return
         dialog.move("end")
         dialog.alive = False
-        dialog.deadlines.clear()
+        self._timers.cancel_all(dialog)
         self._dialogs.pop((dialog.call_id, dialog.caller_tag), None)
         duration = None if dialog.answered_at is None else now - dialog.answered_at
         out.append(DialogEnded(dialog.dialog_id, dialog.call_id, dialog.account, reason, dialog.claim, duration))
 
 
-@memoize()
-def _route_uri(value: str) -> SipUri:
+def _route_uri_fn(value: str) -> SipUri:
     """The SIP URI of a Route / Record-Route value (a dialog's route recurs).  Raises ParseError."""
-    return parse_uri(parse_name_addr(value).uri)
+    return parse_uri.call(parse_name_addr(value).uri)
+
+
+_route_uri: Final = Memo(_route_uri_fn)
 
 
 def _answerable(key: str, value: str) -> bool:

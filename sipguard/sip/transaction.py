@@ -25,6 +25,7 @@ that is not in the table: that is our bug, not the peer's.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Final
 
 from .actions import Admission, Peer
 from .message import Request
@@ -61,10 +62,11 @@ class ClientState(Symbol):
     TERMINATED = "terminated"
 
 
-S, C = ServerState, ClientState
+S: Final = ServerState  # short names for the tables; Final: a C static, not a globals lookup
+C: Final = ClientState
 
 # (state, event) -> next state
-SERVER_INVITE: dict[tuple[ServerState, str], ServerState] = {
+SERVER_INVITE: Final[dict[tuple[ServerState, str], ServerState]] = {
     (S.PROCEEDING, "send_1xx"): S.PROCEEDING,
     (S.PROCEEDING, "send_2xx"): S.ACCEPTED,
     (S.PROCEEDING, "send_final"): S.COMPLETED,
@@ -78,7 +80,7 @@ SERVER_INVITE: dict[tuple[ServerState, str], ServerState] = {
     (S.ACCEPTED, "timer_l"): S.TERMINATED,
 }
 
-SERVER_NON_INVITE: dict[tuple[ServerState, str], ServerState] = {
+SERVER_NON_INVITE: Final[dict[tuple[ServerState, str], ServerState]] = {
     (S.TRYING, "send_1xx"): S.PROCEEDING,
     (S.TRYING, "send_final"): S.COMPLETED,
     (S.PROCEEDING, "send_1xx"): S.PROCEEDING,
@@ -86,7 +88,7 @@ SERVER_NON_INVITE: dict[tuple[ServerState, str], ServerState] = {
     (S.COMPLETED, "timer_j"): S.TERMINATED,
 }
 
-CLIENT_INVITE: dict[tuple[ClientState, str], ClientState] = {
+CLIENT_INVITE: Final[dict[tuple[ClientState, str], ClientState]] = {
     (C.NONE, "send"): C.CALLING,
     (C.CALLING, "timer_a"): C.CALLING,
     (C.CALLING, "timer_b"): C.TERMINATED,
@@ -104,7 +106,7 @@ CLIENT_INVITE: dict[tuple[ClientState, str], ClientState] = {
     (C.ACCEPTED, "timer_m"): C.TERMINATED,
 }
 
-CLIENT_NON_INVITE: dict[tuple[ClientState, str], ClientState] = {
+CLIENT_NON_INVITE: Final[dict[tuple[ClientState, str], ClientState]] = {
     (C.NONE, "send"): C.TRYING,
     (C.TRYING, "timer_e"): C.TRYING,
     (C.TRYING, "timer_f"): C.TERMINATED,
@@ -119,7 +121,7 @@ CLIENT_NON_INVITE: dict[tuple[ClientState, str], ClientState] = {
 }
 
 # recv_2xx on a non-INVITE is a final like any other
-_ALIASES = {"recv_2xx": "recv_final", "send_2xx": "send_final"}
+_ALIASES: Final = {"recv_2xx": "recv_final", "send_2xx": "send_final"}
 
 
 def move(table: dict[tuple[Enum, str], Enum], state: Enum, event: str) -> Enum:

@@ -63,7 +63,7 @@ def test_limit_holds_n_calls_and_rejects_the_next_with_a_warning() -> None:
     h.answer(1), h.answer(2)
     assert h.active == 2
     statuses = h.invite(3)
-    assert statuses == [100, 486]
+    assert statuses == [486]
     reply = parse(h.wire.to(UAC)[-1].data)
     assert reply.get("warning") == '399 sipguard "channel limit of 2 reached for account t"'
     h.bye(1)
@@ -91,7 +91,7 @@ def test_emergency_call_is_admitted_at_the_limit_and_holds_a_channel() -> None:
     h.invite(1), h.invite(2)
     assert h.invite(3, called="112") == [100]
     assert h.active == 3
-    assert h.invite(4) == [100, 486]
+    assert h.invite(4) == [486]
 
 
 def test_reinvite_holds_no_new_channel() -> None:
@@ -109,14 +109,14 @@ def test_inbound_calls_count_too() -> None:
     h.invite(1)
     assert h.invite(2, called="+3228807241", source=UPSTREAM) == [100]  # from the carrier, to the trunk
     assert h.active == 2
-    assert h.invite(3, called="+3228807242", source=UPSTREAM) == [100, 486]
+    assert h.invite(3, called="+3228807242", source=UPSTREAM) == [486]
 
 
 def test_lost_bye_releases_at_the_dialog_timeout() -> None:
     h = Harness()
     h.invite(1), h.invite(2)
     h.answer(1), h.answer(2)
-    assert h.invite(3) == [100, 486]
+    assert h.invite(3) == [486]
     run_timers(h.core, h.now + 31, h.wire, store=h.store)
     assert h.active == 0 and h.core.dialog_count == 0
 

@@ -67,9 +67,10 @@ def test_a_claim_holds_the_invite_until_settled_and_a_refusal_rejects_it() -> No
     actions = core.receive(request(from_user="c"), UAC, 0.0)  # not feed(): it would settle the claim
     wire.sent.extend(a for a in actions if isinstance(a, Send))
     settle = [a for a in actions if isinstance(a, Settle)]
-    assert len(settle) == 1 and wire.statuses_to(UAC) == [100] and wire.to(UAS) == []
+    # nothing goes out while the claim is open: not the INVITE, nor its 100 (it follows the INVITE)
+    assert len(settle) == 1 and wire.sent == []
     out = core.settled(settle[0].ticket, False, 0.1)
-    assert [a.status for a in out] == [486]
+    assert [a.status for a in out] == [486]  # refused: the final alone
     actions = core.receive(request(from_user="c", call_id="c2", branch="z9hG4bK-2"), UAC, 0.2)
     ticket = next(a.ticket for a in actions if isinstance(a, Settle))
     out = core.settled(ticket, True, 0.3)
@@ -77,6 +78,8 @@ def test_a_claim_holds_the_invite_until_settled_and_a_refusal_rejects_it() -> No
     wire.sent.extend(a for a in out if isinstance(a, Send))
     fwd = wire.last_to(UAS)
     assert fwd.method == "INVITE" and fwd.call_id == "c2"
+    assert [a.dest for a in out if isinstance(a, Send)] == [UAS, UAC]  # downstream first, then the 100
+    assert wire.statuses_to(UAC) == [100]
 
 
 def test_reinvite_does_not_ask_the_hook() -> None:

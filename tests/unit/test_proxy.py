@@ -91,7 +91,7 @@ def test_received_without_rport_replies_to_the_via_port(core, clock) -> None:
 def test_loop_is_detected_with_482(core, clock) -> None:
     wire = Wire()
     feed(core, request(), UAC, clock.now, wire)
-    looped = wire.sent[-1].data  # as if the next hop sent it straight back to us
+    looped = wire.to(UAS)[-1].data  # as if the next hop sent it straight back to us
     wire.clear()
     feed(core, looped, UAC, clock.advance(0.01), wire)
     assert [s.status for s in wire.sent] == [482]  # answered, not forwarded again
@@ -100,7 +100,7 @@ def test_loop_is_detected_with_482(core, clock) -> None:
 def test_spiral_with_a_changed_request_uri_is_not_a_loop(core, clock) -> None:
     wire = Wire()
     feed(core, request(), UAC, clock.now, wire)
-    spiral = wire.sent[-1].data.replace(b"INVITE sip:+3250123400@", b"INVITE sip:+3250123401@", 1)
+    spiral = wire.to(UAS)[-1].data.replace(b"INVITE sip:+3250123400@", b"INVITE sip:+3250123401@", 1)
     wire.clear()
     feed(core, spiral, UAC, clock.advance(0.01), wire)
     assert 482 not in [s.status for s in wire.sent]

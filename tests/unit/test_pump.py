@@ -69,8 +69,8 @@ def test_sends_go_out_and_other_actions_go_to_the_server_in_order(core: ProxyCor
     pump, sent, other = _pump(core, loop)
     pump.datagram_received(request(), ("127.0.0.2", 5062))
     kinds = [parse(data).status if data.startswith(b"SIP/") else parse(data).method for data, _addr in sent]
-    assert kinds == [100, "INVITE"]  # 100 Trying upstream, then the INVITE downstream after the claim
-    assert sent[0][1] == ("127.0.0.2", 5062) and sent[1][1] == ("127.0.0.3", 5063)
+    assert kinds == ["INVITE", 100]  # the INVITE downstream after the claim, then 100 Trying upstream
+    assert sent[0][1] == ("127.0.0.3", 5063) and sent[1][1] == ("127.0.0.2", 5062)
     assert [type(a) for a in other] == [Settle, DialogStarted]
 
 

@@ -316,16 +316,21 @@ class Server:
         if not isinstance(claim, ChannelClaim):
             raise TypeError(f"unknown claim {claim!r}")
         granted = self.store.claim_now(claim)
-        active = self.store.active_now(claim.account)
-        call_id = claim.call_key.rsplit(";", 1)[0]
         if not granted:
+            active = self.store.active_now(claim.account)
             self._record(Decision(Verdict.REJECT, "channel_limit", f"channel limit of {claim.limit} reached",
                                   claim.account, (("active", active), ("limit", claim.limit)),
-                                  status=self.policy.service.reject.channel_limit), call_id, claim.account)
-        elif active > claim.limit and not claim.emergency:
-            self._record(Decision(Verdict.REJECT, "channel_limit", f"over the channel limit of {claim.limit}",
-                                  claim.account, (("active", active), ("limit", claim.limit)), Mode.SHADOW,
-                                  status=self.policy.service.reject.channel_limit), call_id, claim.account)
+                                  status=self.policy.service.reject.channel_limit),
+                         claim.call_key.rsplit(";", 1)[0], claim.account)
+        elif not claim.enforce and not claim.emergency:
+            # shadow mode: granted whatever the count, so say when it went over.  (An enforced grant
+            # cannot exceed the limit, and an emergency call may: neither is recorded, nor counted here.)
+            active = self.store.active_now(claim.account)
+            if active > claim.limit:
+                self._record(Decision(Verdict.REJECT, "channel_limit", f"over the channel limit of {claim.limit}",
+                                      claim.account, (("active", active), ("limit", claim.limit)), Mode.SHADOW,
+                                      status=self.policy.service.reject.channel_limit),
+                             claim.call_key.rsplit(";", 1)[0], claim.account)
         loop = self._loop
         assert loop is not None
         more = self.core.settled(action.ticket, granted, loop.time())

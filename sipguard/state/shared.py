@@ -42,6 +42,8 @@ class SharedCounts:
         self._mem = mmap.mmap(-1, rows * self._row_bytes)  # MAP_SHARED | MAP_ANONYMOUS: inherited by fork
         self._lock = multiprocessing.get_context("fork").Lock()
         self._row_of: dict[str, int] = {}  # per process: account -> row (rows never move)
+        self._row_counts = struct.Struct(f"={workers}i")
+        self._count = struct.Struct("=i")
 
     def _key(self, account: str) -> int:
         return int.from_bytes(hashlib.blake2b(account.encode(), digest_size=8).digest(), "little") | 1
@@ -65,10 +67,10 @@ class SharedCounts:
         raise TableFull(f"the shared channel table holds {self.rows} accounts")
 
     def _counts(self, row: int) -> tuple[int, ...]:
-        return struct.unpack_from(f"={self.workers}i", self._mem, row * self._row_bytes + 8)
+        return self._row_counts.unpack_from(self._mem, row * self._row_bytes + 8)
 
     def _set(self, row: int, worker: int, count: int) -> None:
-        struct.pack_into("=i", self._mem, row * self._row_bytes + 8 + 4 * worker, count)
+        self._count.pack_into(self._mem, row * self._row_bytes + 8 + 4 * worker, count)
 
     def total(self, account: str) -> int:
         with self._lock:

@@ -208,3 +208,29 @@ def test_shared_table_is_bounded() -> None:
         assert store.claim_now(ChannelClaim(f"acct{i}", 1, "k"))
     with pytest.raises(TableFull):
         store.claim_now(ChannelClaim("one-too-many", 1, "k"))
+
+
+def _settled_decisions(claims: list[ChannelClaim]) -> dict[tuple[str, ...], int]:
+    """Settle each claim through the server (its store, its metrics): the channel-limit decisions it counted."""
+    import tempfile
+    from pathlib import Path
+
+    from bench.call import Harness as ServerHarness
+    from sipguard.sip.actions import Settle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerHarness(Path(tmp)).server
+        for i, claim in enumerate(claims):
+            server._settle(Settle(1000 + i, claim, claim.emergency))
+        return {k: n for k, n in server.metrics.decisions.counts.items() if k[0] == "channel_limit"}
+
+
+def test_the_server_records_a_refused_claim_and_a_shadow_claim_over_the_limit_only() -> None:
+    enforced = [ChannelClaim("a", 1, f"c{i};f{i}") for i in range(3)]  # the 2nd and 3rd are refused
+    assert _settled_decisions(enforced) == {("channel_limit", "reject"): 2}
+    shadow = [ChannelClaim("a", 1, f"c{i};f{i}", enforce=False) for i in range(3)]  # 2nd and 3rd go over
+    assert _settled_decisions(shadow) == {("channel_limit", "reject"): 2}
+    emergency = [ChannelClaim("a", 1, f"c{i};f{i}", emergency=True) for i in range(3)]  # always granted, not flagged
+    assert _settled_decisions(emergency) == {}
+    within = [ChannelClaim("a", 5, f"c{i};f{i}", enforce=False) for i in range(3)]
+    assert _settled_decisions(within) == {}

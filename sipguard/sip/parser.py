@@ -125,6 +125,30 @@ def _digits(value: str, what: str) -> int:
     return int(m.group(1))
 
 
+def start_line(start: str) -> tuple[bool, str, str, str]:
+    """A request line as (True, method, Request-URI, version), a status line as (False, version, status, reason).
+
+    The plain forms (``INVITE sip:x SIP/2.0``, ``SIP/2.0 200 OK``) are read with split and slices;
+    anything else goes through the grammar's regexes, which give the same parts.  Raises ParseError.
+    """
+    if start.startswith("SIP/"):
+        if (start.startswith("SIP/2.0 ") and len(start) >= 12 and start[11] == " " and "1" <= start[8] <= "6"
+                and not start[9:11].strip(DIGIT_CHARS)):
+            return False, "2.0", start[8:11], start[12:]
+        sm = STATUS_LINE_RE.fullmatch(start)
+        if sm is None:
+            raise ParseError(f"bad status line {start[:80]!r}")
+        return False, sm.group(1), sm.group(2), sm.group(3)
+    parts = start.split(" ")
+    if (len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] and parts[1] and not parts[0].strip(TOKEN_CHARS)
+            and "\t" not in parts[1]):
+        return True, parts[0], parts[1], "2.0"
+    sm = REQUEST_LINE_RE.fullmatch(start)
+    if sm is None:
+        raise ParseError(f"bad request line {start[:80]!r}")
+    return True, sm.group(1), sm.group(2), sm.group(3)
+
+
 def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Message:
     end = data.find(b"\r\n\r\n")
     if end < 0:
@@ -143,18 +167,9 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
             raise ParseError("a bare CR or LF in the headers")
     body_start = end + 4
     lines = head.split("\r\n")
-    start = lines[0]
-    if start.startswith("SIP/"):
-        is_request = False
-        sm = STATUS_LINE_RE.fullmatch(start)
-        if sm is None:
-            raise ParseError(f"bad status line {start[:80]!r}")
-    else:
-        is_request = True
-        sm = REQUEST_LINE_RE.fullmatch(start)
-        if sm is None:
-            raise ParseError(f"bad request line {start[:80]!r}")
-        partial.method = sm.group(1)
+    is_request, first, second, third = start_line(lines[0])
+    if is_request:
+        partial.method = first
     partial.is_request = is_request
 
     headers: list[HeaderField] = []
@@ -224,7 +239,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
             vias.append(parse_via.call(value))
     partial.vias = vias
 
-    version = sm.group(1) if not is_request else sm.group(3)
+    version = first if not is_request else third
     if version != "2.0":
         raise VersionNotSupported(f"SIP version {version}")
     for via in vias:
@@ -285,10 +300,10 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
 
     if not is_request:
         return Response(tuple(headers), body, call_id, cseq, cseq_method, from_tag, to_tag, tuple(vias), tuple(raw),
-                        int(sm.group(2)), sm.group(3))
+                        int(second), third)
 
-    method = sm.group(1)
-    uri = sm.group(2)
+    method = first
+    uri = second
     if method != cseq_method:
         raise ParseError(f"CSeq method {cseq_method} does not match {method}")
     ruri: SipUri | None = None

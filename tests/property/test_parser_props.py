@@ -210,3 +210,32 @@ def test_cseq_fast_path_agrees_with_the_grammar(number: str, method: str) -> Non
         assert expected is None or "does not match" in str(err), (value, err)
         return
     assert got == expected, value
+
+
+# start lines built slot by slot from values that sit near the fast paths' edges
+SEP = st.sampled_from([" ", " ", "  ", "\t", ""])
+VERSION = st.sampled_from(["SIP/2.0", "SIP/2.0", "SIP/2.00", "SIP/1.0", "SIP/2.", "SIP/٢.0", "sip/2.0", "SIP/2.0 x"])
+REQUEST_LINE = st.tuples(st.sampled_from(["INVITE", "OPTIONS", "IN VITE", "INV@TE", "", "x"]), SEP,
+                         st.sampled_from(["sip:a@b", "sip:a@b;lr", "sip:\ta", "sip:a b", "", "sip:é"]), SEP, VERSION)
+STATUS_LINE = st.tuples(VERSION, SEP, st.sampled_from(["200", "486", "700", "099", "2000", "2٠0", "20", ""]), SEP,
+                        st.sampled_from(["OK", "Busy Here", "", " ", "\t", "é"]))
+
+
+@PROPS
+@given(st.one_of(REQUEST_LINE, STATUS_LINE))
+def test_start_line_fast_paths_agree_with_the_grammar(slots: tuple[str, ...]) -> None:
+    from sipguard.sip.grammar import REQUEST_LINE_RE
+    from sipguard.sip.parser import start_line
+
+    start = "".join(slots)
+    if start.startswith("SIP/"):
+        m = STATUS_LINE_RE.fullmatch(start)
+        expected = (False, *m.groups()) if m else None
+    else:
+        m = REQUEST_LINE_RE.fullmatch(start)
+        expected = (True, *m.groups()) if m else None
+    try:
+        got: tuple[bool, str, str, str] | None = start_line(start)
+    except SipError:
+        got = None
+    assert got == expected, start

@@ -319,7 +319,8 @@ class ProxyCore:
                 lines.append(f"{name}: {value}")
             elif key == "to":
                 if to_tag and status > 100 and req.to_tag is None:
-                    value = f"{value};tag=sg{zlib.crc32((req.call_id + str(req.cseq)).encode()):08x}"
+                    basis = (req.call_id + str(req.cseq)).encode("utf-8", "surrogateescape")  # bytes as received
+                    value = f"{value};tag=sg{zlib.crc32(basis):08x}"
                 lines.append(f"{name}: {value}")
         for key, value in extra:
             lines.append(f"{header_name(key)}: {value}")
@@ -632,7 +633,8 @@ class ProxyCore:
             edits.append(via_edit)
         if stateless:
             # the same branch for every retransmission of this ACK (§16.11)
-            branch = f"{_COOKIE}{loop}.a{zlib.crc32((req.vias[0].branch or '').encode()):x}"
+            basis = (req.vias[0].branch or "").encode("utf-8", "surrogateescape")
+            branch = f"{_COOKIE}{loop}.a{zlib.crc32(basis):x}"
         else:
             branch = f"{_COOKIE}{loop}.{self._next_id():x}"
         edits.append(Prepend("via", local.via_prefix + branch))

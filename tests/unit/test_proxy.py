@@ -446,3 +446,13 @@ def test_finished_transactions_are_slim_but_still_absorb_retransmissions(core, c
     assert wire.to(UAS)[-1].data == [s for s in wire.to(UAS) if s.method == "ACK"][0].data
     feed(core, request(), UAC, clock.advance(0.01), wire)  # a late INVITE retransmission
     assert wire.statuses_to(UAC)[-1] == 486 and len([s for s in wire.to(UAS) if s.method == "INVITE"]) == 1
+
+
+def test_a_local_reply_to_a_request_with_undecodable_bytes_echoes_them(core, clock) -> None:
+    """Found by the property test: a Call-ID byte that is not UTF-8 broke the To tag of a local reply."""
+    wire = Wire()
+    data = request(max_forwards=0, call_id="undecodable-call").replace(b"undecodable-call", b"\x80call")
+    feed(core, data, UAC, clock.now, wire)
+    (reply,) = wire.sent
+    assert reply.status == 483
+    assert b"\r\nCall-ID: \x80call\r\n" in reply.data and b";tag=sg" in reply.data  # the bytes as received

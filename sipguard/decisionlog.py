@@ -27,5 +27,10 @@ class DecisionLog:
             "reason": decision.reason,
             "evidence": dict(decision.evidence),
         }
-        self._stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        if not line.isascii():
+            # header bytes that were not UTF-8 arrive as lone surrogates: write them as JSON escapes (which
+            # read back as the same string), not as text no UTF-8 stream can encode
+            line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+        self._stream.write(line + "\n")
         self._stream.flush()

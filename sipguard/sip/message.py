@@ -411,13 +411,27 @@ check_name_addr: Final = Memo(_check_name_addr_fn)
 
 
 def _tag_of_fn(text: str) -> str | None:
-    """The tag parameter of a From / To value, after validating it.  Raises ParseError."""
+    """The tag parameter of a From / To value, after validating it.  Raises ParseError.
+
+    A new call's From or To usually differs from earlier ones only in its parameters (the tag):
+    when the value is a ``<...>`` name-addr followed by plain ``;token[=token]`` parameters, the
+    part up to ``>`` is validated through a memo of its own and the parameters without a regex."""
+    gt = text.rfind(">")
+    if gt > 0 and text[gt + 1 : gt + 2] == ";" and "<" in text[:gt]:
+        plist = _plain_params(text[gt + 2 :])
+        if plist is not None:
+            _name_addr_head.call(text[: gt + 1])
+            for name, value in plist:
+                if name == "tag" and value is not None:
+                    return value
+            return None
     params = check_name_addr.call(text)
     m = _TAG_RE.search(params) if params else None
     return m.group(1) if m else None
 
 
 tag_of: Final = Memo(_tag_of_fn)
+_name_addr_head: Final = Memo(_check_name_addr_fn)  # '"name" <uri>' of a From / To, validated
 
 
 def _parse_via_fn(text: str) -> Via:
@@ -429,17 +443,24 @@ def _parse_via_fn(text: str) -> Via:
     comes from a memo of its own, and the parameters are checked without a regex."""
     if " " not in text[12:] and "\t" not in text:  # 'SIP/2.0/UDP ' then no more whitespace
         head, semi, params = text.partition(";")
-        if semi:
-            plist: list[tuple[str, str | None]] = []
-            for part in params.split(";"):
-                name, eq, value = part.partition("=")
-                if not name or name.strip(TOKEN_CHARS) or (eq and (not value or value.strip(TOKEN_CHARS))):
-                    break  # not a token=token parameter (a host, a quoted string, an error): the full path
-                plist.append((name.lower(), value if eq else None))
-            else:
-                first = _via_head.call(head)
-                return Via(first.version, first.transport, first.host, first.port, tuple(plist))
+        plist = _plain_params(params) if semi else None
+        if plist is not None:
+            first = _via_head.call(head)
+            return Via(first.version, first.transport, first.host, first.port, tuple(plist))
     return _parse_via(text)
+
+
+def _plain_params(text: str) -> list[tuple[str, str | None]] | None:
+    """``name[=value]`` parameters separated by ';', each name and value a token: [(lower-case name,
+    value or None)]; None for anything else (a host or IPv6 value, a quoted string, an error), which
+    the caller's full path reads."""
+    plist: list[tuple[str, str | None]] = []
+    for part in text.split(";"):
+        name, eq, value = part.partition("=")
+        if not name or name.strip(TOKEN_CHARS) or (eq and (not value or value.strip(TOKEN_CHARS))):
+            return None
+        plist.append((name.lower(), value if eq else None))
+    return plist
 
 
 parse_via: Final = Memo(_parse_via_fn)

@@ -239,3 +239,30 @@ def test_start_line_fast_paths_agree_with_the_grammar(slots: tuple[str, ...]) ->
     except SipError:
         got = None
     assert got == expected, start
+
+
+DISPLAY = st.sampled_from(["", '"sipp" ', "Alice ", '"a>b;c" ', '"a<b" ', '"open ', "a@b "])
+URI = st.sampled_from(["sip:+3228807241@127.0.0.2:5062", "sip:a@b;transport=udp", "sip:a b", "sip:a>b", ""])
+PARAM = st.sampled_from(["tag=abc", "TAG=Q1", "tag", "tag=", "x=1", 'x="a>b"', 'x="a;tag=no"', "x=a>b", "",
+                         "tag=é", "tag=a b", "x=[::1]"])
+
+
+@PROPS
+@given(DISPLAY, URI, st.sampled_from(["", " ", "\t"]), st.lists(PARAM, max_size=4), st.booleans())
+def test_tag_fast_path_agrees_with_the_grammar(display: str, uri: str, gap: str, params: list[str],
+                                               bracketed: bool) -> None:
+    from sipguard.sip import message
+
+    text = (f"{display}<{uri}>" if bracketed else uri) + gap + "".join(";" + p for p in params)
+
+    def reference(value: str) -> str | None:  # the full path: validate with the regexes, then search
+        found = message._TAG_RE.search(message._check_name_addr_fn(value))
+        return found.group(1) if found else None
+
+    outcomes = []
+    for fn in (message._tag_of_fn, reference):
+        try:
+            outcomes.append(("tag", fn(text)))
+        except SipError:
+            outcomes.append(("refused", None))
+    assert outcomes[0] == outcomes[1], text

@@ -317,25 +317,26 @@ class Server:
             raise TypeError(f"unknown claim {claim!r}")
         granted = self.store.claim_now(claim)
         if not granted:
-            active = self.store.active_now(claim.account)
-            self._record(Decision(Verdict.REJECT, "channel_limit", f"channel limit of {claim.limit} reached",
-                                  claim.account, (("active", active), ("limit", claim.limit)),
-                                  status=self.policy.service.reject.channel_limit),
-                         claim.call_key.rsplit(";", 1)[0], claim.account)
+            self._record_limit(claim, self.store.active_now(claim.account), f"channel limit of {claim.limit} reached",
+                               Mode.ENFORCE)
         elif not claim.enforce and not claim.emergency:
             # shadow mode: granted whatever the count, so say when it went over.  (An enforced grant
             # cannot exceed the limit, and an emergency call may: neither is recorded, nor counted here.)
             active = self.store.active_now(claim.account)
             if active > claim.limit:
-                self._record(Decision(Verdict.REJECT, "channel_limit", f"over the channel limit of {claim.limit}",
-                                      claim.account, (("active", active), ("limit", claim.limit)), Mode.SHADOW,
-                                      status=self.policy.service.reject.channel_limit),
-                             claim.call_key.rsplit(";", 1)[0], claim.account)
+                self._record_limit(claim, active, f"over the channel limit of {claim.limit}", Mode.SHADOW)
         loop = self._loop
         assert loop is not None
         more = self.core.settled(action.ticket, granted, loop.time())
         if more:
             self.pump.carry_out(more)
+
+    def _record_limit(self, claim: ChannelClaim, active: int, reason: str, mode: Mode) -> None:
+        """A channel-limit decision about a settled claim, in the metrics and the decision log."""
+        self._record(Decision(Verdict.REJECT, "channel_limit", reason, claim.account,
+                              (("active", active), ("limit", claim.limit)), mode,
+                              status=self.policy.service.reject.channel_limit),
+                     claim.call_key.rsplit(";", 1)[0], claim.account)
 
     def _channel_rows(self) -> list[tuple[str, int, int]]:
         return [(name, self.store.active_now(name), limit) for name, limit in self.engine.limits().items()]

@@ -11,9 +11,9 @@ lookup with no argument tuple built (each helper takes one argument; a pair is o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, Final
+from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["memoize", "Memo", "MEMO_SIZE"]
+__all__ = ["Memo", "MEMO_SIZE"]
 
 MEMO_SIZE = 16384
 A = TypeVar("A")
@@ -47,12 +47,3 @@ class Memo(Generic[A, R]):
 
     def cache_clear(self) -> None:
         self.cache.clear()
-
-
-def memoize(maxsize: int = MEMO_SIZE) -> Callable[[Callable[[A], R]], Memo[A, R]]:
-    """Memoise a pure function of one hashable argument, keeping at most ``maxsize`` results."""
-
-    def decorate(fn: Callable[[A], R]) -> Memo[A, R]:
-        return Memo(fn, maxsize)
-
-    return decorate

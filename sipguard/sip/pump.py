@@ -22,11 +22,11 @@ from typing import Any
 
 from .actions import Action, Peer, Send
 from .proxy import ProxyCore
+from .timers import TICK_S
 
 __all__ = ["Pump", "SendTo", "TICK_S"]
 
 SendTo = Callable[[bytes, tuple[str, int]], Any]
-TICK_S = 0.01  # timer resolution: deadlines within one tick share one wake-up of the loop
 
 
 class Pump:

@@ -16,7 +16,9 @@ import heapq
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["TimerConfig", "TimerWheel", "TimerOwner"]
+__all__ = ["TimerConfig", "TimerWheel", "TimerOwner", "TICK_S"]
+
+TICK_S = 0.01  # timer resolution: deadlines within one tick share a bucket and one wake-up of the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ class TimerWheel:
 
     __slots__ = ("_buckets", "_ticks", "_tick_s", "_next", "_count")
 
-    def __init__(self, tick_s: float = 0.01) -> None:
+    def __init__(self, tick_s: float = TICK_S) -> None:
         self._buckets: dict[int, dict[tuple[TimerOwner, str], float]] = {}
         self._ticks: list[int] = []  # heap of ticks with a bucket (an emptied bucket's tick lingers until reached)
         self._tick_s = tick_s

@@ -2,7 +2,7 @@
 
     python -m bench.run [--targets direct,sipguard,sipguard-2w,kamailio] [--rates 500,1000,2000]
                         [--duration-s 20] [--hold-ms 1000] [--concurrent 10000] [--smoke]
-                        [--sipp-transport u1|un]
+                        [--sipp-transport u1|un] [--loopwatch]
 
 For each target it steps the call rate up (calls of INVITE/100/180/200/ACK, held
 ``--hold-ms``, BYE/200) and reports, per rate: failed calls, p50/p99 of INVITE->200
@@ -15,6 +15,9 @@ table and the ratios sipguard/Kamailio and sipguard/direct; ``--json FILE`` save
 ``sipguard-Nw`` is sipguard with ``--workers N`` (one process per core, SO_REUSEPORT): the
 kernel spreads calls over the workers by source address and port, so it needs calls from
 several sockets: ``--sipp-transport un`` (one SIPp socket per call, for every target alike).
+
+``--loopwatch`` runs sipguard under bench/loopwatch.py and prints, per worker, the CPU per
+datagram by kind and the loop's busy periods (the queue a burst waits in); one rate per run.
 
 Every party has its own loopback address (UAC 127.0.0.2, UAS 127.0.0.3, proxy
 127.0.0.1); every SIPp run is bounded and killed by pid.  Kamailio is installed
@@ -42,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import loopwatch
 from .policy import UAC_IP, benchmark_policy
 from .probe import PROBE_UAS_IP, ProbeResult, run_probe
 
@@ -183,6 +187,7 @@ class Sipguard(Target):
     def __init__(self, workdir: Path, uas_port: int, probe_port: int, workers: int = 1) -> None:
         super().__init__(workdir, uas_port, probe_port)
         self.workers = workers
+        self.watch: str | None = None  # --loopwatch: the dump prefix of bench/loopwatch.py
         if workers > 1:
             self.name = f"sipguard-{workers}w"
 
@@ -192,8 +197,10 @@ class Sipguard(Target):
         policy = self.workdir / "bench-policy.yaml"
         policy.write_text(benchmark_policy(self.port, self.admin, self.uas_port, probe_port=self.probe_port))
         log = open(self.workdir / "sipguard.log", "wb")
+        command = [sys.executable, "-m", "sipguard"] if self.watch is None else [
+            sys.executable, "-m", "bench.loopwatch", self.watch, "--"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sipguard", "run", "--policy", str(policy),
+            [*command, "run", "--policy", str(policy),
              "--decision-log", str(self.workdir / "decisions.jsonl"), "--workers", str(self.workers)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
@@ -211,7 +218,10 @@ class Sipguard(Target):
 
 
 class Kamailio(Target):
+    """Kamailio counting channels with a dialog profile (kamailio.cfg.tmpl)."""
+
     name = "kamailio"
+    defines: tuple[str, ...] = ()
 
     def start(self) -> None:
         binary = shutil.which("kamailio")
@@ -227,13 +237,21 @@ class Kamailio(Target):
         log = open(self.workdir / "kamailio.log", "wb")
         # tlsf allocator, 4 GB of shared memory, 64 MB private per process (issue 5's lessons)
         self.proc = subprocess.Popen(
-            [binary, "-f", str(path), "-DD", "-E", "-x", "tlsf", "-m", "4096", "-M", "64",
+            [binary, "-f", str(path), *(arg for d in self.defines for arg in ("-A", d)),
+             "-DD", "-E", "-x", "tlsf", "-m", "4096", "-M", "64",
              "-P", str(self.workdir / "kamailio.pid"), "-Y", str(self.workdir)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         time.sleep(2.0)
         if self.proc.poll() is not None:
             raise RuntimeError("kamailio did not start: " + (self.workdir / "kamailio.log").read_text()[-2000:])
+
+
+class KamailioHtable(Kamailio):
+    """Kamailio counting channels in an htable (constant cost per call, as sipguard's count)."""
+
+    name = "kamailio-htable"
+    defines = ("WITH_HTABLE",)
 
 
 SIPP_TRANSPORT = {"mode": "u1"}  # --sipp-transport: the same for every target of a run
@@ -291,6 +309,8 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
     uas = start_uas(workdir, uas_port)
     target = kind(workdir, uas_port, args.probe_port)
     direct = isinstance(target, Direct)
+    if args.loopwatch and isinstance(target, Sipguard):
+        target.watch = str(workdir / "loopwatch")
     try:
         target.start()
         time.sleep(0.3)
@@ -331,6 +351,10 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
         target.stop()
         uas.kill()
         uas.wait()
+    if isinstance(target, Sipguard) and target.watch is not None:
+        print(f"{target.name}: where the workers' time went (bench/loopwatch.py)")
+        for line in loopwatch.report_lines(target.watch):
+            print("  " + line, flush=True)
 
 
 def held(target: Target, workdir: Path, args: argparse.Namespace, report: Report) -> None:
@@ -418,13 +442,13 @@ def machine() -> str:
 def ensure_tools(targets: list[str], install: bool) -> list[str]:
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is required (apt-get install sip-tester)")
-    if "kamailio" in targets and shutil.which("kamailio") is None:
+    if any(t.startswith("kamailio") for t in targets) and shutil.which("kamailio") is None:
         if install and os.geteuid() == 0 and shutil.which("apt-get"):
             subprocess.run(["apt-get", "install", "-y", "-qq", "kamailio"], check=False,
                            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
         if shutil.which("kamailio") is None:
             print("kamailio is missing: skipped", file=sys.stderr)
-            targets = [t for t in targets if t != "kamailio"]
+            targets = [t for t in targets if not t.startswith("kamailio")]
     return targets
 
 
@@ -441,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-rate", type=float, default=20.0, help="µs latency probe calls/s (0: off)")
     parser.add_argument("--sipp-transport", choices=("u1", "un"), default="u1",
                         help="SIPp UDP sockets: u1 one for all calls, un one per call (needed by sipguard-Nw)")
+    parser.add_argument("--loopwatch", action="store_true",
+                        help="time every callback of sipguard's event loops (bench/loopwatch.py; one rate per run)")
     args = parser.parse_args(argv)
     SIPP_TRANSPORT["mode"] = args.sipp_transport
     if args.smoke:
@@ -449,12 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     args.probe_port = free_port(PROBE_UAS_IP)
     targets = ensure_tools([t.strip() for t in args.targets.split(",") if t.strip()], not args.no_install)
     kinds: dict[str, Callable[[Path, int, int], Target]] = {"direct": Direct, "sipguard": Sipguard,
-                                                             "kamailio": Kamailio}
+                                                             "kamailio": Kamailio, "kamailio-htable": KamailioHtable}
     for name in targets:
         if name not in kinds and name.startswith("sipguard-") and name.endswith("w") and name[9:-1].isdigit():
             kinds[name] = functools.partial(Sipguard, workers=int(name[9:-1]))
         elif name not in kinds:
-            raise SystemExit(f"unknown target {name!r}: direct, sipguard, sipguard-Nw, kamailio")
+            raise SystemExit(f"unknown target {name!r}: direct, sipguard, sipguard-Nw, kamailio, kamailio-htable")
     report = Report(machine())
     print(f"machine: {report.machine}")
     print(f"calls held {args.hold_ms} ms, {args.duration_s:g} s per rate; latencies in ms, timed in the SIPp scenario;"
@@ -476,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {v}/s" for k, v in report.capacity.items()))
     cap = report.capacity
     for ours in (name for name in cap if name.startswith("sipguard")):
-        for other in ("kamailio", "direct"):
+        for other in ("kamailio", "kamailio-htable", "direct"):
             if cap.get(other):
                 print(f"ratio {ours}/{other}: {cap[ours] / cap[other]:.2f}")
     if report.held:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,19 +21,20 @@ def test_load_benchmark_smoke_run(tmp_path: Path) -> None:
     require("kamailio")
     out = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--json", str(out), "--targets",
-                           "direct,sipguard,sipguard-2w,kamailio", "--sipp-transport", "un"], cwd=ROOT,
+                           "direct,sipguard,sipguard-2w,kamailio,kamailio-htable", "--sipp-transport", "un"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     targets = {step["target"] for step in report["steps"]}
-    assert targets == {"direct", "sipguard", "sipguard-2w", "kamailio"}, proc.stdout[-2000:]
+    assert targets == {"direct", "sipguard", "sipguard-2w", "kamailio", "kamailio-htable"}, proc.stdout[-2000:]
     for step in report["steps"]:
         assert step["failed"] == 0 and step["ok"] == step["calls"] > 0, step
         assert step["invite_p50_ms"] is not None, step
         assert step["probe_invite_p50_us"] is not None and step["probe_invite_p99_us"] > 0, step  # the µs probe
-    assert report["capacity"] == {"direct": 50, "sipguard": 50, "sipguard-2w": 50, "kamailio": 50}
+    assert report["capacity"] == {"direct": 50, "sipguard": 50, "sipguard-2w": 50, "kamailio": 50, "kamailio-htable": 50}
     assert report["held"]["concurrent"] == 200 and report["held"]["kb_per_dialog"] > 0
     assert "ratio sipguard/kamailio" in proc.stdout and "ratio sipguard-2w/kamailio" in proc.stdout
+    assert "ratio sipguard-2w/kamailio-htable" in proc.stdout
     assert "SIPp transport un" in proc.stdout
     assert "sipguard at 50/s adds INVITE->200 p50" in proc.stdout
 
@@ -52,3 +54,28 @@ def test_whole_call_benchmark_smoke_run() -> None:
     assert "µs per call inside the server" in proc.stdout
     median = float(proc.stdout.split("median")[1].split()[0])
     assert median > 0, proc.stdout
+
+
+def test_loopwatch_smoke_run(tmp_path: Path) -> None:
+    """bench.run --loopwatch: each worker's callbacks are recorded and summarised, one record per datagram."""
+    require("sipp")
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--json", str(out), "--targets", "sipguard-2w",
+                           "--sipp-transport", "un", "--loopwatch", "--probe-rate", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    step = json.loads(out.read_text())["steps"][0]
+    assert step["failed"] == 0 and step["ok"] == step["calls"] == 100, step
+    text = proc.stdout.split("where the workers' time went", 1)[1]
+    workers = re.split(r"\n\s+loopwatch\.\d+\.json: ", text)[1:]
+    assert len(workers) == 2, text  # one dump per worker
+    counts: dict[str, int] = {}
+    for block in workers:
+        assert "loop busy" in block and "busy periods" in block and "callbacks per ms" in block, block
+        for line in block.splitlines():
+            parts = line.split()
+            if len(parts) > 2 and parts[0] in ("INVITE", "ACK", "BYE", "response"):
+                counts[parts[0]] = counts.get(parts[0], 0) + int(parts[1])
+    # every datagram of the 100 calls, once: INVITE, ACK and BYE each 100 times, responses 180/200/200 at least
+    assert counts["INVITE"] == counts["ACK"] == counts["BYE"] == 100, text
+    assert counts["response"] >= 300, text

@@ -15,6 +15,8 @@ __all__ = [
     "TOKEN_RE",
     "TOKEN_CHARS",
     "DIGIT_CHARS",
+    "is_token",
+    "is_digits",
     "REQUEST_LINE_RE",
     "STATUS_LINE_RE",
     "HEADER_NAME_RE",
@@ -39,6 +41,19 @@ TOKEN_RE: Final = re.compile(TOKEN)
 # the same characters for str.strip: ``not s.strip(TOKEN_CHARS)`` is a token check with no regex
 TOKEN_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
 DIGIT_CHARS: Final = "0123456789"
+
+
+def is_token(text: str) -> bool:
+    """``1*token-char``.  Most tokens on the wire are ASCII letters and digits: ``isalnum`` checks those
+    in one C loop; the rest goes through ``strip`` (which looks each character up in TOKEN_CHARS)."""
+    if text.isascii() and text.isalnum():
+        return True
+    return bool(text) and not text.strip(TOKEN_CHARS)
+
+
+def is_digits(text: str) -> bool:
+    """``1*DIGIT``, ASCII digits only (``str.isdigit`` alone takes other scripts' digits too)."""
+    return text.isascii() and text.isdigit()
 
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF   (exactly one SP each)
 # SIP-Version  = "SIP" "/" 1*DIGIT "." 1*DIGIT

@@ -25,7 +25,6 @@ from .errors import ParseError
 from .memo import Memo
 from .grammar import (
     TOKEN,
-    TOKEN_CHARS,
     ADDR_SPEC_RE,
     GENERIC_PARAM_RE,
     HOSTNAME_RE,
@@ -33,6 +32,7 @@ from .grammar import (
     SIP_URI_RE,
     VIA_PARAM_RE,
     VIA_RE,
+    is_token,
 )
 
 __all__ = [
@@ -457,7 +457,7 @@ def _plain_params(text: str) -> list[tuple[str, str | None]] | None:
     plist: list[tuple[str, str | None]] = []
     for part in text.split(";"):
         name, eq, value = part.partition("=")
-        if not name or name.strip(TOKEN_CHARS) or (eq and (not value or value.strip(TOKEN_CHARS))):
+        if not is_token(name) or (eq and not is_token(value)):
             return None
         plist.append((name.lower(), value if eq else None))
     return plist

@@ -22,11 +22,11 @@ from .grammar import (
     CSEQ_RE,
     DATE_RE,
     DIGITS_RE,
-    DIGIT_CHARS,
     HEADER_NAME_RE,
     REQUEST_LINE_RE,
     STATUS_LINE_RE,
-    TOKEN_CHARS,
+    is_digits,
+    is_token,
 )
 from .message import (
     HeaderField,
@@ -112,7 +112,7 @@ def _header_key(name_part: str) -> str:
 
 def _is_digits(text: str) -> bool:
     """1 to 10 ASCII digits, nothing else (str.isdigit would take other scripts' digits too)."""
-    return 0 < len(text) <= 10 and not text.strip(DIGIT_CHARS)
+    return 0 < len(text) <= 10 and is_digits(text)
 
 
 def _digits(value: str, what: str) -> int:
@@ -133,14 +133,14 @@ def start_line(start: str) -> tuple[bool, str, str, str]:
     """
     if start.startswith("SIP/"):
         if (start.startswith("SIP/2.0 ") and len(start) >= 12 and start[11] == " " and "1" <= start[8] <= "6"
-                and not start[9:11].strip(DIGIT_CHARS)):
+                and is_digits(start[9:11])):
             return False, "2.0", start[8:11], start[12:]
         sm = STATUS_LINE_RE.fullmatch(start)
         if sm is None:
             raise ParseError(f"bad status line {start[:80]!r}")
         return False, sm.group(1), sm.group(2), sm.group(3)
     parts = start.split(" ")
-    if (len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] and parts[1] and not parts[0].strip(TOKEN_CHARS)
+    if (len(parts) == 3 and parts[2] == "SIP/2.0" and parts[1] and is_token(parts[0])
             and "\t" not in parts[1]):
         return True, parts[0], parts[1], "2.0"
     sm = REQUEST_LINE_RE.fullmatch(start)
@@ -155,7 +155,8 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         raise ParseError("no empty line after the headers")
     head_bytes = data[:end]
     head = head_bytes.decode("utf-8", "surrogateescape")
-    crlf = head_bytes.count(b"\r\n")
+    lines = head.split("\r\n")
+    crlf = len(lines) - 1
     # One pass in C over the bytes: a head whose only control bytes are its CRLFs loses exactly 2 per CRLF
     # (CR >= CRLF and LF >= CRLF, so any other CTL, bare CR or bare LF makes the difference larger).
     if len(head_bytes) - len(head_bytes.translate(None, _CTL_BYTES)) != 2 * crlf:
@@ -166,7 +167,6 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         if head.count("\r") != crlf or head.count("\n") != crlf:  # only CRLF separates lines
             raise ParseError("a bare CR or LF in the headers")
     body_start = end + 4
-    lines = head.split("\r\n")
     is_request, first, second, third = start_line(lines[0])
     if is_request:
         partial.method = first
@@ -269,7 +269,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     if cseq_value is None:
         raise ParseError("no CSeq")
     number, space, cseq_method = cseq_value.partition(" ")
-    if not (space and _is_digits(number) and cseq_method and not cseq_method.strip(TOKEN_CHARS)):
+    if not (space and _is_digits(number) and is_token(cseq_method)):
         cm = CSEQ_RE.fullmatch(cseq_value)  # LWS other than one space, or not a CSeq at all
         if cm is None:
             raise ParseError(f"bad CSeq {cseq_value!r}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import corpus
 from helpers import UAC, Wire, feed
 from sipguard.sip import SipError, parse, serialize
-from sipguard.sip.grammar import STATUS_LINE_RE
+from sipguard.sip.grammar import STATUS_LINE_RE, TOKEN_CHARS, TOKEN_RE, is_digits, is_token
 from sipguard.sip.serializer import Prepend, RemoveFirst, SetHeader
 
 SEEDS = [r["bytes"] for r in corpus("rfc4475") + corpus("rfc5118")]
@@ -266,3 +268,14 @@ def test_tag_fast_path_agrees_with_the_grammar(display: str, uri: str, gap: str,
         except SipError:
             outcomes.append(("refused", None))
     assert outcomes[0] == outcomes[1], text
+
+
+_TOKENISH = st.text(alphabet=st.sampled_from(list(TOKEN_CHARS) + list(" \t;=,:@\"<>é٣٤ÅⅫ\x00")), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_TOKENISH, st.text(max_size=12)))
+def test_token_and_digit_checks_match_the_grammar(text: str) -> None:
+    """The fast checks (isalnum first, strip for the rest) say what the ABNF's regexes say."""
+    assert is_token(text) == (TOKEN_RE.fullmatch(text) is not None), text
+    assert is_digits(text) == (re.fullmatch(r"[0-9]+", text) is not None), text

@@ -222,6 +222,7 @@ class Kamailio(Target):
 
     name = "kamailio"
     defines: tuple[str, ...] = ()
+    channels = 100_000  # the per-account limit, as the benchmark policy's: high enough not to trip
 
     def start(self) -> None:
         binary = shutil.which("kamailio")
@@ -230,7 +231,7 @@ class Kamailio(Target):
         self.port = free_port("127.0.0.1")
         cfg = (Path(__file__).with_name("kamailio.cfg.tmpl").read_text()
                .replace("@SIP_PORT@", str(self.port)).replace("@UAS_PORT@", str(self.uas_port))
-               .replace("@PROBE_PORT@", str(self.probe_port))
+               .replace("@PROBE_PORT@", str(self.probe_port)).replace("@CHANNELS@", str(self.channels))
                .replace("@UAC_IP@", UAC_IP))
         path = self.workdir / "kamailio.cfg"
         path.write_text(cfg)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,30 @@ def test_loopwatch_smoke_run(tmp_path: Path) -> None:
     # every datagram of the 100 calls, once: INVITE, ACK and BYE each 100 times, responses 180/200/200 at least
     assert counts["INVITE"] == counts["ACK"] == counts["BYE"] == 100, text
     assert counts["response"] >= 300, text
+
+
+@pytest.mark.parametrize("variant", ["kamailio", "kamailio-htable"])
+def test_kamailio_configurations_enforce_a_channel_limit(tmp_path: Path, variant: str, monkeypatch) -> None:
+    """The comparison is fair only if Kamailio really checks the limit: with 3 channels, 10 calls/s held 1 s,
+    calls beyond 3 in progress are refused (486), and once they end the account's count is back to 0."""
+    require("sipp")
+    require("kamailio")
+    from bench import run
+
+    monkeypatch.setitem(run.SIPP_TRANSPORT, "mode", "un")
+    uas_port = run.free_port(run.UAS_IP)
+    uas = run.start_uas(tmp_path, uas_port)
+    kind = {"kamailio": run.Kamailio, "kamailio-htable": run.KamailioHtable}[variant]
+    target = kind(tmp_path, uas_port, run.free_port(run.PROBE_UAS_IP))
+    target.channels = 3
+    try:
+        target.start()
+        ok, failed, _invite, _bye = run.run_uac(tmp_path, target, 10, 30, 1000, 60, "over")
+        assert ok + failed == 30 and 3 <= ok <= 15 and failed >= 15, (ok, failed)
+        time.sleep(3.0)  # the dialogs end (BYE), and with them their channels
+        ok, failed, _invite, _bye = run.run_uac(tmp_path, target, 2, 4, 200, 60, "after")
+        assert (ok, failed) == (4, 0)
+    finally:
+        target.stop()
+        uas.kill()
+        uas.wait()

@@ -122,10 +122,9 @@ def install(prefix: str) -> None:
     stop = server_mod.Server.stop
 
     async def patched_stop(self: server_mod.Server) -> None:
-        rec = records.get(os.getpid())
+        rec = records.pop(os.getpid(), None)  # stop may run twice (signal, then serve_forever's end): dump once
         if rec is not None and len(rec.start):
             rec.dump(f"{prefix}.{os.getpid()}.json")
-            rec.start = array("d")  # stop may run twice (signal, then serve_forever's end)
         await stop(self)
 
     udp.UdpListener.set_receiver = patched_set_receiver  # type: ignore[method-assign]

@@ -2,7 +2,7 @@
 
     python -m bench.run [--targets direct,sipguard,sipguard-2w,kamailio] [--rates 500,1000,2000]
                         [--duration-s 20] [--hold-ms 1000] [--concurrent 10000] [--smoke]
-                        [--sipp-transport u1|un] [--loopwatch]
+                        [--sipp-transport u1|un] [--loopwatch] [--rounds N]
 
 For each target it steps the call rate up (calls of INVITE/100/180/200/ACK, held
 ``--hold-ms``, BYE/200) and reports, per rate: failed calls, p50/p99 of INVITE->200
@@ -16,7 +16,9 @@ table and the ratios sipguard/Kamailio and sipguard/direct; ``--json FILE`` save
 kernel spreads calls over the workers by source address and port, so it needs calls from
 several sockets: ``--sipp-transport un`` (one SIPp socket per call, for every target alike).
 
-``--loopwatch`` runs sipguard under bench/loopwatch.py and prints, per worker, the CPU per
+``--rounds N`` passes over the targets N times, alternating them, and prints per target and rate
+the median and range of the CPU per call and of the latency added (the capacity is then the rate
+every round carried).  ``--loopwatch`` runs sipguard under bench/loopwatch.py and prints, per worker, the CPU per
 datagram by kind and the loop's busy periods (the queue a burst waits in); one rate per run.
 
 Every party has its own loopback address (UAC 127.0.0.2, UAS 127.0.0.3, proxy
@@ -72,6 +74,7 @@ class Step:
     probe_invite_p50_us: float | None = None  # bench/probe.py beside the load: µs resolution
     probe_invite_p99_us: float | None = None
     probe_invite_us: list[float] = field(default_factory=list)  # every probe call, in order (the tail's shape)
+    round: int = 1  # --rounds: which pass over the targets
 
 
 @dataclass
@@ -305,7 +308,7 @@ def start_uas(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], args: argparse.Namespace, workdir: Path,
-                 report: Report) -> None:
+                 report: Report, round_no: int = 1) -> None:
     uas_port = free_port(UAS_IP)
     uas = start_uas(workdir, uas_port)
     target = kind(workdir, uas_port, args.probe_port)
@@ -332,7 +335,7 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
             cpu = (cpu_seconds(target.pid) - cpu0) / calls * 1000 if target.pid and cpu0 is not None else None
             peak = memory_mb(target.pid) if target.pid else None
             step = Step(target.name, rate, calls, ok, failed, _percentile(invite, 0.5), _percentile(invite, 0.99),
-                        _percentile(bye, 0.5), _percentile(bye, 0.99), cpu, peak)
+                        _percentile(bye, 0.5), _percentile(bye, 0.99), cpu, peak, round=round_no)
             if probe and probe[0].invite_us:
                 step.probe_invite_p50_us = probe[0].percentile("invite", 0.5)
                 step.probe_invite_p99_us = probe[0].percentile("invite", 0.99)
@@ -343,8 +346,9 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
                 break
             best = rate
             time.sleep(2.0)  # let the last transactions go
-        report.capacity[target.name] = best
-        if isinstance(target, Sipguard) and target.workers == 1 and args.concurrent:
+        # over several rounds, the capacity is the rate every round carried
+        report.capacity[target.name] = min(best, report.capacity.get(target.name, best))
+        if isinstance(target, Sipguard) and target.workers == 1 and args.concurrent and round_no == 1:
             target.stop()  # a fresh process: its memory before the held calls is the baseline
             target.start()
             held(target, workdir, args, report)
@@ -414,16 +418,46 @@ def _row(s: Step) -> str:
 
 def added_latency(steps: list[Step]) -> list[str]:
     """INVITE->200 the proxy adds: its probe minus the direct probe at the same rate (µs)."""
-    direct = {s.rate: s for s in steps if s.target == "direct"}
+    direct = {(s.round, s.rate): s for s in steps if s.target == "direct"}
+    rounds = len({s.round for s in steps})
     out = []
     for s in steps:
-        base = direct.get(s.rate)
+        base = direct.get((s.round, s.rate))
         if s.target == "direct" or base is None or s.failed or None in (
                 s.probe_invite_p50_us, s.probe_invite_p99_us, base.probe_invite_p50_us, base.probe_invite_p99_us):
             continue
         out.append(f"{s.target} at {s.rate}/s adds INVITE->200 p50 "
                    f"{s.probe_invite_p50_us - base.probe_invite_p50_us:.0f} µs, "  # type: ignore[operator]
-                   f"p99 {s.probe_invite_p99_us - base.probe_invite_p99_us:.0f} µs")  # type: ignore[operator]
+                   f"p99 {s.probe_invite_p99_us - base.probe_invite_p99_us:.0f} µs"  # type: ignore[operator]
+                   + (f" (round {s.round})" if rounds > 1 else ""))
+    return out
+
+
+def medians(steps: list[Step]) -> list[str]:
+    """Over several rounds: per target and rate, the median (and range) of the CPU per call and of the
+    INVITE->200 the proxy adds, and the failed calls of each round."""
+    rounds = sorted({s.round for s in steps})
+    direct = {(s.round, s.rate): s for s in steps if s.target == "direct"}
+    out = []
+    for target in dict.fromkeys(s.target for s in steps):
+        for rate in dict.fromkeys(s.rate for s in steps if s.target == target):
+            runs = [s for s in steps if s.target == target and s.rate == rate]
+            parts = [f"{target} at {rate}/s over {len(runs)} of {len(rounds)} rounds:",
+                     "failed " + "/".join(str(s.failed) for s in runs)]
+            cpu = [s.cpu_s_per_1000 for s in runs if s.cpu_s_per_1000 is not None]
+            if cpu:
+                parts.append(f"CPU s/1k {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})")
+            for q, name in ((0.5, "p50"), (0.99, "p99")):
+                added = []
+                for s in runs:
+                    base = direct.get((s.round, rate))
+                    mine = s.probe_invite_p50_us if q == 0.5 else s.probe_invite_p99_us
+                    theirs = None if base is None else (base.probe_invite_p50_us if q == 0.5 else base.probe_invite_p99_us)
+                    if target != "direct" and mine is not None and theirs is not None:
+                        added.append(mine - theirs)
+                if added:
+                    parts.append(f"adds {name} {statistics.median(added):.0f} µs ({min(added):.0f}-{max(added):.0f})")
+            out.append(", ".join(parts[:1]) + " " + ", ".join(parts[1:]))
     return out
 
 
@@ -466,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-rate", type=float, default=20.0, help="µs latency probe calls/s (0: off)")
     parser.add_argument("--sipp-transport", choices=("u1", "un"), default="u1",
                         help="SIPp UDP sockets: u1 one for all calls, un one per call (needed by sipguard-Nw)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="pass over the targets this many times, alternating them (noisy machines: read the medians)")
     parser.add_argument("--loopwatch", action="store_true",
                         help="time every callback of sipguard's event loops (bench/loopwatch.py; one rate per run)")
     args = parser.parse_args(argv)
@@ -488,10 +524,13 @@ def main(argv: list[str] | None = None) -> int:
           f" SIPp transport {args.sipp_transport}")
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="sipguard-bench-") as tmp:
-        for name in targets:
-            workdir = Path(tmp) / name
-            workdir.mkdir()
-            bench_target(kinds[name], rates, args, workdir, report)
+        for round_no in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {round_no} of {args.rounds}", flush=True)
+            for name in targets:
+                workdir = Path(tmp) / f"{name}-{round_no}"
+                workdir.mkdir()
+                bench_target(kinds[name], rates, args, workdir, report, round_no)
     print()
     print(HEADER)
     for step in report.steps:
@@ -499,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in added_latency(report.steps):
         print(line)
+    if args.rounds > 1:
+        print()
+        for line in medians(report.steps):
+            print(line)
     print("capacity (highest rate with 0 failed calls): "
           + ", ".join(f"{k} {v}/s" for k, v in report.capacity.items()))
     cap = report.capacity

@@ -107,3 +107,21 @@ def test_kamailio_configurations_enforce_a_channel_limit(tmp_path: Path, variant
         target.stop()
         uas.kill()
         uas.wait()
+
+
+def test_rounds_alternate_the_targets_and_report_medians(tmp_path: Path) -> None:
+    require("sipp")
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--rounds", "2", "--json", str(out),
+                           "--targets", "direct,sipguard-2w", "--sipp-transport", "un"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    # direct, sipguard-2w, direct, sipguard-2w: each round a fresh pass over every target
+    assert [(s["round"], s["target"]) for s in steps] == [
+        (1, "direct"), (1, "sipguard-2w"), (2, "direct"), (2, "sipguard-2w")], steps
+    assert all(s["failed"] == 0 for s in steps)
+    assert "round 2 of 2" in proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("sipguard-2w at 50/s over 2 of 2 rounds:"))
+    assert "failed 0/0" in line and "CPU s/1k" in line and "adds p99" in line, line
+    assert "adds INVITE->200" in proc.stdout and "(round 2)" in proc.stdout

@@ -55,6 +55,7 @@ def is_digits(text: str) -> bool:
     """``1*DIGIT``, ASCII digits only (``str.isdigit`` alone takes other scripts' digits too)."""
     return text.isascii() and text.isdigit()
 
+
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF   (exactly one SP each)
 # SIP-Version  = "SIP" "/" 1*DIGIT "." 1*DIGIT
 REQUEST_LINE_RE: Final = re.compile(r"(" + TOKEN + r") ([^ \t]+) SIP/(\d+\.\d+)")

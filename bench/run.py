@@ -416,19 +416,31 @@ def _row(s: Step) -> str:
             f"{_fmt(s.probe_invite_p50_us, 0):>14}{_fmt(s.probe_invite_p99_us, 0):>14}")
 
 
+def _direct_probes(steps: list[Step]) -> dict[tuple[int, int], Step]:
+    return {(s.round, s.rate): s for s in steps if s.target == "direct"}
+
+
+def _added_us(s: Step, direct: dict[tuple[int, int], Step]) -> tuple[float, float] | None:
+    """(p50, p99) of INVITE->200 a proxy adds: its probe minus the direct probe of the same round and rate."""
+    base = direct.get((s.round, s.rate))
+    if s.target == "direct" or base is None:
+        return None
+    mine, theirs = (s.probe_invite_p50_us, s.probe_invite_p99_us), (base.probe_invite_p50_us, base.probe_invite_p99_us)
+    if mine[0] is None or mine[1] is None or theirs[0] is None or theirs[1] is None:
+        return None
+    return mine[0] - theirs[0], mine[1] - theirs[1]
+
+
 def added_latency(steps: list[Step]) -> list[str]:
     """INVITE->200 the proxy adds: its probe minus the direct probe at the same rate (µs)."""
-    direct = {(s.round, s.rate): s for s in steps if s.target == "direct"}
+    direct = _direct_probes(steps)
     rounds = len({s.round for s in steps})
     out = []
     for s in steps:
-        base = direct.get((s.round, s.rate))
-        if s.target == "direct" or base is None or s.failed or None in (
-                s.probe_invite_p50_us, s.probe_invite_p99_us, base.probe_invite_p50_us, base.probe_invite_p99_us):
+        added = _added_us(s, direct)
+        if added is None or s.failed:
             continue
-        out.append(f"{s.target} at {s.rate}/s adds INVITE->200 p50 "
-                   f"{s.probe_invite_p50_us - base.probe_invite_p50_us:.0f} µs, "  # type: ignore[operator]
-                   f"p99 {s.probe_invite_p99_us - base.probe_invite_p99_us:.0f} µs"  # type: ignore[operator]
+        out.append(f"{s.target} at {s.rate}/s adds INVITE->200 p50 {added[0]:.0f} µs, p99 {added[1]:.0f} µs"
                    + (f" (round {s.round})" if rounds > 1 else ""))
     return out
 
@@ -436,28 +448,22 @@ def added_latency(steps: list[Step]) -> list[str]:
 def medians(steps: list[Step]) -> list[str]:
     """Over several rounds: per target and rate, the median (and range) of the CPU per call and of the
     INVITE->200 the proxy adds, and the failed calls of each round."""
-    rounds = sorted({s.round for s in steps})
-    direct = {(s.round, s.rate): s for s in steps if s.target == "direct"}
+    rounds = len({s.round for s in steps})
+    direct = _direct_probes(steps)
     out = []
     for target in dict.fromkeys(s.target for s in steps):
         for rate in dict.fromkeys(s.rate for s in steps if s.target == target):
             runs = [s for s in steps if s.target == target and s.rate == rate]
-            parts = [f"{target} at {rate}/s over {len(runs)} of {len(rounds)} rounds:",
-                     "failed " + "/".join(str(s.failed) for s in runs)]
+            parts = ["failed " + "/".join(str(s.failed) for s in runs)]
             cpu = [s.cpu_s_per_1000 for s in runs if s.cpu_s_per_1000 is not None]
             if cpu:
                 parts.append(f"CPU s/1k {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})")
-            for q, name in ((0.5, "p50"), (0.99, "p99")):
-                added = []
-                for s in runs:
-                    base = direct.get((s.round, rate))
-                    mine = s.probe_invite_p50_us if q == 0.5 else s.probe_invite_p99_us
-                    theirs = None if base is None else (base.probe_invite_p50_us if q == 0.5 else base.probe_invite_p99_us)
-                    if target != "direct" and mine is not None and theirs is not None:
-                        added.append(mine - theirs)
+            added = [a for a in (_added_us(s, direct) for s in runs) if a is not None]
+            for i, name in ((0, "p50"), (1, "p99")):
                 if added:
-                    parts.append(f"adds {name} {statistics.median(added):.0f} µs ({min(added):.0f}-{max(added):.0f})")
-            out.append(", ".join(parts[:1]) + " " + ", ".join(parts[1:]))
+                    values = [a[i] for a in added]
+                    parts.append(f"adds {name} {statistics.median(values):.0f} µs ({min(values):.0f}-{max(values):.0f})")
+            out.append(f"{target} at {rate}/s over {len(runs)} of {rounds} rounds: " + ", ".join(parts))
     return out
 
 

@@ -38,7 +38,7 @@ __all__ = [
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 TOKEN: Final = r"[A-Za-z0-9\-.!%*_+`'~]+"
 TOKEN_RE: Final = re.compile(TOKEN)
-# the same characters for str.strip: ``not s.strip(TOKEN_CHARS)`` is a token check with no regex
+# the same characters for str.strip: ``not s.strip(TOKEN_CHARS)`` is a token check with no regex (is_token)
 TOKEN_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
 DIGIT_CHARS: Final = "0123456789"
 

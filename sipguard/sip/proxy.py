@@ -101,6 +101,12 @@ def _unicast(host: str) -> bool:
     return not (host in ("255.255.255.255", "0.0.0.0") or 224 <= first <= 239)
 
 
+def _crc32(text: str) -> int:
+    """CRC-32 of header text as its bytes were received (``surrogateescape`` gives back bytes that were
+    not UTF-8), for the tags and branches we derive from a request."""
+    return zlib.crc32(text.encode("utf-8", "surrogateescape"))
+
+
 class ProxyCore:
     """The sans-I/O proxy.  Feed it datagrams, claim results and timer ticks."""
 
@@ -283,7 +289,7 @@ class ProxyCore:
             (req.uri, req.call_id, req.from_tag or "", req.to_tag or "", str(req.cseq),
              ",".join(routes), req.get("proxy-require") or "")
         )
-        return format(zlib.crc32(basis.encode("utf-8", "surrogateescape")), "08x")
+        return format(_crc32(basis), "08x")
 
     def _own_routes(self, req: Request) -> tuple[list[str], int]:
         """The Route values and how many at the top are ours (to strip, §16.4)."""
@@ -319,8 +325,7 @@ class ProxyCore:
                 lines.append(f"{name}: {value}")
             elif key == "to":
                 if to_tag and status > 100 and req.to_tag is None:
-                    basis = (req.call_id + str(req.cseq)).encode("utf-8", "surrogateescape")  # bytes as received
-                    value = f"{value};tag=sg{zlib.crc32(basis):08x}"
+                    value = f"{value};tag=sg{_crc32(req.call_id + str(req.cseq)):08x}"
                 lines.append(f"{name}: {value}")
         for key, value in extra:
             lines.append(f"{header_name(key)}: {value}")
@@ -633,8 +638,7 @@ class ProxyCore:
             edits.append(via_edit)
         if stateless:
             # the same branch for every retransmission of this ACK (§16.11)
-            basis = (req.vias[0].branch or "").encode("utf-8", "surrogateescape")
-            branch = f"{_COOKIE}{loop}.a{zlib.crc32(basis):x}"
+            branch = f"{_COOKIE}{loop}.a{_crc32(req.vias[0].branch or ''):x}"
         else:
             branch = f"{_COOKIE}{loop}.{self._next_id():x}"
         edits.append(Prepend("via", local.via_prefix + branch))

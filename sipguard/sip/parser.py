@@ -42,17 +42,52 @@ from .message import (
     split_list,
 )
 
-__all__ = ["parse", "Partial", "DEFAULT_MAX_MESSAGE_BYTES", "is_keepalive"]
+__all__ = ["parse", "Partial", "DEFAULT_MAX_MESSAGE_BYTES", "is_keepalive", "peek_response", "ResponsePeek"]
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16384
 _CSEQ_MAX: Final = 2**31 - 1  # RFC 3261 §8.1.1.5: less than 2**31
 _SINGLE_SET: Final = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
 _NAME_KEYS: Final[dict[str, str]] = {}  # header name as received -> key (bounded memo)
+# A whole header line as received -> its field.  Most lines recur verbatim (within a call: From, To,
+# Call-ID, CSeq, Contact, Record-Route/Route; across calls: Max-Forwards, Content-Type, ...): one
+# lookup instead of partition, name lookup and strip.  Via lines are unique (the branch): not kept.
+_LINES: Final[dict[str, HeaderField]] = {}
+_LINES_MAX: Final = 16384
 # every control byte, CR and LF included: deleting them from a clean head removes exactly its CRLFs
 _CTL_BYTES: Final = bytes(range(0x20)) + b"\x7f"
 _SPLIT: Final = frozenset(("via", "route", "record-route"))
 # a CTL, unless quoted-pair-escaped (quoted-pair allows %x00-09 / %x0B-0C / %x0E-7F), or a bare CR/LF
 _CONTROL_RE: Final = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+
+
+# the header lines a response to one of our transactions is handled by (peek_response)
+_PEEK_KEYS: Final = {"via": 0, "v": 0, "cseq": 1, "to": 2, "t": 2, "content-length": 3, "l": 3}
+_PEEK_FIRST: Final = "vctl"  # the first letters of those names
+
+
+class ResponsePeek:
+    """What a stateful proxy reads of a response to forward it (peek_response).
+
+    status; top_via: the first Via value (as received, Latin-1); via_start, via_end: the span of its
+    line, CRLF before it included; cseq_method; to: the To value; body_end: where the message ends
+    (Content-Length applied).
+    """
+
+    __slots__ = ("status", "top_via", "via_start", "via_end", "cseq_method", "to", "body_end")
+
+    def __init__(self, status: int, top_via: str, via_start: int, via_end: int, cseq_method: str, to: str,
+                 body_end: int) -> None:
+        self.status = status
+        self.top_via = top_via
+        self.via_start = via_start
+        self.via_end = via_end
+        self.cseq_method = cseq_method
+        self.to = to
+        self.body_end = body_end
+
+    def without_top_via(self, data: bytes) -> bytes:
+        """The response as it is forwarded: as received, minus the top Via line (and trailing octets)."""
+        return data[: self.via_start] + data[self.via_end : self.body_end]
 
 
 class Partial:
@@ -70,6 +105,80 @@ class Partial:
 def is_keepalive(data: bytes) -> bool:
     """CRLF keep-alives (RFC 5626 §4.4.1) and empty datagrams: not messages."""
     return len(data) <= 8 and not data.strip(b"\r\n \t")
+
+
+def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ResponsePeek | None:
+    """Read a response the way a transaction-stateful proxy forwards one (Kamailio's tm does the same):
+    the status, the top Via, CSeq and To, the framing; nothing else is parsed.  None when the response
+    is not plain, and ``parse`` must read it whole: a status line other than ``SIP/2.0 1xx-6xx reason``,
+    a control character or bare CR/LF in the headers, a folded or repeated CSeq, To or Content-Length,
+    a top Via sharing its line or folded, fewer than two Via lines, no Content-Length or one larger
+    than what arrived, a CSeq other than ``number method``, or more than ``max_bytes``.
+
+    The head is read as Latin-1 text (one character per byte, so its offsets are the datagram's):
+    compiled, str methods are direct C calls where bytes methods are generic ones.
+    """
+    if len(data) > max_bytes or not data.startswith(b"SIP/2.0 "):
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head_bytes = data[:end]
+    head = head_bytes.decode("latin-1")
+    crlf = head.count("\r\n")
+    if len(head_bytes) - len(head_bytes.translate(None, _CTL_BYTES)) != 2 * crlf:
+        return None  # a control character, a bare CR or LF: parse() decides
+    code = head[8:11]
+    if head[11:12] != " " or not is_digits(code) or not "1" <= code[0] <= "6":
+        return None
+    top = cseq = to = cl = ""
+    via_start = via_end = -1
+    vias = 0
+    lower = head.lower()  # header names are case-insensitive
+    nxt = lower.find("\r\n")  # the end of the status line
+    while nxt >= 0:
+        line = nxt + 2
+        nxt = lower.find("\r\n", line)
+        line_end = end if nxt < 0 else nxt
+        if line >= line_end:
+            return None  # an empty line inside the headers cannot be (the head ends at the first), but be sure
+        if lower[line] not in _PEEK_FIRST:
+            continue
+        colon = lower.find(":", line, line_end)
+        if colon < 0:
+            continue
+        kind = _PEEK_KEYS.get(lower[line:colon].rstrip(" \t"), -1)
+        if kind < 0:
+            continue
+        if nxt >= 0 and lower[nxt + 2] in " \t":
+            return None  # the next line continues this one (folding)
+        value = head[colon + 1 : line_end].strip(" \t")
+        if kind == 0:
+            vias += 1
+            if vias == 1:
+                top = value
+                via_start, via_end = line - 2, line_end
+        elif kind == 1:
+            if cseq:
+                return None
+            cseq = value
+        elif kind == 2:
+            if to:
+                return None
+            to = data[colon + 1 : line_end].decode("utf-8", "surrogateescape").strip(" \t")
+        else:
+            if cl:
+                return None
+            cl = value
+    if vias < 2 or "," in top or not cseq or not to or not _is_digits(cl):
+        return None
+    body_end = end + 4 + int(cl)
+    if body_end > len(data):
+        return None
+    number, space, method = cseq.partition(" ")
+    if not (space and _is_digits(number) and is_token(method)) or int(number) > _CSEQ_MAX:
+        return None
+    return ResponsePeek(int(code), top, via_start, via_end, method, to, body_end)
 
 
 def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, stream: bool = False) -> Message:
@@ -196,11 +305,18 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
                 single[key] = value
             needs_split = needs_split or (key in _SPLIT and "," in value)
             continue
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise ParseError(f"bad header line {line[:60]!r}")
-        key = _header_key(name)
-        value = value.strip()
+        field = _LINES.get(line)
+        if field is None:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ParseError(f"bad header line {line[:60]!r}")
+            key = _header_key(name)
+            field = (key, name.rstrip(), value.strip())
+            if key != "via":
+                if len(_LINES) >= _LINES_MAX:
+                    _LINES.clear()
+                _LINES[line] = field
+        key, _name, value = field
         if key == "content-length":  # framing, not content: kept aside, rewritten on output
             cl_values.append(value)
             previous = -2
@@ -211,7 +327,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
             single[key] = value
         elif key in _SPLIT and "," in value:
             needs_split = True
-        headers.append((key, name.rstrip(), value))
+        headers.append(field)
         raw.append(line)
         previous = len(headers) - 1
     if len(cl_values) > 1:

@@ -25,9 +25,9 @@ from .actions import Action, Admission, Decided, DialogEnded, DialogStarted, Pee
 from .dialog import Dialog, DialogState
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
 from .memo import Memo
-from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri
-from .grammar import CSEQ_RE
-from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, is_keepalive, parse
+from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri, tag_of
+from .grammar import CSEQ_RE, is_token
+from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, is_keepalive, parse, peek_response
 from .serializer import Edit, Prepend, RemoveFirst, ReplaceFirst, SetHeader, header_name, serialize
 from .timers import TimerConfig, TimerWheel
 from .transaction import ClientState, ServerState, Txn
@@ -40,6 +40,7 @@ KNOWN_METHODS: Final = frozenset(
 )
 _DIALOG_CREATING: Final = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 _COOKIE: Final = "z9hG4bK"
+_CLASSES: Final = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")  # CoreStats.responses keys, by status // 100
 _ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 _REASONS: Final = {
     100: "Trying", 200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
@@ -133,6 +134,8 @@ class ProxyCore:
         self._me_hosts = {loc.host.lower() for loc in self.locals} | {a.lower().strip("[]") for a in aliases}
         self._me_ports = {loc.port for loc in self.locals}
         self._server_header = server_header
+        # the start of our own Via in a response to us: the light path (_peeked_response) looks for it
+        self._via_prefixes = tuple(loc.via_prefix for loc in self.locals)
         self._txns: dict[tuple[object, ...], Txn] = {}
         self._client: dict[tuple[str, str], Txn] = {}
         self._tickets: dict[int, Txn] = {}
@@ -178,6 +181,8 @@ class ProxyCore:
             self.stats.drops[dropped] += 1
             return []
         out: list[Action] = []
+        if data.startswith(b"SIP/2.0 ") and self._peeked_response(data, now, out):
+            return out
         try:
             msg = parse(data, max_bytes=self.max_message_bytes)
         except SipError as err:
@@ -198,7 +203,7 @@ class ProxyCore:
                     return out
                 self._on_request(msg, source, now, out)
             else:
-                self.stats.responses[f"{msg.status // 100}xx"] += 1
+                self.stats.responses[_CLASSES[msg.status // 100]] += 1
                 self._on_response(msg, now, out)
         except SipError as err:
             if isinstance(msg, Request) and msg.method != "ACK":
@@ -684,7 +689,7 @@ class ProxyCore:
         self._txns[cancel.key] = cancel
         self._start_client(cancel, "\r\n".join(lines).encode("utf-8", "surrogateescape"), now, out)
 
-    def _send_ack(self, txn: Txn, resp: Response, out: list[Action]) -> None:
+    def _send_ack(self, txn: Txn, to: str, out: list[Action]) -> None:
         """ACK for a non-2xx final, hop-by-hop (§17.1.1.3); the same bytes for a retransmitted final."""
         assert txn.target is not None
         if txn.client is ClientState.COMPLETED and txn.request is None:
@@ -701,7 +706,7 @@ class ProxyCore:
         for key, name, value in req.headers:
             if key in ("from", "call-id"):
                 lines.append(f"{name}: {value}")
-        to_value = resp.get("to") or req.get("to")
+        to_value = to or req.get("to")
         lines.append(f"To: {to_value}")
         lines.append(f"CSeq: {req.cseq} ACK")
         lines.extend(("Content-Length: 0", "", ""))
@@ -736,19 +741,52 @@ class ProxyCore:
         if len(resp.vias) < 2:
             self.stats.drops["no_upstream_via"] += 1
             return
-        status = resp.status
+        self._txn_response(txn, resp.status, resp.to_tag, resp.get("to") or "",
+                           serialize(resp, (RemoveFirst("via"),)), now, out)
+
+    def _peeked_response(self, data: bytes, now: float, out: list[Action]) -> bool:
+        """The light path of a response to one of our client transactions: read only what forwarding
+        needs (parser.peek_response), forward the bytes as received minus our Via.  False, with nothing
+        done, when it is not that: ``parse`` and ``_on_response`` handle everything else (strays, a
+        CANCEL's answer, a Via we did not write, anything unusual)."""
+        peek = peek_response(data, self.max_message_bytes)
+        if peek is None:
+            return False
+        top = peek.top_via
+        branch = ""
+        for prefix in self._via_prefixes:
+            if top.startswith(prefix):
+                branch = top[len(prefix):]
+                break
+        if not branch or not is_token(branch):
+            return False  # not our Via, or one a later hop added parameters to
+        txn = self._client.get((branch, peek.cseq_method))
+        if txn is None or txn.key[0] == "cancel":
+            return False
+        status = peek.status
+        to_tag: str | None = None
+        if txn.invite and status >= 200:  # the To is used: the callee's tag (2xx), the ACK (3xx-6xx)
+            try:
+                to_tag = tag_of.call(peek.to)
+            except ParseError:
+                return False
+        self.stats.responses[_CLASSES[status // 100]] += 1
+        self._txn_response(txn, status, to_tag, peek.to, peek.without_top_via(data), now, out)
+        return True
+
+    def _txn_response(self, txn: Txn, status: int, to_tag: str | None, to: str, forward: bytes, now: float,
+                      out: list[Action]) -> None:
+        """A response to client transaction ``txn``: ``forward`` is it as it goes upstream, ``to`` its
+        To value (an ACK for a non-2xx final carries it)."""
         if txn.invite:
-            self._invite_response(txn, resp, now, out)
+            self._invite_response(txn, status, to_tag, to, forward, now, out)
         else:
-            self._non_invite_response(txn, resp, now, out)
+            self._non_invite_response(txn, status, forward, now, out)
         if status >= 200:
             self._maybe_free(txn)
 
-    def _forward_response(self, txn: Txn, resp: Response) -> bytes:
-        return serialize(resp, (RemoveFirst("via"),))
-
-    def _invite_response(self, txn: Txn, resp: Response, now: float, out: list[Action]) -> None:
-        status = resp.status
+    def _invite_response(self, txn: Txn, status: int, to_tag: str | None, to: str, forward: bytes, now: float,
+                         out: list[Action]) -> None:
         client = txn.client
         if client in (ClientState.TERMINATED, ClientState.NONE):
             return
@@ -765,7 +803,7 @@ class ProxyCore:
                 txn.cancel_pending = False
                 self._send_cancel(txn, now, out)
             if status > 100 and txn.server is ServerState.PROCEEDING:
-                self._server_provisional(txn, self._forward_response(txn, resp), status, out)
+                self._server_provisional(txn, forward, status, out)
             return
         if status < 300:
             if client is ClientState.COMPLETED:
@@ -779,10 +817,10 @@ class ProxyCore:
             if dialog is not None and dialog.alive:
                 if dialog.state is DialogState.EARLY:
                     dialog.answered_at = now
-                    dialog.callee_tag = resp.to_tag
+                    dialog.callee_tag = to_tag
                 dialog.move("recv_2xx")
                 self._timers.set(dialog, "timeout", now + self.timers.dialog_timeout_s)
-            data = self._forward_response(txn, resp)
+            data = forward
             if txn.server is not ServerState.TERMINATED:
                 txn.server_move("send_2xx")
             txn.last_response = None
@@ -795,32 +833,31 @@ class ProxyCore:
         if client in (ClientState.ACCEPTED,):
             return
         txn.client_move("recv_final")
-        self._send_ack(txn, resp, out)
+        self._send_ack(txn, to, out)
         if not first:
             return
         for name in ("A", "B", "C"):
             self._timers.cancel(txn, name)
         self._timers.set(txn, "D", now + self.timers.t64_s)
         if txn.server is ServerState.PROCEEDING:
-            self._server_final(txn, self._forward_response(txn, resp), status, now, out)
+            self._server_final(txn, forward, status, now, out)
         if dialog is not None and dialog.alive:
             self._end_dialog(dialog, "cancelled" if txn.cancelled else "rejected", now, out)
 
-    def _non_invite_response(self, txn: Txn, resp: Response, now: float, out: list[Action]) -> None:
-        status = resp.status
+    def _non_invite_response(self, txn: Txn, status: int, forward: bytes, now: float, out: list[Action]) -> None:
         if txn.client not in (ClientState.TRYING, ClientState.PROCEEDING):
             return
         if status < 200:
             txn.client_move("recv_1xx")
             if status > 100 and txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
-                self._server_provisional(txn, self._forward_response(txn, resp), status, out)
+                self._server_provisional(txn, forward, status, out)
             return
         txn.client_move("recv_final")
         self._timers.cancel(txn, "E")
         self._timers.cancel(txn, "F")
         self._timers.set(txn, "K", now + (self.timers.t4_s if txn.target and txn.target.transport == "udp" else 0))
         if txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
-            self._server_final(txn, self._forward_response(txn, resp), status, now, out)
+            self._server_final(txn, forward, status, now, out)
 
     # ------------------------------------------------------------------ server side
     def _server_provisional(self, txn: Txn, data: bytes, status: int, out: list[Action]) -> None:

@@ -279,3 +279,73 @@ def test_token_and_digit_checks_match_the_grammar(text: str) -> None:
     """The fast checks (isalnum first, strip for the rest) say what the ABNF's regexes say."""
     assert is_token(text) == (TOKEN_RE.fullmatch(text) is not None), text
     assert is_digits(text) == (re.fullmatch(r"[0-9]+", text) is not None), text
+
+
+# Responses as UASes send them, and near misses: the light path (peek_response) either reads one
+# exactly as parse() does, or leaves it to parse().
+@st.composite
+def responses(draw) -> bytes:
+    def usually(common: str, *odd: str) -> str:  # the plain form most of the time, so both paths get exercised
+        return draw(st.sampled_from([common] * (2 * len(odd) + 2) + list(odd)))
+
+    vias = [f"SIP/2.0/UDP {draw(LABEL)}.example:{draw(st.integers(1, 65535))};branch=z9hG4bK{draw(TOKEN)}"
+            for _ in range(int(usually("2", "1", "3")))]
+    fields = [f"{usually('Via', 'v', 'VIA', 'via ')}: {v}" for v in vias]
+    if len(vias) > 1 and usually("apart", "together") == "together":
+        fields = [f"Via: {vias[0]}, {vias[1]}", *fields[2:]]
+    method = draw(st.sampled_from(["INVITE", "BYE", "OPTIONS"]))
+    body = draw(st.binary(max_size=60))
+    length = int(usually(str(len(body)), str(max(len(body) - 1, 0)), str(len(body) + 1)))
+    fields += [
+        f"From: <sip:{draw(TOKEN)}@a.example>;tag={draw(TOKEN)}",
+        f"{usually('To', 't', 'TO')}:{usually(' ', chr(13) + chr(10) + ' ', chr(13) + chr(10) + chr(9))}"
+        f"<sip:{draw(TOKEN)}@b.example>;tag={draw(TOKEN)}",
+        f"Call-ID: {draw(TOKEN)}",
+        f"{usually('CSeq', 'cseq')}: {usually('1', '007', '2147483648', 'x')}{usually(' ', '  ', chr(9))}{method}",
+        f"{usually('Content-Length', 'l', 'content-length')}: {length}",
+    ]
+    fields += [f"X-{draw(TOKEN)}: {draw(TOKEN)}" for _ in range(draw(st.integers(0, 3)))]
+    extra = usually("", "CSeq: 2 BYE", "l: 0", "t: <sip:x@y>", "X-C: a\x01b", "X-L: a\rb")
+    order = draw(st.permutations(fields + ([extra] if extra else [])))
+    status = usually(draw(st.sampled_from(["100 Trying", "180 Ringing", "200 OK", "486 Busy", "699 x", "200 Ok é"])),
+                     "099 x", "200", "2000 x", "700 x")
+    head = f"SIP/2.0 {status}\r\n" + "\r\n".join(order)
+    return head.encode("utf-8", "surrogateescape") + b"\r\n\r\n" + body + usually("", "trailing").encode()
+
+
+def _peek_agrees_with_parse(data: bytes, *, well_formed_elsewhere: bool) -> None:
+    """What the light path reads of a response, parse() reads the same; what it forwards is the
+    response minus its top Via.  ``well_formed_elsewhere``: every header it does not read is valid,
+    so parse() must take what the light path takes."""
+    from sipguard.sip.parser import peek_response
+
+    peek = peek_response(data)
+    if peek is None:
+        return  # parse() reads it
+    if well_formed_elsewhere:
+        msg = parse(data)
+    else:
+        try:
+            msg = parse(data)
+        except SipError:
+            return  # a header the light path does not read is malformed: passed as received (Kamailio's tm too)
+    assert peek.status == msg.status and peek.cseq_method == msg.cseq_method
+    assert peek.to == msg.get("to")
+    first = next(i for i, (key, _name, _value) in enumerate(msg.headers) if key == "via")
+    assert peek.top_via == msg.headers[first][2].encode("utf-8", "surrogateescape").decode("latin-1")
+    forwarded = parse(peek.without_top_via(data))
+    assert forwarded.vias == msg.vias[1:] and forwarded.body == msg.body
+    assert forwarded.headers == msg.headers[:first] + msg.headers[first + 1 :]
+
+
+@PROPS
+@given(responses())
+def test_response_light_path_agrees_with_parse(data: bytes) -> None:
+    _peek_agrees_with_parse(data, well_formed_elsewhere=True)
+
+
+@PROPS
+@given(st.one_of(mutated(), st.binary(max_size=600)))
+def test_response_light_path_never_raises_and_agrees(data: bytes) -> None:
+    _peek_agrees_with_parse(b"SIP/2.0 200 OK\r\n" + data if not data.startswith(b"SIP/2.0 ") else data,
+                            well_formed_elsewhere=False)

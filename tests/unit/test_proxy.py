@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from helpers import UAC, UAS, Wire, as_request, feed, request, response_to, run_timers
 from sipguard.policy import Engine, load_text
-from sipguard.sip import DialogEnded, DialogStarted, Local, Peer, ProxyCore, Request, TimerConfig, parse
+from sipguard.sip import DialogEnded, DialogStarted, Local, Peer, ProxyCore, Request, SipError, TimerConfig, parse
 from sipguard.sip.message import parse_name_addr
 
 ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
@@ -456,3 +458,81 @@ def test_a_local_reply_to_a_request_with_undecodable_bytes_echoes_them(core, clo
     (reply,) = wire.sent
     assert reply.status == 483
     assert b"\r\nCall-ID: \x80call\r\n" in reply.data and b";tag=sg" in reply.data  # the bytes as received
+
+
+# ---------------------------------------------------------------- the light path of responses (parser.peek_response)
+OUR_VIA = re.compile(rb"\r\nVia: SIP/2\.0/UDP 127\.0\.0\.1:5060;branch=[^\r]*")
+
+
+def test_a_plain_response_is_forwarded_byte_for_byte_minus_our_via(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    ok = response_to(fwd, 200, "OK", extra=["X-Odd: <not a URI", "Content-Type: application/sdp"])
+    ok = ok.replace(b"Content-Length: 0\r\n\r\n", b"Content-Length: 4\r\n\r\nv=0\n")
+    feed(core, ok, UAS, clock.advance(0.01), wire)
+    assert wire.to(UAC)[-1].data == OUR_VIA.sub(b"", ok, count=1)  # headers in their order, as received
+    assert core.stats.parse_errors == {}
+
+
+def test_a_malformed_header_the_proxy_does_not_read_passes_in_a_response(core, clock) -> None:
+    """Like Kamailio's tm: of a response to its transaction, the proxy reads the status line, the top
+    Via, CSeq, To and the framing; a broken Contact is the UAC's business."""
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    bad = response_to(fwd, 180, "Ringing").replace(b"Contact: <sip:uas@127.0.0.3:5063>", b"Contact: <sip:uas@")
+    feed(core, bad, UAS, clock.advance(0.01), wire)
+    assert wire.statuses_to(UAC) == [100, 180]
+    with pytest.raises(SipError):
+        parse(wire.to(UAC)[-1].data)  # forwarded as it came
+
+
+def _unusual(ok: bytes, our_via: bytes, variant: str) -> bytes:
+    if variant == "compact":
+        return (ok.replace(b"\r\nVia:", b"\r\nv:").replace(b"\r\nTo:", b"\r\nt:")
+                .replace(b"\r\nContent-Length:", b"\r\nl:"))
+    if variant == "lower-case":
+        return ok.replace(b"\r\nVia:", b"\r\nVIA :").replace(b"\r\nCSeq:", b"\r\ncseq:").replace(b"\r\nTo:", b"\r\nto:")
+    if variant == "folded-to":
+        return ok.replace(b";tag=uas-tag", b"\r\n ;tag=uas-tag")
+    if variant == "folded-via":
+        return ok.replace(our_via, our_via.replace(b";branch", b"\r\n\t;branch"))
+    if variant == "via-param-added":
+        return ok.replace(our_via, our_via + b";received=127.0.0.1")
+    if variant == "vias-on-one-line":
+        return ok.replace(our_via + b"\r\nVia: ", our_via + b", ")
+    if variant == "trailing-octets":
+        return ok + b"junk after the message"
+    if variant == "no-content-length":
+        return ok.replace(b"Content-Length: 0\r\n", b"")
+    raise AssertionError(variant)
+
+
+@pytest.mark.parametrize("variant", ["compact", "lower-case", "folded-to", "folded-via", "via-param-added",
+                                     "vias-on-one-line", "trailing-octets", "no-content-length"])
+def test_unusual_but_valid_responses_are_handled_alike(core, clock, variant) -> None:
+    """Whichever path reads a response (the light one or the full parse), the same thing happens."""
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    ok = response_to(fwd, 200, "OK")
+    our_via = OUR_VIA.search(ok).group()[2:]
+    feed(core, _unusual(ok, our_via, variant), UAS, clock.advance(0.01), wire)
+    assert wire.statuses_to(UAC) == [100, 200]
+    forwarded = wire.last_to(UAC)
+    assert [v.branch for v in forwarded.vias] == ["z9hG4bK-uac-1"]
+    assert forwarded.to_tag == "uas-tag" and forwarded.body == b""
+    (dialog,) = core.dialogs()
+    assert dialog.callee_tag == "uas-tag"
+
+
+@pytest.mark.parametrize("status", [180, 200, 486])
+def test_a_response_with_one_via_is_dropped_on_either_path(core, clock, status) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    lone = re.sub(rb"\r\nVia: SIP/2\.0/UDP 127\.0\.0\.2[^\r]*", b"", response_to(fwd, status, "X"))
+    feed(core, lone, UAS, clock.advance(0.01), wire)
+    assert wire.statuses_to(UAC) == [100]
+    assert core.stats.drops["no_upstream_via"] == 1

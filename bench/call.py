@@ -85,10 +85,13 @@ def _headers(data: bytes, *names: str) -> list[str]:
 
 
 def _reply(request: bytes, status: str, to_tag: str, body: bytes = b"", rr: bool = True) -> bytes:
-    """What the SIPp UAS sends: the request's Via, From, To (+tag), Call-ID, CSeq, Record-Route."""
+    """What the SIPp UAS sends: the request's Via, From, To (+tag), Call-ID, CSeq, Record-Route.
+    Like SIPp's ``[last_Via:]``, every Via on one line: ``Via: ours, the caller's``."""
     lines = [f"SIP/2.0 {status}"]
-    names = ("via", "from", "call-id", "cseq") + (("record-route",) if rr else ())
-    for line in _headers(request, "via", "from", "to", "call-id", "cseq", "record-route"):
+    names = ("from", "call-id", "cseq") + (("record-route",) if rr else ())
+    vias = [line.split(":", 1)[1].strip() for line in _headers(request, "via")]
+    lines.append("Via: " + ", ".join(vias))
+    for line in _headers(request, "from", "to", "call-id", "cseq", "record-route"):
         name = line.split(":", 1)[0].strip().lower()
         if name == "to":
             lines.append(line if ";tag=" in line else f"{line};tag={to_tag}")

@@ -43,6 +43,9 @@ class CoreCollector(Collector):
         for klass, n in sorted(stats.responses.items()):
             resp.add_metric([klass], n)
         yield resp
+        yield CounterMetricFamily("sipguard_responses_light", "Responses to sipguard's own transactions read by the "
+                                  "light path (status, top Via, CSeq, To, framing) instead of parsed whole",
+                                  value=stats.light_responses)
         rep = CounterMetricFamily("sipguard_replies", "Responses sipguard generated itself, by status",
                                   labels=["status"])
         for status, n in sorted(stats.replies.items()):

@@ -68,26 +68,27 @@ _PEEK_FIRST: Final = "vctl"  # the first letters of those names
 class ResponsePeek:
     """What a stateful proxy reads of a response to forward it (peek_response).
 
-    status; top_via: the first Via value (as received, Latin-1); via_start, via_end: the span of its
-    line, CRLF before it included; cseq_method; to: the To value; body_end: where the message ends
-    (Content-Length applied).
+    status; top_via: the first Via value (as received, Latin-1); cut_start, cut_end: what removing
+    it takes out of the datagram (its line with the CRLF before it, or, when the next Via shares the
+    line as ``Via: top, next``, the value with its comma and the blanks after); cseq_method; to: the
+    To value; body_end: where the message ends (Content-Length applied).
     """
 
-    __slots__ = ("status", "top_via", "via_start", "via_end", "cseq_method", "to", "body_end")
+    __slots__ = ("status", "top_via", "cut_start", "cut_end", "cseq_method", "to", "body_end")
 
-    def __init__(self, status: int, top_via: str, via_start: int, via_end: int, cseq_method: str, to: str,
+    def __init__(self, status: int, top_via: str, cut_start: int, cut_end: int, cseq_method: str, to: str,
                  body_end: int) -> None:
         self.status = status
         self.top_via = top_via
-        self.via_start = via_start
-        self.via_end = via_end
+        self.cut_start = cut_start
+        self.cut_end = cut_end
         self.cseq_method = cseq_method
         self.to = to
         self.body_end = body_end
 
     def without_top_via(self, data: bytes) -> bytes:
         """The response as it is forwarded: as received, minus the top Via line (and trailing octets)."""
-        return data[: self.via_start] + data[self.via_end : self.body_end]
+        return data[: self.cut_start] + data[self.cut_end : self.body_end]
 
 
 class Partial:
@@ -112,8 +113,10 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
     the status, the top Via, CSeq and To, the framing; nothing else is parsed.  None when the response
     is not plain, and ``parse`` must read it whole: a status line other than ``SIP/2.0 1xx-6xx reason``,
     a control character or bare CR/LF in the headers, a folded or repeated CSeq, To or Content-Length,
-    a top Via sharing its line or folded, fewer than two Via lines, no Content-Length or one larger
-    than what arrived, a CSeq other than ``number method``, or more than ``max_bytes``.
+    a folded top Via or one with a quote before its comma, a single Via, no Content-Length or one
+    larger than what arrived, a CSeq other than ``number method``, or more than ``max_bytes``.
+    A top Via sharing its line with the next (``Via: a, b``, as SIPp writes them) is read up to
+    the comma.
 
     The head is read as Latin-1 text (one character per byte, so its offsets are the datagram's):
     compiled, str methods are direct C calls where bytes methods are generic ones.
@@ -132,7 +135,7 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
     if head[11:12] != " " or not is_digits(code) or not "1" <= code[0] <= "6":
         return None
     top = cseq = to = cl = ""
-    via_start = via_end = -1
+    cut_start = cut_end = -1
     vias = 0
     lower = head.lower()  # header names are case-insensitive
     nxt = lower.find("\r\n")  # the end of the status line
@@ -156,8 +159,23 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
         if kind == 0:
             vias += 1
             if vias == 1:
-                top = value
-                via_start, via_end = line - 2, line_end
+                comma = head.find(",", colon, line_end)
+                if comma < 0:
+                    top = value
+                    cut_start, cut_end = line - 2, line_end
+                else:  # 'Via: top, next': cut from the value's start to the next one's
+                    top = head[colon + 1 : comma].strip(" \t")
+                    if '"' in top:
+                        return None  # a quoted string: the comma may be inside it
+                    vias += 1
+                    cut_start = colon + 1
+                    while head[cut_start] in " \t":
+                        cut_start += 1
+                    cut_end = comma + 1
+                    while cut_end < line_end and head[cut_end] in " \t":
+                        cut_end += 1
+                    if cut_end == line_end or head[cut_end] == ",":
+                        return None  # an empty item after the comma: parse() refuses it
         elif kind == 1:
             if cseq:
                 return None
@@ -170,7 +188,7 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
             if cl:
                 return None
             cl = value
-    if vias < 2 or "," in top or not cseq or not to or not _is_digits(cl):
+    if vias < 2 or not top or not cseq or not to or not _is_digits(cl):
         return None
     body_end = end + 4 + int(cl)
     if body_end > len(data):
@@ -178,7 +196,7 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
     number, space, method = cseq.partition(" ")
     if not (space and _is_digits(number) and is_token(method)) or int(number) > _CSEQ_MAX:
         return None
-    return ResponsePeek(int(code), top, via_start, via_end, method, to, body_end)
+    return ResponsePeek(int(code), top, cut_start, cut_end, method, to, body_end)
 
 
 def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, stream: bool = False) -> Message:

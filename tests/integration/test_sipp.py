@@ -31,6 +31,9 @@ def test_1000_calls_at_200_per_second(sipguard: Sipguard, sipp: Sipp) -> None:
     assert m['sipguard_requests_total{method="BYE"}'] == 1000
     assert m['sipguard_requests_total{method="ACK"}'] == 1000
     assert m['sipguard_dialogs_ended_total{reason="bye"}'] == 1000
+    # every response SIPp sent (its Vias on one line) took the light path, none was parsed whole
+    responses = sum(n for name, n in m.items() if name.startswith("sipguard_responses_total{"))
+    assert responses >= 3000 and m["sipguard_responses_light_total"] == responses
     _assert_clean(sipguard)
 
 

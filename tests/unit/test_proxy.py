@@ -536,3 +536,16 @@ def test_a_response_with_one_via_is_dropped_on_either_path(core, clock, status) 
     feed(core, lone, UAS, clock.advance(0.01), wire)
     assert wire.statuses_to(UAC) == [100]
     assert core.stats.drops["no_upstream_via"] == 1
+
+
+def test_vias_sharing_a_line_as_sipp_writes_them_lose_only_ours(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    ok = response_to(fwd, 200, "OK")
+    ours = OUR_VIA.search(ok).group()[2:]
+    shared = ok.replace(ours + b"\r\nVia: ", ours + b",  ")  # 'Via: ours,  the caller's'
+    assert shared.count(b"Via:") == 1
+    feed(core, shared, UAS, clock.advance(0.01), wire)
+    assert wire.to(UAC)[-1].data == shared.replace(ours[len(b"Via: "):] + b",  ", b"")
+    assert wire.last_to(UAC).vias[0].branch == "z9hG4bK-uac-1"

@@ -26,7 +26,7 @@ from .dialog import Dialog, DialogState
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
 from .memo import Memo
 from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri, tag_of
-from .grammar import CSEQ_RE, is_token
+from .grammar import CSEQ_RE
 from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, is_keepalive, parse, peek_response
 from .serializer import Edit, Prepend, RemoveFirst, ReplaceFirst, SetHeader, header_name, serialize
 from .timers import TimerConfig, TimerWheel
@@ -759,8 +759,9 @@ class ProxyCore:
             if top.startswith(prefix):
                 branch = top[len(prefix):]
                 break
-        if not branch or not is_token(branch):
-            return False  # not our Via, or one a later hop added parameters to
+        if not branch:
+            return False  # not our Via
+        # a branch we made is a key of ours exactly: anything after it (a parameter a later hop added) misses
         txn = self._client.get((branch, peek.cseq_method))
         if txn is None or txn.key[0] == "cancel":
             return False

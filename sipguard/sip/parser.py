@@ -155,6 +155,11 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
             continue
         if nxt >= 0 and lower[nxt + 2] in " \t":
             return None  # the next line continues this one (folding)
+        if kind == 2:
+            if to:
+                return None
+            to = data[colon + 1 : line_end].decode("utf-8", "surrogateescape").strip(" \t")
+            continue
         value = head[colon + 1 : line_end].strip(" \t")
         if kind == 0:
             vias += 1
@@ -180,10 +185,6 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
             if cseq:
                 return None
             cseq = value
-        elif kind == 2:
-            if to:
-                return None
-            to = data[colon + 1 : line_end].decode("utf-8", "surrogateescape").strip(" \t")
         else:
             if cl:
                 return None
@@ -193,10 +194,10 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
     body_end = end + 4 + int(cl)
     if body_end > len(data):
         return None
-    number, space, method = cseq.partition(" ")
-    if not (space and _is_digits(number) and is_token(method)) or int(number) > _CSEQ_MAX:
+    plain = _plain_cseq(cseq)
+    if plain is None or int(plain[0]) > _CSEQ_MAX:
         return None
-    return ResponsePeek(int(code), top, cut_start, cut_end, method, to, body_end)
+    return ResponsePeek(int(code), top, cut_start, cut_end, plain[1], to, body_end)
 
 
 def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, stream: bool = False) -> Message:
@@ -240,6 +241,15 @@ def _header_key(name_part: str) -> str:
 def _is_digits(text: str) -> bool:
     """1 to 10 ASCII digits, nothing else (str.isdigit would take other scripts' digits too)."""
     return 0 < len(text) <= 10 and is_digits(text)
+
+
+def _plain_cseq(value: str) -> tuple[str, str] | None:
+    """A CSeq value in its plain form, ``number method`` with one space: (number, method); None for any
+    other form (the grammar's regex reads those, in ``parse``)."""
+    number, space, method = value.partition(" ")
+    if space and _is_digits(number) and is_token(method):
+        return number, method
+    return None
 
 
 def _digits(value: str, what: str) -> int:
@@ -402,8 +412,10 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     cseq_value = values.get("cseq")
     if cseq_value is None:
         raise ParseError("no CSeq")
-    number, space, cseq_method = cseq_value.partition(" ")
-    if not (space and _is_digits(number) and is_token(cseq_method)):
+    plain = _plain_cseq(cseq_value)
+    if plain is not None:
+        number, cseq_method = plain
+    else:
         cm = CSEQ_RE.fullmatch(cseq_value)  # LWS other than one space, or not a CSeq at all
         if cm is None:
             raise ParseError(f"bad CSeq {cseq_value!r}")

@@ -824,13 +824,12 @@ class ProxyCore:
                     dialog.callee_tag = to_tag
                 dialog.move("recv_2xx")
                 self._timers.set(dialog, "timeout", now + self.timers.dialog_timeout_s)
-            data = forward
             if txn.server is not ServerState.TERMINATED:
                 txn.server_move("send_2xx")
             txn.last_response = None
             if "L" not in txn.deadlines and txn.server is ServerState.ACCEPTED:
                 self._timers.set(txn, "L", now + self.timers.t64_s)
-            out.append(Send(data, txn.reply_to, "INVITE", status))
+            out.append(Send(forward, txn.reply_to, "INVITE", status))
             return
         # 3xx-6xx: ACK it hop-by-hop; forward it once
         first = client is not ClientState.COMPLETED

@@ -24,6 +24,7 @@ MODULES = {
     ROOT / "sipguard" / "sip": ("grammar", "memo", "message", "parser", "serializer", "proxy", "pump", "transaction",
                                 "dialog", "timers", "actions"),
     ROOT / "sipguard" / "policy": ("engine", "callerid", "numbers", "autodialer", "edge", "emergency", "decision"),
+    ROOT / "sipguard" / "state": ("claim",),
 }
 SOURCES = [package / f"{name}.py" for package, names in MODULES.items() for name in names]
 GROUP = "sipguard.sip.native"  # the shared library lands in a package: importable wherever it is installed
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
     if command == "build":
         build()
-        print(f"compiled: {len(compiled())} extension modules in sipguard/sip and sipguard/policy")
+        print(f"compiled: {len(compiled())} extension modules in sipguard/sip, sipguard/policy and sipguard/state")
     elif command == "clean":
         clean()
         print("compiled modules removed: pure Python")

@@ -1,6 +1,6 @@
 """The compiled (mypyc) forms of the hot packages: which one runs, and refusing stale ones.
 
-``scripts/native.py build`` compiles modules of ``sipguard.sip`` and ``sipguard.policy`` into C
+``scripts/native.py build`` compiles modules of ``sipguard.sip``, ``sipguard.policy`` and ``sipguard.state`` into C
 extensions beside their sources, which Python imports instead.  A compiled module older than its
 source would run old code, so each package refuses that on import.  Stays interpreted.
 """

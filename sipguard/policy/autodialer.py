@@ -74,12 +74,19 @@ class DialerConfig:
     max_attempts: int = 512
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)  # compiled __init__: see sip/actions.py
 class Assessment:
-    level: str  # none | warning | critical
-    score: int
-    features: tuple[tuple[str, float | None], ...]
-    blocked_until: float | None = None
+    level: Final[str]  # none | warning | critical
+    score: Final[int]
+    features: Final[tuple[tuple[str, float | None], ...]]
+    blocked_until: Final[float | None]
+
+    def __init__(self, level: str, score: int, features: tuple[tuple[str, float | None], ...],
+                 blocked_until: float | None = None) -> None:
+        self.level = level
+        self.score = score
+        self.features = features
+        self.blocked_until = blocked_until
 
 
 @dataclass(slots=True)

@@ -32,14 +32,23 @@ __all__ = ["Screening", "screen"]
 _IDENTITY_HEADERS: Final = frozenset(("p-asserted-identity", "p-preferred-identity", "remote-party-id"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)  # compiled __init__: see sip/actions.py
 class Screening:
-    ok: bool
-    reason: str
-    evidence: tuple[tuple[str, str | None], ...]
-    anonymous: bool = False
-    forwarded_by: str | None = None
-    calling_user: str | None = None
+    ok: Final[bool]
+    reason: Final[str]
+    evidence: Final[tuple[tuple[str, str | None], ...]]
+    anonymous: Final[bool]
+    forwarded_by: Final[str | None]
+    calling_user: Final[str | None]
+
+    def __init__(self, ok: bool, reason: str, evidence: tuple[tuple[str, str | None], ...], anonymous: bool = False,
+                 forwarded_by: str | None = None, calling_user: str | None = None) -> None:
+        self.ok = ok
+        self.reason = reason
+        self.evidence = evidence
+        self.anonymous = anonymous
+        self.forwarded_by = forwarded_by
+        self.calling_user = calling_user
 
 
 def _is_anonymous(request: Request, from_display: str | None, from_user: str | None) -> bool:

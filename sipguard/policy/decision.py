@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from ..sip.symbol import Symbol
 
@@ -24,7 +25,7 @@ class Mode(Symbol):
 Evidence = tuple[tuple[str, str | int | float | bool | None], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)  # compiled __init__: see sip/actions.py
 class Decision:
     """One rule's conclusion about one request.
 
@@ -34,13 +35,23 @@ class Decision:
     status: the SIP status of a rejection.
     """
 
-    verdict: Verdict
-    rule: str
-    reason: str
-    account: str | None = None
-    evidence: Evidence = ()
-    mode: Mode = Mode.ENFORCE
-    status: int = 0
+    verdict: Final[Verdict]
+    rule: Final[str]
+    reason: Final[str]
+    account: Final[str | None]
+    evidence: Final[Evidence]
+    mode: Final[Mode]
+    status: Final[int]
+
+    def __init__(self, verdict: Verdict, rule: str, reason: str, account: str | None = None, evidence: Evidence = (),
+                 mode: Mode = Mode.ENFORCE, status: int = 0) -> None:
+        self.verdict = verdict
+        self.rule = rule
+        self.reason = reason
+        self.account = account
+        self.evidence = evidence
+        self.mode = mode
+        self.status = status
 
     @property
     def logged(self) -> bool:

@@ -45,7 +45,7 @@ from .channels import ChannelLimit, channel_limit
 from .decision import Decision, Mode, Verdict
 from .edge import EdgeGuard
 from .emergency import called_number, route_identity
-from .model import Account, Network, Policy, RuleMode
+from .model import RULES, Account, Network, Policy, RuleMode
 from .numbers import NumberIndex, NumberPlan
 
 __all__ = ["Engine", "AccountView", "is_t38"]
@@ -71,6 +71,7 @@ class AccountView:
     limit: ChannelLimit
     sip_users: frozenset[str]
     claim_reject: Reject  # the rejection of a refused channel claim (fixed for a policy)
+    modes: dict[str, RuleMode]  # Account.mode of every rule, read once (model.py stays interpreted)
 
 
 def _identity_uri(number: str, request: Request) -> str:
@@ -118,6 +119,7 @@ class Engine:
                 frozenset([*(u for user in a.users for u in user.sip_users),
                            *(u for device in a.devices for u in device.sip_users)]),
                 Reject(code, "Busy Here" if code == 486 else "Channel Limit", (("warning", warning),)),
+                {rule: a.mode(rule) for rule in RULES},
             )
         self.index = NumberIndex((b, a) for a in policy.accounts for b in a.numbers)
 
@@ -203,12 +205,12 @@ class Engine:
         if emergency:
             self._emergency(request, source, account, decisions, edits)
         else:
-            mode = account.mode("caller_id")
+            mode = view.modes["caller_id"]
             if mode is not _OFF:
                 rejected = self._caller_id(request, view, mode, decisions, edits)
                 if rejected is not None:
                     return Admission(account=account.name, reject=rejected, decisions=tuple(decisions))
-            mode = account.mode("autodialer")
+            mode = view.modes["autodialer"]
             if mode is not _OFF:
                 rejected = self._autodialer(request, source, account, mode, now, decisions)
                 if rejected is not None:
@@ -355,7 +357,7 @@ class Engine:
                                       (("direction", direction),)))
 
     def _claim(self, request: Request, view: AccountView, emergency: bool) -> tuple[ChannelClaim | None, Reject | None]:
-        mode = view.account.mode("channel_limit")
+        mode = view.modes["channel_limit"]
         if mode is _OFF:
             return None, None
         claim = ChannelClaim(view.account.name, view.limit.limit, f"{request.call_id};{request.from_tag or ''}",

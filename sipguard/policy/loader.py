@@ -25,6 +25,7 @@ from .edge import EdgeConfig
 from .model import (
     DEVICE_TYPES,
     REFUSED_DEVICE_TYPES,
+    RULES,
     USER_KINDS,
     Account,
     Band,
@@ -42,7 +43,6 @@ from .model import (
 
 __all__ = ["PolicyError", "Problem", "load", "load_text"]
 
-RULES = ("channel_limit", "caller_id", "emergency", "autodialer")
 _E164 = re.compile(r"\+[1-9]\d{3,14}")
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "USER_KINDS",
     "DEVICE_TYPES",
     "REFUSED_DEVICE_TYPES",
+    "RULES",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -40,6 +41,7 @@ class RuleMode(Symbol):
     OFF = "off"
 
 
+RULES = ("channel_limit", "caller_id", "emergency", "autodialer")  # the rules an account switches (Account.mode)
 USER_KINDS = ("person", "shared_room", "meeting_room", "admin_no_service", "supervisor_no_service")
 DEVICE_TYPES = ("door_phone", "fax", "emergency_phone", "pager", "buzzer", "flasher", "other")
 # SPEC §4.5: alarm-system and lift emergency lines may not be carried by law

@@ -295,7 +295,7 @@ class ProxyCore:
             (req.uri, req.call_id, req.from_tag or "", req.to_tag or "", str(req.cseq),
              ",".join(routes), req.get("proxy-require") or "")
         )
-        return format(_crc32(basis), "08x")
+        return "%08x" % _crc32(basis)
 
     def _own_routes(self, req: Request) -> tuple[list[str], int]:
         """The Route values and how many at the top are ours (to strip, §16.4)."""
@@ -389,6 +389,9 @@ class ProxyCore:
                     self._timers.cancel(txn, "G")
                     self._timers.cancel(txn, "H")
                     self._timers.set(txn, "I", now + self.timers.t4_s)
+                return
+            if req.max_forwards == 0:  # §16.3 item 3: not forwarded; an ACK gets no 483
+                self.stats.drops["too_many_hops"] += 1
                 return
             routes, popped = self._own_routes(req)
             remaining = routes[popped:]
@@ -541,7 +544,7 @@ class ProxyCore:
         via_edit = self._received_edit(req.vias[0], txn.reply_to)
         if via_edit is not None:
             edits.append(via_edit)
-        txn.branch = f"{_COOKIE}{loop}.{self._next_id():x}"
+        txn.branch = self._our_branch(loop, None)
         edits.append(Prepend("via", local.via_prefix + txn.branch))
         edits.extend(self._max_forwards_edit(req))
         edits.extend(RemoveFirst("route") for _ in range(popped))
@@ -642,11 +645,7 @@ class ProxyCore:
         via_edit = self._received_edit(req.vias[0], src)
         if via_edit is not None:
             edits.append(via_edit)
-        if stateless:
-            # the same branch for every retransmission of this ACK (§16.11)
-            branch = f"{_COOKIE}{loop}.a{_crc32(req.vias[0].branch or ''):x}"
-        else:
-            branch = f"{_COOKIE}{loop}.{self._next_id():x}"
+        branch = self._our_branch(loop, (req.vias[0].branch or "") if stateless else None)
         edits.append(Prepend("via", local.via_prefix + branch))
         edits.extend(self._max_forwards_edit(req))
         edits.extend(RemoveFirst("route") for _ in range(popped))
@@ -663,6 +662,14 @@ class ProxyCore:
         if txn.invite:  # re-INVITE: 100 hop-by-hop, no new channel
             self._server_provisional(txn, self._build_reply(req, 100, "Trying", to_tag=False), 100, out)
         self._start_client(txn, data, now, out)
+
+    def _our_branch(self, loop: str, ack_of: str | None) -> str:
+        """The branch of our Via on a request we forward: the loop hash, then a counter, or for a stateless
+        ACK a hash of its own branch (``ack_of``: the same branch for every retransmission, §16.11).
+        %-formatting: compiled, an f-string with a format spec costs several times as much."""
+        if ack_of is not None:
+            return "%s%s.a%x" % (_COOKIE, loop, _crc32(ack_of))
+        return "%s%s.%x" % (_COOKIE, loop, self._next_id())
 
     def _send_cancel(self, txn: Txn, now: float, out: list[Action]) -> None:
         """CANCEL downstream for our INVITE client transaction (§9.1, §16.10)."""

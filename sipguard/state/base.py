@@ -7,19 +7,11 @@ bare counter, so a release is idempotent and a count cannot drift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
+from .claim import ChannelClaim
+
 __all__ = ["ChannelClaim", "StateStore", "StoreUnavailable", "SyncStore"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelClaim:
-    account: str
-    limit: int
-    call_key: str
-    emergency: bool = False
-    enforce: bool = True  # False in shadow mode: always admitted, counted, logged when over the limit
 
 
 class StoreUnavailable(Exception):

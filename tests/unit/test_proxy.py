@@ -274,6 +274,19 @@ def test_ack_for_2xx_is_routed_end_to_end(core, clock) -> None:
     assert wire.last_to(UAS).vias[0].branch == ack.vias[0].branch
 
 
+def test_ack_with_max_forwards_zero_is_dropped_not_forwarded(core, clock) -> None:
+    # §16.3 item 3: a request with Max-Forwards 0 is not forwarded; an ACK cannot be answered 483
+    wire = Wire()
+    call_up(core, clock, wire)
+    sent = len(wire.sent)
+    feed(core, in_dialog("ACK", "z9hG4bK-ack0", 1, max_forwards=0), UAC, clock.advance(0.01), wire)
+    assert wire.sent[sent:] == []
+    assert core.stats.drops["too_many_hops"] == 1
+    feed(core, in_dialog("ACK", "z9hG4bK-ack1", 1, max_forwards=1), UAC, clock.advance(0.01), wire)
+    ack = wire.last_to(UAS)
+    assert ack.method == "ACK" and ack.max_forwards == 0
+
+
 def test_loose_routing_forwards_to_the_next_route(core, clock) -> None:
     wire = Wire()
     call_up(core, clock, wire)

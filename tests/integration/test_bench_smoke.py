@@ -57,6 +57,15 @@ def test_whole_call_benchmark_smoke_run() -> None:
     assert median > 0, proc.stdout
 
 
+def test_in_dialog_benchmark_smoke_run() -> None:
+    # the script itself checks that every ACK and BYE was relayed (it raises otherwise)
+    proc = subprocess.run([sys.executable, "-m", "bench.indialog", "--dialogs", "200"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_ack, per_bye = (float(proc.stdout.split(f"per {kind} ")[1].split(",")[0].split()[0]) for kind in ("ACK", "BYE"))
+    assert per_ack > 0 and per_bye > 0, proc.stdout
+
+
 def test_loopwatch_smoke_run(tmp_path: Path) -> None:
     """bench.run --loopwatch: each worker's callbacks are recorded and summarised, one record per datagram."""
     require("sipp")

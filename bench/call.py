@@ -120,6 +120,14 @@ def _uac_request(method: str, n: int, cseq: int, to: str, routes: list[str], bra
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def _in_dialog(ok: bytes, n: int) -> tuple[bytes, bytes]:
+    """The UAC's ACK and BYE for call ``n``, from the 200 it got: its To (with the tag), its Record-Route as Route."""
+    to = _headers(ok, "to")[0]
+    routes = [line.replace("Record-Route", "Route", 1) for line in _headers(ok, "record-route")]
+    return (_uac_request("ACK", n, 1, to, routes, f"z9hG4bK-bench-{n}-2"),
+            _uac_request("BYE", n, 2, to, routes, f"z9hG4bK-bench-{n}-3"))
+
+
 def _invite(n: int) -> bytes:
     head = (
         f"INVITE sip:+3250555{n % 10000:04d}@127.0.0.1:5060 SIP/2.0\r\n"
@@ -181,15 +189,13 @@ class Harness:
         s.feed(_reply(fwd, "180 Ringing", tag), self.uas)
         clock.advance(0.0005)
         s.feed(_reply(fwd, "200 OK", tag, SDP), self.uas)
-        ok = next(d for d in self._take() if d.startswith(b"SIP/2.0 200"))
-        to = _headers(ok, "to")[0]
-        routes = [line.replace("Record-Route", "Route", 1) for line in _headers(ok, "record-route")]
+        ack, bye = _in_dialog(next(d for d in self._take() if d.startswith(b"SIP/2.0 200")), n)
         clock.advance(0.0005)
-        s.feed(_uac_request("ACK", n, 1, to, routes, f"z9hG4bK-bench-{n}-2"), self.uac)
+        s.feed(ack, self.uac)
         clock.advance(0.001)
-        s.feed(_uac_request("BYE", n, 2, to, routes, f"z9hG4bK-bench-{n}-3"), self.uac)
-        bye = next(d for d in self._take() if d.startswith(b"BYE"))
-        s.feed(_reply(bye, "200 OK", tag, rr=False), self.uas)
+        s.feed(bye, self.uac)
+        relayed = next(d for d in self._take() if d.startswith(b"BYE"))
+        s.feed(_reply(relayed, "200 OK", tag, rr=False), self.uas)
         if not self._take():
             raise RuntimeError("the BYE's 200 was not forwarded")
         clock.advance(0.0075)  # 10 ms per call: transactions expire (64*T1) within a run

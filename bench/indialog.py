@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .call import Harness, _headers, _invite, _reply, _uac_request
+from .call import Harness, _in_dialog, _invite, _reply
 
 
 def main() -> None:
@@ -37,11 +37,9 @@ def main() -> None:
             h.feed(_invite(n), h.uac)
             fwd = next(d for d in h._take() if d.startswith(b"INVITE"))
             h.feed(_reply(fwd, "200 OK", f"uas{n}"), h.uas)
-            ok = next(d for d in h._take() if d.startswith(b"SIP/2.0 200"))
-            to = _headers(ok, "to")[0]
-            routes = [line.replace("Record-Route", "Route", 1) for line in _headers(ok, "record-route")]
-            acks.append(_uac_request("ACK", n, 1, to, routes, f"z9hG4bK-bench-{n}-2"))
-            byes.append(_uac_request("BYE", n, 2, to, routes, f"z9hG4bK-bench-{n}-3"))
+            ack, bye = _in_dialog(next(d for d in h._take() if d.startswith(b"SIP/2.0 200")), n)
+            acks.append(ack)
+            byes.append(bye)
         gc.collect()
         if args.stop_after == "setup":
             return

@@ -203,7 +203,7 @@ class Engine:
         edits: list[Edit] = []
         emergency = self.is_emergency(request)
         if emergency:
-            self._emergency(request, source, account, decisions, edits)
+            self._emergency(request, source, account, view.modes["emergency"], decisions, edits)
         else:
             mode = view.modes["caller_id"]
             if mode is not _OFF:
@@ -280,10 +280,9 @@ class Engine:
             edits.append(SetHeader("from", _with_user(request.get("from") or "", number)))
         return edits
 
-    def _emergency(self, request: Request, source: Peer, account: Account, decisions: list[Decision],
-                   edits: list[Edit]) -> None:
+    def _emergency(self, request: Request, source: Peer, account: Account, mode: RuleMode,
+                   decisions: list[Decision], edits: list[Edit]) -> None:
         outcome = route_identity(request, account, self.plan, self.index, source.host, account.default_caller_id)
-        mode = account.mode("emergency")
         verified = outcome.site is not None
         evidence = (
             ("called", called_number(request)),

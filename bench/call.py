@@ -25,7 +25,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from sipguard.config import Settings
-from sipguard.server import Server, _TimedRouter, timer_config, tune_gc
+from sipguard.server import Server, timer_config, tune_gc
 from sipguard.sip import Local, Peer, ProxyCore
 
 from .micro import SDP
@@ -155,7 +155,7 @@ class Harness:
         self.wire = _Wire()
         self.server._loop = self.clock  # type: ignore[assignment]
         # the core as Server.start() builds it, minus the sockets
-        self.server.core = ProxyCore([Local("udp", *PROXY)], _TimedRouter(self.server.engine, self.server.metrics),
+        self.server.core = ProxyCore([Local("udp", *PROXY)], self.server.router(),
                                      timer_config(self.server.policy))
         self.server.pump = self.server.make_pump({("udp", 4): self.wire.sendto})
         self.spent = 0.0  # seconds inside the server (the harness's own message building excluded)

@@ -1,4 +1,4 @@
-"""Compile the hot path (sipguard/sip, sipguard/policy) with mypyc, in place, or remove it.
+"""Compile the hot path (sipguard/sip, sipguard/policy, two modules beside them) with mypyc, in place, or remove it.
 
     python scripts/native.py build     # needs gcc, the Python headers and mypy (the native/test extras)
     python scripts/native.py clean
@@ -25,6 +25,7 @@ MODULES = {
                                 "dialog", "timers", "actions"),
     ROOT / "sipguard" / "policy": ("engine", "callerid", "numbers", "autodialer", "edge", "emergency", "decision"),
     ROOT / "sipguard" / "state": ("claim",),
+    ROOT / "sipguard": ("outcomes",),
 }
 SOURCES = [package / f"{name}.py" for package, names in MODULES.items() for name in names]
 GROUP = "sipguard.sip.native"  # the shared library lands in a package: importable wherever it is installed
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
     if command == "build":
         build()
-        print(f"compiled: {len(compiled())} extension modules in sipguard/sip, sipguard/policy and sipguard/state")
+        print(f"compiled: {len(compiled())} extension modules in sipguard/sip, sipguard/policy, sipguard/state and sipguard")
     elif command == "clean":
         clean()
         print("compiled modules removed: pure Python")

@@ -1,8 +1,9 @@
 """The compiled (mypyc) forms of the hot packages: which one runs, and refusing stale ones.
 
-``scripts/native.py build`` compiles modules of ``sipguard.sip``, ``sipguard.policy`` and ``sipguard.state`` into C
-extensions beside their sources, which Python imports instead.  A compiled module older than its
-source would run old code, so each package refuses that on import.  Stays interpreted.
+``scripts/native.py build`` compiles modules of ``sipguard.sip``, ``sipguard.policy``, ``sipguard.state`` and
+``sipguard`` itself (``outcomes``) into C extensions beside their sources, which Python imports instead.  A
+compiled module older than its source would run old code, so each package refuses that on import.  Stays
+interpreted.
 """
 
 from __future__ import annotations

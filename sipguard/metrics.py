@@ -11,7 +11,6 @@ from bounded sets only.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -21,6 +20,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from ._compiled import native_core
+from .outcomes import Tally, Timings
 from .sip.proxy import ProxyCore
 
 __all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector", "Tally", "Timings"]
@@ -65,52 +65,20 @@ class CoreCollector(Collector):
         yield GaugeMetricFamily("sipguard_dialogs", "Dialogs (calls) in memory", value=core.dialog_count)
 
 
-class Tally:
-    """A labelled counter kept as plain integers; exposed as ``<name>_total`` at scrape time."""
-
-    __slots__ = ("name", "doc", "labels", "counts")
-
-    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
-        self.name = name
-        self.doc = doc
-        self.labels = list(labels)
-        self.counts: dict[tuple[str, ...], int] = {}
-
-    def inc(self, *values: str) -> None:
-        counts = self.counts
-        counts[values] = counts.get(values, 0) + 1
-
-    def family(self) -> CounterMetricFamily:
-        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
-        for values, n in sorted(self.counts.items()):
-            family.add_metric(list(values), n)
-        return family
-
-
-class Timings:
-    """A histogram kept as a list of bucket counts (``le`` bounds in seconds) and a sum."""
-
-    __slots__ = ("name", "doc", "bounds", "counts", "total")
-
-    def __init__(self, name: str, doc: str, bounds: Sequence[float]) -> None:
-        self.name = name
-        self.doc = doc
-        self.bounds = sorted(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1  # a value equal to a bound is in that bucket
-        self.total += seconds
-
-    def family(self) -> HistogramMetricFamily:
-        cumulative, buckets = 0, []
-        for bound, n in zip([*self.bounds, float("inf")], self.counts):
-            cumulative += n
-            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
-        family = HistogramMetricFamily(self.name, self.doc)
-        family.add_metric([], buckets, sum_value=self.total)
-        return family
+def _family(metric: Tally | Timings) -> CounterMetricFamily | HistogramMetricFamily:
+    """A compiled per-call counter or histogram (outcomes.py), as Prometheus reads it."""
+    if isinstance(metric, Tally):
+        counter = CounterMetricFamily(metric.name, metric.doc, labels=metric.labels)
+        for values, n in sorted(metric.counts.items()):
+            counter.add_metric(list(values), n)
+        return counter
+    cumulative, buckets = 0, []
+    for bound, n in zip([*metric.bounds, float("inf")], metric.counts):
+        cumulative += n
+        buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+    family = HistogramMetricFamily(metric.name, metric.doc)
+    family.add_metric([], buckets, sum_value=metric.total)
+    return family
 
 
 class _OwnCollector(Collector):
@@ -119,7 +87,7 @@ class _OwnCollector(Collector):
 
     def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
         for metric in self._metrics:
-            yield metric.family()
+            yield _family(metric)
 
 
 class ChannelsCollector(Collector):

@@ -25,14 +25,15 @@ from .config import Settings
 from .decisionlog import DecisionLog
 from .metrics import Metrics
 from .policy import Engine, Policy, PolicyError, load
-from .policy.decision import Decision, Mode, Verdict
-from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Settle
 from ._compiled import native_core
-from .sip.message import Request, ip_literal
+from .outcomes import Outcomes, TimedRouter
+from .policy.decision import Decision, Mode, Verdict
+from .sip.actions import Peer
+from .sip.message import ip_literal
 from .sip.proxy import Local, ProxyCore
 from .sip.pump import Pump, SendTo
 from .sip.timers import TimerConfig
-from .state import ChannelClaim, InMemoryStore
+from .state import InMemoryStore
 from .state.shared import SharedCounts, SharedStore
 from .transport import Transport, UdpListener, parse_listen
 
@@ -104,27 +105,6 @@ class WorkerSlot:
         return port + 1 + self.index if port else 0
 
 
-class _TimedRouter:
-    """The Engine, with each decision timed into the latency histogram."""
-
-    __slots__ = ("engine", "_observe", "screen_packet", "screen_request", "in_dialog", "is_known")
-
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
-        self.engine = engine
-        self._observe = metrics.decision_seconds.observe
-        # the rest of the hook goes straight to the engine (bound methods: no extra call on the hot path)
-        self.screen_packet = engine.screen_packet
-        self.screen_request = engine.screen_request
-        self.in_dialog = engine.in_dialog
-        self.is_known = engine.is_known
-
-    def admit(self, request: Request, source: Peer, now: float) -> Admission:
-        t0 = time.perf_counter()
-        adm = self.engine.admit(request, source, now)
-        self._observe(time.perf_counter() - t0)
-        return adm
-
-
 class Server:
     """One sipguard process.  ``await start()``, then ``await serve_forever()`` or ``stop()``."""
 
@@ -143,6 +123,9 @@ class Server:
         self.store: InMemoryStore | SharedStore = (
             InMemoryStore() if worker is None else SharedStore(worker.counts, worker.index))
         self.engine = Engine(self.policy)  # owns the EdgeGuard and DialerDetector, handed on at reload
+        m = self.metrics
+        self.outcomes = Outcomes(self.engine, self.store, m.decisions, m.dialogs_started, m.dialogs_ended,
+                                 self._record, time.monotonic, self.policy.service.reject.channel_limit)
         self.listeners: list[Transport] = []
         self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
@@ -202,7 +185,7 @@ class Server:
             self._close_listeners()
             raise
         self.core = ProxyCore(
-            locals_ + shared_locals, _TimedRouter(self.engine, self.metrics), timer_config(self.policy),
+            locals_ + shared_locals, self.router(), timer_config(self.policy),
             max_message_bytes=service.max_message_bytes, aliases=aliases,
         )
         self.pump = self.make_pump({key: sending.sender() for key, sending in self._by_family.items()})
@@ -266,7 +249,13 @@ class Server:
         """The compiled datagram path (sip/pump.py) over ``self.core``; ``senders`` by (transport, family)."""
         loop = self._loop
         assert loop is not None
-        return Pump(self.core, senders, self._on_action, self._internal_error, loop.call_at, loop.time)
+        pump = Pump(self.core, senders, self.outcomes.on_action, self._internal_error, loop.call_at, loop.time)
+        self.outcomes.attach(self.core, pump, loop.time)
+        return pump
+
+    def router(self) -> TimedRouter:
+        """The core's hook: the engine, each decision timed."""
+        return TimedRouter(self.engine, self.metrics.decision_seconds)
 
     def _internal_error(self, peer: Peer | None) -> None:
         self.metrics.internal_errors.inc()
@@ -275,30 +264,10 @@ class Server:
         else:
             log.exception("internal error on a message from %s:%s", peer.host, peer.port)
 
-    def _on_action(self, action: Action) -> None:
-        """Every action but Send (the pump sends), in order."""
-        if isinstance(action, Decided):
-            self._decided(action)
-        elif isinstance(action, DialogStarted):
-            self.metrics.dialogs_started.inc(action.direction)
-        elif isinstance(action, DialogEnded):
-            self.metrics.dialogs_ended.inc(action.reason)
-            if isinstance(action.claim, ChannelClaim):
-                self.store.release_now(action.claim)
-            self.engine.dialer.ended(action.dialog_id, action.duration_s is not None, action.duration_s,
-                                     self._loop.time() if self._loop else 0.0)
-        elif isinstance(action, Settle):
-            self._settle(action)
-
-    def _decided(self, action: Decided) -> None:
-        decision = action.decision
-        if not isinstance(decision, Decision):
-            return
-        self._record(decision, action.call_id, action.account)
-
     def _record(self, decision: Decision, call_id: str, account: str | None) -> None:
+        """What is rare about a decision (outcomes.py counts every one): the counters of emergency calls, fax,
+        detections and rewrites, and the decision log."""
         m = self.metrics
-        m.decisions.inc(decision.rule, decision.verdict.value)
         if decision.rule == "emergency":
             ev = dict(decision.evidence)
             m.emergency_calls.labels(str(ev.get("location")), str(ev.get("caller_id_action"))).inc()
@@ -310,33 +279,6 @@ class Server:
             m.clid_rewrites.labels(decision.rule).inc()
         if decision.logged:
             self.decisions.write(decision, call_id, account)
-
-    def _settle(self, action: Settle) -> None:
-        claim = action.claim
-        if not isinstance(claim, ChannelClaim):
-            raise TypeError(f"unknown claim {claim!r}")
-        granted = self.store.claim_now(claim)
-        if not granted:
-            self._record_limit(claim, self.store.active_now(claim.account), f"channel limit of {claim.limit} reached",
-                               Mode.ENFORCE)
-        elif not claim.enforce and not claim.emergency:
-            # shadow mode: granted whatever the count, so say when it went over.  (An enforced grant
-            # cannot exceed the limit, and an emergency call may: neither is recorded, nor counted here.)
-            active = self.store.active_now(claim.account)
-            if active > claim.limit:
-                self._record_limit(claim, active, f"over the channel limit of {claim.limit}", Mode.SHADOW)
-        loop = self._loop
-        assert loop is not None
-        more = self.core.settled(action.ticket, granted, loop.time())
-        if more:
-            self.pump.carry_out(more)
-
-    def _record_limit(self, claim: ChannelClaim, active: int, reason: str, mode: Mode) -> None:
-        """A channel-limit decision about a settled claim, in the metrics and the decision log."""
-        self._record(Decision(Verdict.REJECT, "channel_limit", reason, claim.account,
-                              (("active", active), ("limit", claim.limit)), mode,
-                              status=self.policy.service.reject.channel_limit),
-                     claim.call_key.rsplit(";", 1)[0], claim.account)
 
     def _channel_rows(self) -> list[tuple[str, int, int]]:
         return [(name, self.store.active_now(name), limit) for name, limit in self.engine.limits().items()]
@@ -363,7 +305,8 @@ class Server:
             return [str(err)]
         self.policy = policy
         self.engine = Engine(policy, self.engine.edge, self.engine.dialer)
-        self.core.set_router(_TimedRouter(self.engine, self.metrics))
+        self.core.set_router(self.router())
+        self.outcomes.reconfigure(self.engine, policy.service.reject.channel_limit)
         self.core.set_dialog_timeout(policy.service.dialog_timeout_s)
         self.metrics.reloads.labels("applied").inc()
         log.info("policy reloaded from %s", self.settings.policy_path)

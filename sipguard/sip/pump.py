@@ -86,7 +86,7 @@ class Pump:
         if at is None:
             return
         tick = self.tick_s
-        end = (at // tick + 1.0) * tick  # the end of the deadline's tick
+        end = (int(at / tick) + 1) * tick  # the end of the deadline's tick (not ``//``: see TimerWheel.set)
         if end > at:  # never early (a float rounding could put ``end`` a hair before ``at``)
             at = end
         if self.armed_at < 0 or at < self.armed_at:

@@ -12,7 +12,9 @@ class InMemoryStore(SyncStore):
         self._calls: dict[str, set[str]] = {}
 
     def claim_now(self, claim: ChannelClaim) -> bool:
-        calls = self._calls.setdefault(claim.account, set())
+        calls = self._calls.get(claim.account)
+        if calls is None:
+            calls = self._calls[claim.account] = set()  # not setdefault(account, set()): a set made per claim
         if claim.call_key in calls:
             return True
         if claim.enforce and not claim.emergency and len(calls) >= claim.limit:

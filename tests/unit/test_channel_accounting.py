@@ -221,7 +221,7 @@ def _settled_decisions(claims: list[ChannelClaim]) -> dict[tuple[str, ...], int]
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerHarness(Path(tmp)).server
         for i, claim in enumerate(claims):
-            server._settle(Settle(1000 + i, claim, claim.emergency))
+            server.outcomes.settle(Settle(1000 + i, claim, claim.emergency))
         return {k: n for k, n in server.metrics.decisions.counts.items() if k[0] == "channel_limit"}
 
 

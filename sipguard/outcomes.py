@@ -1,0 +1,171 @@
+"""What the server does with the core's actions other than sends, compiled with the hot path.
+
+Every call hands the server a policy decision to time (``TimedRouter.admit``), a channel claim to
+settle (``Settle``), a dialog that starts and one that ends (``DialogStarted``, ``DialogEnded``),
+and, for every rule that rejects, rewrites or flags, a ``Decided``.  Interpreted, that glue cost
+about 36,000 instructions per call in ``bench.call`` (BENCHMARKS.md, "Latest"): here it is one
+compiled dispatch, with the per-call counters (``Tally``) and the decision-time histogram
+(``Timings``) as compiled classes too.  What is rare (the decision log, the prometheus_client
+counters of emergency calls, fax, rewrites and detections) goes back to the server through
+``record``, interpreted.
+
+The store stays behind its interpreted contract (state/base.py): a Redis-backed or shared store
+is one more implementation of it.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import Any
+
+from .policy.decision import Decision, Mode, Verdict
+from .policy.engine import Engine
+from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Settle
+from .sip.message import Request
+from .sip.proxy import ProxyCore
+from .sip.pump import Pump
+from .state.claim import ChannelClaim
+
+__all__ = ["Outcomes", "Tally", "TimedRouter", "Timings"]
+
+
+class Tally:
+    """A labelled counter kept as plain integers; exposed as ``<name>_total`` at scrape time (metrics.py)."""
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.doc = doc
+        self.labels = list(labels)
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *values: str) -> None:
+        counts = self.counts
+        counts[values] = counts.get(values, 0) + 1
+
+    def inc1(self, value: str) -> None:
+        """``inc(value)`` without the argument tuple a ``*values`` call builds (the hot path's one-label tallies)."""
+        counts = self.counts
+        key = (value,)
+        counts[key] = counts.get(key, 0) + 1
+
+
+class Timings:
+    """A histogram kept as a list of bucket counts (``le`` bounds in seconds) and a sum."""
+
+    def __init__(self, name: str, doc: str, bounds: Sequence[float]) -> None:
+        self.name = name
+        self.doc = doc
+        self.bounds = sorted(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # a value equal to a bound is in that bucket
+        self.total += seconds
+
+
+class TimedRouter:
+    """The Engine as the core's router, with each decision timed into the latency histogram."""
+
+    def __init__(self, engine: Engine, timings: Timings) -> None:
+        self.engine = engine
+        self.timings = timings
+        # the rest of the hook goes straight to the engine (bound methods: no extra call on the hot path)
+        self.screen_packet = engine.screen_packet
+        self.screen_request = engine.screen_request
+        self.in_dialog = engine.in_dialog
+        self.is_known = engine.is_known
+
+    def admit(self, request: Request, source: Peer, now: float) -> Admission:
+        t0 = perf_counter()
+        adm = self.engine.admit(request, source, now)
+        self.timings.observe(perf_counter() - t0)
+        return adm
+
+
+class Outcomes:
+    """The server's handler of the core's actions (``Pump``'s ``on_action``).
+
+    store: the channel store (``claim_now``, ``release_now``, ``active_now``);
+    record: ``record(decision, call_id, account)`` for what is rare: the decision log and the
+        prometheus_client counters (called for every decision that is not a plain allow);
+    clock: the loop's ``time``;
+    core, pump (and the loop's clock): attached once the server has built them (``attach``).
+    """
+
+    def __init__(self, engine: Engine, store: Any, decisions: Tally, started: Tally, ended: Tally,
+                 record: Callable[[Decision, str, str | None], None], clock: Callable[[], float],
+                 channel_limit_status: int) -> None:
+        self.engine = engine
+        self.store = store
+        self.decisions = decisions
+        self.started = started
+        self.ended = ended
+        self.record = record
+        self.clock = clock
+        self.channel_limit_status = channel_limit_status
+        self.core: ProxyCore | None = None
+        self.pump: Pump | None = None
+
+    def attach(self, core: ProxyCore, pump: Pump, clock: Callable[[], float]) -> None:
+        self.core = core
+        self.pump = pump
+        self.clock = clock
+
+    def reconfigure(self, engine: Engine, channel_limit_status: int) -> None:
+        """A reloaded policy: its engine, and the status a refused claim is recorded with."""
+        self.engine = engine
+        self.channel_limit_status = channel_limit_status
+
+    def on_action(self, action: Action) -> None:
+        """Every action but Send (the pump sends), in order."""
+        if isinstance(action, Settle):
+            self.settle(action)
+        elif isinstance(action, DialogStarted):
+            self.started.inc1(action.direction)
+        elif isinstance(action, DialogEnded):
+            self.ended.inc1(action.reason)
+            claim = action.claim
+            if isinstance(claim, ChannelClaim):
+                self.store.release_now(claim)
+            self.engine.dialer.ended(action.dialog_id, action.duration_s is not None, action.duration_s,
+                                     self.clock())
+        elif isinstance(action, Decided):
+            decision = action.decision
+            if isinstance(decision, Decision):
+                self.decided(decision, action.call_id, action.account)
+
+    def decided(self, decision: Decision, call_id: str, account: str | None) -> None:
+        self.decisions.inc(decision.rule, decision.verdict.value)
+        if decision.logged or decision.rule in ("emergency", "fax", "autodialer") or (
+                decision.verdict is Verdict.REWRITE and decision.mode is Mode.ENFORCE):
+            self.record(decision, call_id, account)
+
+    def settle(self, action: Settle) -> None:
+        claim = action.claim
+        if not isinstance(claim, ChannelClaim):
+            raise TypeError(f"unknown claim {claim!r}")
+        store = self.store
+        granted: bool = store.claim_now(claim)
+        if not granted:
+            self._limit(claim, store.active_now(claim.account), f"channel limit of {claim.limit} reached", Mode.ENFORCE)
+        elif not claim.enforce and not claim.emergency:
+            # shadow mode: granted whatever the count, so say when it went over.  (An enforced grant
+            # cannot exceed the limit, and an emergency call may: neither is recorded, nor counted here.)
+            active: int = store.active_now(claim.account)
+            if active > claim.limit:
+                self._limit(claim, active, f"over the channel limit of {claim.limit}", Mode.SHADOW)
+        core, pump = self.core, self.pump
+        assert core is not None and pump is not None, "attach() first"
+        more = core.settled(action.ticket, granted, self.clock())
+        if more:
+            pump.carry_out(more)
+
+    def _limit(self, claim: ChannelClaim, active: int, reason: str, mode: Mode) -> None:
+        """A channel-limit decision about a settled claim, counted and logged."""
+        self.decided(Decision(Verdict.REJECT, "channel_limit", reason, claim.account,
+                              (("active", active), ("limit", claim.limit)), mode,
+                              status=self.channel_limit_status),
+                     claim.call_key.rsplit(";", 1)[0], claim.account)

@@ -1,8 +1,10 @@
 """Wiring: sockets -> ProxyCore -> actions; one timer; admin HTTP; reload.
 
-Owns every side effect of the proxy: sending bytes, the single loop timer
-armed at ``core.next_deadline()``, settling channel claims in the store,
-writing the decision log, counting metrics, SIGHUP reload and graceful stop.
+Owns every side effect of the proxy: the sockets (the pump sends through them),
+the single loop timer armed at ``core.next_deadline()``, the channel store, the
+decision log, the metrics, SIGHUP reload and graceful stop.  The per-call part
+of that (settling claims, counting dialogs, timing decisions) runs compiled in
+``outcomes.py``, which hands back to ``_record`` what is rare.
 """
 
 from __future__ import annotations

@@ -234,3 +234,36 @@ def test_the_server_records_a_refused_claim_and_a_shadow_claim_over_the_limit_on
     assert _settled_decisions(emergency) == {}
     within = [ChannelClaim("a", 5, f"c{i};f{i}", enforce=False) for i in range(3)]
     assert _settled_decisions(within) == {}
+
+
+def test_a_reload_changes_the_status_a_refused_claim_is_recorded_with() -> None:
+    """The compiled action handler (outcomes.py) takes the reloaded policy's reject.channel_limit."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from bench.call import Harness as ServerHarness
+    from sipguard.sip.actions import Settle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        harness = ServerHarness(Path(tmp))
+        server = harness.server
+        log = Path(tmp) / "decisions.jsonl"
+
+        def refuse(n: int) -> dict[str, object]:
+            for i in range(2):  # the second of two claims on a one-channel account is refused
+                claim = ChannelClaim("one", 1, f"c{n}-{i};f")
+                server.outcomes.settle(Settle(100 * n + i, claim, False))
+            server.outcomes.on_action(Settle(100 * n + 50, ChannelClaim(f"other{n}", 1, "x;f"), False))  # granted
+            record: dict[str, object] = json.loads(log.read_text().splitlines()[-1])
+            server.store.release_now(ChannelClaim("one", 1, f"c{n}-0;f"))
+            return record
+
+        first = refuse(1)
+        assert (first["rule"], first["verdict"], first["status"]) == ("channel_limit", "reject", 486)
+        policy = Path(server.settings.policy_path)
+        policy.write_text(policy.read_text().replace("service:\n", "service:\n  reject: {channel_limit: 503}\n", 1))
+        assert server.reload() == []
+        second = refuse(2)
+        assert (second["rule"], second["status"]) == ("channel_limit", 503)
+        assert server.metrics.decisions.counts[("channel_limit", "reject")] == 2

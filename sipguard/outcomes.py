@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any
 
 from .policy.decision import Decision, Mode, Verdict
@@ -89,22 +89,21 @@ class Outcomes:
     """The server's handler of the core's actions (``Pump``'s ``on_action``).
 
     store: the channel store (``claim_now``, ``release_now``, ``active_now``);
-    record: ``record(decision, call_id, account)`` for what is rare: the decision log and the
-        prometheus_client counters (called for every decision that is not a plain allow);
-    clock: the loop's ``time``;
-    core, pump (and the loop's clock): attached once the server has built them (``attach``).
+    record: ``record(decision, call_id, account)``, after the count, for the rest: the decision log and
+        the prometheus_client counters.  A ``Decided`` is rare (the engine reports rejections, rewrites,
+        flags and the emergency / fax / detection outcomes, not a plain allow), so it is handed on whole;
+    core, pump and the loop's clock: attached once the server has built them (``attach``).
     """
 
     def __init__(self, engine: Engine, store: Any, decisions: Tally, started: Tally, ended: Tally,
-                 record: Callable[[Decision, str, str | None], None], clock: Callable[[], float],
-                 channel_limit_status: int) -> None:
+                 record: Callable[[Decision, str, str | None], None], channel_limit_status: int) -> None:
         self.engine = engine
         self.store = store
         self.decisions = decisions
         self.started = started
         self.ended = ended
         self.record = record
-        self.clock = clock
+        self.clock: Callable[[], float] = monotonic  # asyncio's loop.time until attach() gives the loop's own
         self.channel_limit_status = channel_limit_status
         self.core: ProxyCore | None = None
         self.pump: Pump | None = None
@@ -139,9 +138,7 @@ class Outcomes:
 
     def decided(self, decision: Decision, call_id: str, account: str | None) -> None:
         self.decisions.inc(decision.rule, decision.verdict.value)
-        if decision.logged or decision.rule in ("emergency", "fax", "autodialer") or (
-                decision.verdict is Verdict.REWRITE and decision.mode is Mode.ENFORCE):
-            self.record(decision, call_id, account)
+        self.record(decision, call_id, account)
 
     def settle(self, action: Settle) -> None:
         claim = action.claim

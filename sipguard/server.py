@@ -127,7 +127,7 @@ class Server:
         self.engine = Engine(self.policy)  # owns the EdgeGuard and DialerDetector, handed on at reload
         m = self.metrics
         self.outcomes = Outcomes(self.engine, self.store, m.decisions, m.dialogs_started, m.dialogs_ended,
-                                 self._record, time.monotonic, self.policy.service.reject.channel_limit)
+                                 self._record, self.policy.service.reject.channel_limit)
         self.listeners: list[Transport] = []
         self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
@@ -267,7 +267,7 @@ class Server:
             log.exception("internal error on a message from %s:%s", peer.host, peer.port)
 
     def _record(self, decision: Decision, call_id: str, account: str | None) -> None:
-        """What is rare about a decision (outcomes.py counts every one): the counters of emergency calls, fax,
+        """The rest of a decision once outcomes.py has counted it: the counters of emergency calls, fax,
         detections and rewrites, and the decision log."""
         m = self.metrics
         if decision.rule == "emergency":

@@ -42,17 +42,17 @@ TOKEN_RE: Final = re.compile(TOKEN)
 TOKEN_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
 DIGIT_CHARS: Final = "0123456789"
 _TOKEN_TABLE: Final = bytes(1 if chr(i) in TOKEN_CHARS else 0 for i in range(128))  # is_token's lookup
+_DIGIT_TABLE: Final = bytes(1 if chr(i) in DIGIT_CHARS else 0 for i in range(128))  # is_digits'
 
 
-def is_token(text: str) -> bool:
-    """``1*token-char``: one compiled pass over the characters, each looked up in a 128-entry table.
+def _all_in(text: str, table: bytes) -> bool:
+    """Non-empty, and every character ASCII with a non-zero entry in ``table`` (128 bytes).
 
-    (Compiled, ``ord(text[i])`` reads the character without making a string, where ``text.strip(TOKEN_CHARS)``
-    searched the 72 token characters for each one, and ``isascii`` is a generic method call.)"""
+    One compiled pass: ``ord(text[i])`` reads a character without making a string, where
+    ``text.strip(chars)`` searches ``chars`` for each one and ``isascii`` is a generic method call."""
     n = len(text)
     if n == 0:
         return False
-    table = _TOKEN_TABLE
     for i in range(n):
         c = ord(text[i])
         if c >= 128 or table[c] == 0:
@@ -60,16 +60,14 @@ def is_token(text: str) -> bool:
     return True
 
 
+def is_token(text: str) -> bool:
+    """``1*token-char``."""
+    return _all_in(text, _TOKEN_TABLE)
+
+
 def is_digits(text: str) -> bool:
     """``1*DIGIT``, ASCII digits only (``str.isdigit`` alone takes other scripts' digits too)."""
-    n = len(text)
-    if n == 0:
-        return False
-    for i in range(n):
-        c = ord(text[i])
-        if c < 48 or c > 57:
-            return False
-    return True
+    return _all_in(text, _DIGIT_TABLE)
 
 
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF   (exactly one SP each)

@@ -20,7 +20,8 @@ def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip
         f'  upstreams: {{uas: "sip:127.0.0.3:{uas_port}", probe: "sip:127.0.0.7:{probe_port}"}}',
         "  dialog_timeout_s: 600",
         "  sip_timers: {t1_ms: 500, t2_ms: 4000, t4_ms: 5000, timer_c_s: 180}",
-        "  edge: {packets_per_s: 1000000, burst: 2000000}",
+        # the trunk under test is one source: its new-request budget (default 300/s) out of the way of capacity
+        "  edge: {trusted_requests_per_s: 1000000, trusted_burst: 2000000}",
         "  autodialer:",
         "    rate_per_second: {warning: 100000, critical: 200000}",
         "    rate_per_minute: {warning: 10000000, critical: 20000000}",
@@ -50,7 +51,8 @@ def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip
         "    channels: 100000",
         '    match: {sources: ["127.0.0.6/32"]}',
         "    upstream: probe",
-        '    numbers: [{range: "+3228807350-+3228807359"}]',
+        '    numbers: [{range: "+3228807350-+3228807359", site: main}]',
+        '    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels"}}',
         "    rules: {channel_limit: enforce, caller_id: enforce, emergency: enforce, autodialer: enforce}",
     ]
     return "\n".join(lines) + "\n"

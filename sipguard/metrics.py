@@ -61,6 +61,9 @@ class CoreCollector(Collector):
         for reason, n in sorted(stats.drops.items()):
             drops.add_metric([reason], n)
         yield drops
+        yield CounterMetricFamily("sipguard_token_relays", "In-dialog requests relayed on the proof of sipguard's "
+                                  "route token, with no dialog held (after a restart, or of another node)",
+                                  value=stats.token_relays)
         yield GaugeMetricFamily("sipguard_transactions", "SIP transactions in memory", value=core.transaction_count)
         yield GaugeMetricFamily("sipguard_dialogs", "Dialogs (calls) in memory", value=core.dialog_count)
 
@@ -153,6 +156,12 @@ class Metrics:
                                      registry=registry)
         self.autodialer_detections = Counter("sipguard_autodialer_detections",
                                              "Auto-dialer detections, by level", ["level"], registry=registry)
+        self.emergency_refused = Counter("sipguard_emergency_refused", "Emergency calls sipguard refused, by cause "
+                                         "(unknown_source, malformed, unroutable, in_dialog, too_many_hops, ...): "
+                                         "alert on any", ["reason"], registry=registry)
+        self.edge_events = Counter("sipguard_edge_events", "Bans of unknown sources and their ends, and trusted "
+                                   "sources going over and back under their budget of new requests",
+                                   ["event"], registry=registry)
         build = Gauge("sipguard_build_info", "What runs: the version and the SIP core (native: compiled by mypyc)",
                       ["version", "core"], registry=registry)
         build.labels(__version__, "native" if native_core() else "python").set(1)

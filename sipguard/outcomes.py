@@ -76,11 +76,11 @@ class TimedRouter:
         self.screen_packet = engine.screen_packet
         self.screen_request = engine.screen_request
         self.in_dialog = engine.in_dialog
-        self.is_known = engine.is_known
+        self.refused = engine.refused
 
-    def admit(self, request: Request, source: Peer, now: float) -> Admission:
+    def admit(self, request: Request, source: Peer, now: float, routes: tuple[str, ...]) -> Admission:
         t0 = perf_counter()
-        adm = self.engine.admit(request, source, now)
+        adm = self.engine.admit(request, source, now, routes)
         self.timings.observe(perf_counter() - t0)
         return adm
 

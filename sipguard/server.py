@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import ipaddress
+import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
-import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,6 +31,8 @@ from .config import Settings
 from .decisionlog import DecisionLog
 from .metrics import Metrics
 from .policy import Engine, Policy, PolicyError, load
+from .policy.edge import EdgeEvent
+from .policy.loader import unreachable
 from ._compiled import native_core
 from .outcomes import Outcomes, TimedRouter
 from .policy.decision import Decision, Mode, Verdict
@@ -43,6 +49,8 @@ __all__ = ["Server", "WorkerSlot", "timer_config", "tune_gc"]
 
 log = logging.getLogger("sipguard")
 
+EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logged
+MACHINE_ID = Path("/etc/machine-id")
 GC_YOUNG_THRESHOLD = 5_000  # tracked objects allocated (net) between collections of the youngest generation
 GC_FULL_EVERY_S = 600.0  # a full collection this often, instead of ones triggered by allocation counts
 
@@ -53,6 +61,38 @@ def timer_config(policy: Policy) -> TimerConfig:
         t1_s=t.t1_ms / 1000, t2_s=t.t2_ms / 1000, t4_s=t.t4_ms / 1000, timer_c_s=t.timer_c_s,
         dialog_timeout_s=policy.service.dialog_timeout_s,
     )
+
+
+def route_key(policy: Policy, machine_id: Path = MACHINE_ID, state_dir: Path | None = None) -> tuple[bytes, str]:
+    """The secret of the route tokens (sip/dialog.py) and where it came from.
+
+    ``service.route_secret`` when the policy has one (a pair of nodes shares it); else one derived from
+    this machine's /etc/machine-id, so that a restart of sipguard on the same machine still verifies the
+    tokens of the calls it admitted before; else a random key kept in ``route.key`` under the state
+    directory ($STATE_DIRECTORY, as systemd's StateDirectory= sets it, else /var/lib/sipguard), made on
+    the first start; else a random one that dies with the process."""
+    secret = policy.service.route_secret
+    if secret:
+        return hashlib.sha256(b"sipguard route token\x00" + secret.encode()).digest(), "service.route_secret"
+    try:
+        machine = machine_id.read_bytes().strip()
+    except OSError:
+        machine = b""
+    if machine:
+        return hashlib.sha256(b"sipguard route token\x00machine\x00" + machine).digest(), str(machine_id)
+    folder = state_dir or Path(os.environ.get("STATE_DIRECTORY", "/var/lib/sipguard").split(":")[0])
+    path = folder / "route.key"
+    try:
+        if path.exists() and len(key := path.read_bytes()) == 32:
+            return key, str(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key, str(path)
+    except OSError:
+        return secrets.token_bytes(32), "random"
 
 
 def _auto_address(family: int) -> str:
@@ -133,6 +173,7 @@ class Server:
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
         self.pump: Pump = None  # type: ignore[assignment]  # set in start()
         self._full_gc: asyncio.TimerHandle | None = None
+        self._sweep: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admin: asyncio.base_events.Server | None = None
         self.admin_port: int | None = None
@@ -143,6 +184,12 @@ class Server:
         self._loop = asyncio.get_running_loop()
         service = self.policy.service
         specs: Sequence[str] = self.settings.listen or service.listen
+        next_hops = [(f"service.upstreams.{name}", peer) for name, peer in service.upstreams.items()]
+        next_hops += [(f"accounts.{a.name}.deliver_to", a.deliver_to) for a in self.policy.accounts if a.deliver_to]
+        for what, peer in next_hops:
+            why = unreachable(peer, tuple(specs))
+            if why is not None:
+                raise ValueError(f"{what}: {why}")
         advertise = self.settings.advertise or service.advertise
         locals_: list[Local] = []
         aliases: list[str] = list(self.settings.extra_aliases)
@@ -186,9 +233,13 @@ class Server:
         except Exception:
             self._close_listeners()
             raise
+        key, key_source = route_key(self.policy)
+        if key_source == "random":
+            log.warning("no service.route_secret and no %s: the route tokens of this process die with it, and "
+                        "in-dialog requests of calls it admitted will be refused after a restart", MACHINE_ID)
         self.core = ProxyCore(
             locals_ + shared_locals, self.router(), timer_config(self.policy),
-            max_message_bytes=service.max_message_bytes, aliases=aliases,
+            max_message_bytes=service.max_message_bytes, aliases=aliases, route_key=key,
         )
         self.pump = self.make_pump({key: sending.sender() for key, sending in self._by_family.items()})
         for receiving in self.listeners:
@@ -204,10 +255,32 @@ class Server:
             pass
         tune_gc()
         self._full_gc = self._loop.call_later(GC_FULL_EVERY_S, self._collect_all)
+        self._sweep = self._loop.call_later(EDGE_SWEEP_S, self._sweep_edge)
         who = "sipguard" if worker is None else f"sipguard worker {worker.index} (pid {os.getpid()})"
         shared_note = "" if not shared_locals else " (shared: " + ", ".join(l.hostport for l in shared_locals) + ")"
         log.info("%s listening on %s%s, admin on %s:%s (SIP core: %s)", who, ", ".join(l.hostport for l in locals_),
                  shared_note, admin_host, self.admin_port, "compiled" if native_core() else "pure Python")
+
+    def _sweep_edge(self) -> None:
+        """Once a second: end the bans whose time is up, and log what the edge did."""
+        assert self._loop is not None
+        for event in self.engine.edge.drain(self._loop.time()):
+            self._edge_event(event)
+        self._sweep = self._loop.call_later(EDGE_SWEEP_S, self._sweep_edge)
+
+    def _edge_event(self, event: EdgeEvent) -> None:
+        self.metrics.edge_events.labels(event.kind).inc()
+        if event.kind == "ban":
+            log.warning("edge: banned %s for %.0f s: %s", event.host, event.duration_s, event.reason)
+        elif event.kind == "unban":
+            log.warning("edge: ban of %s ended after %.1f s (%s): %d packets dropped", event.host, event.duration_s,
+                        event.reason, event.count)
+        elif event.kind == "over_budget":
+            log.warning("edge: trusted source %s %s: its new requests get 503 until it slows down", event.host,
+                        event.reason)
+        else:
+            log.warning("edge: trusted source %s back within its budget after %.1f s: %d new requests refused",
+                        event.host, event.duration_s, event.count)
 
     def _collect_all(self) -> None:
         gc.collect()
@@ -231,6 +304,9 @@ class Server:
         if self._full_gc is not None:
             self._full_gc.cancel()
             self._full_gc = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self._close_listeners()
         if self._admin is not None:
             self._admin.close()
@@ -270,7 +346,11 @@ class Server:
         """The rest of a decision once outcomes.py has counted it: the counters of emergency calls, fax,
         detections and rewrites, and the decision log."""
         m = self.metrics
-        if decision.rule == "emergency":
+        if decision.rule == "emergency" and decision.verdict is Verdict.REJECT:
+            cause = str(dict(decision.evidence).get("refused_for"))
+            m.emergency_refused.labels(cause).inc()
+            log.warning("emergency call %s refused (%s): %s", call_id, cause, decision.reason)
+        elif decision.rule == "emergency":
             ev = dict(decision.evidence)
             m.emergency_calls.labels(str(ev.get("location")), str(ev.get("caller_id_action"))).inc()
         elif decision.rule == "fax":
@@ -288,8 +368,7 @@ class Server:
     def _state_rows(self) -> tuple[list[tuple[str, int]], dict[str, int]]:
         engine = self.engine
         scores = [(name, engine.dialer.score_of(name)) for name in engine.views]
-        buckets, bans = engine.edge.sizes
-        return scores, {"edge_buckets": buckets, "edge_bans": bans, "autodialer_keys": len(engine.dialer)}
+        return scores, {**engine.edge.sizes, "autodialer_keys": len(engine.dialer)}
 
     # ------------------------------------------------------------------ reload
     def reload(self) -> list[str]:
@@ -306,8 +385,12 @@ class Server:
             log.error("policy reload refused: %s", err)
             return [str(err)]
         self.policy = policy
-        self.engine = Engine(policy, self.engine.edge, self.engine.dialer)
+        assert self._loop is not None
+        self.engine = Engine(policy, self.engine.edge, self.engine.dialer, self._loop.time())
         self.core.set_router(self.router())
+        key, key_source = route_key(policy)
+        if key_source != "random":  # a random key is kept: a new one would orphan the tokens of calls up now
+            self.core.route_key = key
         self.outcomes.reconfigure(self.engine, policy.service.reject.channel_limit)
         self.core.set_dialog_timeout(policy.service.dialog_timeout_s)
         self.metrics.reloads.labels("applied").inc()
@@ -318,6 +401,28 @@ class Server:
         self.reload()
 
     # ------------------------------------------------------------------ admin HTTP
+    def _bans_json(self) -> bytes:
+        """The bans in force (GET /bans): source, reason, since / until (seconds ago / from now), packets dropped."""
+        assert self._loop is not None
+        now = self._loop.time()
+        rows = [{"source": host, "reason": ban.reason, "since_s": round(now - ban.since, 1),
+                 "remaining_s": round(ban.until - now, 1), "dropped": ban.dropped}
+                for host, ban in self.engine.edge.bans(now)]
+        return (json.dumps({"bans": rows}, indent=1) + "\n").encode()
+
+    def _lift_ban(self, address: str) -> tuple[str, str, bytes]:
+        """POST /bans/<address>/delete: lift a ban before its time."""
+        assert self._loop is not None
+        try:
+            host = str(ipaddress.ip_address(address.strip("[]")))
+        except ValueError:
+            return "400 Bad Request", "text/plain", f"not an IP address: {address!r}\n".encode()
+        if not self.engine.edge.lift(host, self._loop.time()):
+            return "404 Not Found", "text/plain", f"{host} is not banned\n".encode()
+        for event in self.engine.edge.drain(self._loop.time()):
+            self._edge_event(event)
+        return "200 OK", "text/plain", f"ban of {host} lifted\n".encode()
+
     async def _admin_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
@@ -329,6 +434,10 @@ class Server:
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
             elif method == "GET" and path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif method == "GET" and path == "/bans":
+                status, ctype, body = "200 OK", "application/json", self._bans_json()
+            elif method == "POST" and path.startswith("/bans/") and path.endswith("/delete"):
+                status, ctype, body = self._lift_ban(path[len("/bans/"):-len("/delete")])
             elif method == "POST" and path == "/reload":
                 problems = self.reload()
                 if not problems and self.worker is not None:

@@ -25,7 +25,8 @@ accounts:
     channels: 100
     match: {sources: ["127.0.0.2/32"]}
     upstream: uas
-    numbers: [{range: "+3228807240-+3228807249"}]
+    numbers: [{range: "+3228807240-+3228807249", site: main}]
+    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels"}}
 """
 
 

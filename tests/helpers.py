@@ -27,13 +27,14 @@ def request(
     max_forwards: int | None = 70,
     body: bytes = b"",
     from_user: str = "+3228807240",
+    from_display: str | None = None,
     rport: bool = False,
 ) -> bytes:
     to = "<sip:+3250123400@127.0.0.3>" + (f";tag={to_tag}" if to_tag else "")
     lines = [
         f"{method} {ruri} SIP/2.0",
         f"Via: SIP/2.0/UDP {via_host};branch={branch}" + (";rport" if rport else ""),
-        f"From: <sip:{from_user}@127.0.0.2>;tag={from_tag}",
+        f"From: {from_display + ' ' if from_display else ''}<sip:{from_user}@127.0.0.2>;tag={from_tag}",
         f"To: {to}",
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} {cseq_method or method}",

@@ -32,7 +32,9 @@ class Decision:
     verdict: what it concluded; rule: which rule fired ("attribution", ...);
     reason: words for a person; evidence: the values it looked at;
     mode: ENFORCE (carried out) or SHADOW (recorded, call let through);
-    status: the SIP status of a rejection.
+    status: the SIP status of a rejection;
+    logged: whether it gets a decision-log line (default: rejects, rewrites and flags; plain allows are
+        only counted; a rule that refuses many requests in a row logs the first of them only).
     """
 
     verdict: Final[Verdict]
@@ -42,9 +44,10 @@ class Decision:
     evidence: Final[Evidence]
     mode: Final[Mode]
     status: Final[int]
+    logged: Final[bool]
 
     def __init__(self, verdict: Verdict, rule: str, reason: str, account: str | None = None, evidence: Evidence = (),
-                 mode: Mode = Mode.ENFORCE, status: int = 0) -> None:
+                 mode: Mode = Mode.ENFORCE, status: int = 0, logged: bool | None = None) -> None:
         self.verdict = verdict
         self.rule = rule
         self.reason = reason
@@ -52,8 +55,4 @@ class Decision:
         self.evidence = evidence
         self.mode = mode
         self.status = status
-
-    @property
-    def logged(self) -> bool:
-        """Rejects, rewrites and flags are logged; plain allows are only counted."""
-        return self.verdict is not Verdict.ALLOW
+        self.logged = verdict is not Verdict.ALLOW if logged is None else logged

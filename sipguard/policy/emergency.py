@@ -9,18 +9,57 @@ identity becomes the site's ``emergency_caller_id``.  With no site (a roaming
 softphone, hot-desking), the call goes through with the presented number when it
 is the account's, else the account's default number, flagged unverified.
 Emergency calls are never blocked by any rule.
+
+Which calls are emergency calls (``EmergencyNumbers``): the Request-URI ``urn:service:sos`` or one
+of its sub-services (RFC 5031, ``urn:service:sos.police``), or a number of
+``service.emergency_numbers`` in every form a phone or a PBX dials it: ``112``, ``tel:112``,
+``sip:112@host``, with the country's prefix (``+32112``, ``0032112``) and with visual separators.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Final
+
+import phonenumbers
 
 from ..sip.message import Request
 from .model import Account, Site
-from .numbers import NumberIndex, NumberPlan, identity_of
+from .numbers import VISUAL, NumberIndex, NumberPlan, identity_of, uri_user
 
-__all__ = ["EmergencyOutcome", "called_number", "locate", "route_identity"]
+__all__ = ["EmergencyOutcome", "EmergencyNumbers", "called_number", "locate", "route_identity"]
+
+_SOS: Final = "urn:service:sos"
+
+
+class EmergencyNumbers:
+    """Recognises an emergency call by its Request-URI, in every form it is dialled."""
+
+    def __init__(self, numbers: tuple[str, ...], country: str) -> None:
+        code = phonenumbers.country_code_for_region(country.upper())
+        forms: set[str] = set()
+        for number in numbers:
+            forms.add(number)
+            if code and not number.startswith("+"):
+                forms.add(f"+{code}{number}")
+                forms.add(f"00{code}{number}")
+        self.forms = frozenset(forms)
+
+    def uri(self, uri: str) -> bool:
+        """Whether a Request-URI (``sip:``, ``sips:``, ``tel:`` or ``urn:``) names an emergency service."""
+        if uri[:4].lower() == "urn:":
+            lower = uri.lower()
+            return lower.startswith(_SOS) and (len(lower) == len(_SOS) or lower[len(_SOS)] == ".")
+        user = uri_user(uri)
+        return user is not None and user.translate(VISUAL) in self.forms
+
+    def datagram(self, data: bytes) -> bool:
+        """Whether a datagram is an INVITE to an emergency service, read from its request line alone."""
+        if data[:7] != b"INVITE ":
+            return False
+        end = data.find(b" ", 7, 520)
+        return end > 7 and self.uri(data[7:end].decode("latin-1"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +72,15 @@ class EmergencyOutcome:
 
 
 def called_number(request: Request) -> str | None:
-    """The Request-URI user (or tel: number) without parameters."""
+    """The Request-URI user (or tel: number) without parameters; the URN itself for a ``urn:``."""
     ruri = request.ruri
     if ruri is not None:
         user = ruri.user
         return user.split(";", 1)[0] if user else None
     if request.uri[:4].lower() == "tel:":
         return request.uri[4:].split(";", 1)[0]
+    if request.uri[:4].lower() == "urn:":
+        return request.uri
     return None
 
 

@@ -1,23 +1,31 @@
 """The policy engine: implements the core's Router hook over a loaded Policy.
 
-``admit`` decides a new out-of-dialog request in a fixed order:
+``admit`` decides a new out-of-dialog request in a fixed order (README, "The policies"):
 
-1. attribution (SPEC §3): outbound when the source address is in an account's
+1. attribution: outbound when the source address is in an account's
    ``match.sources`` (else its From domain in ``match.domains``); inbound when it
    comes from an upstream; otherwise an unknown source -> ``reject.unknown_source``;
-2. for an INVITE: emergency (SPEC §4.4) — the caller ID is kept or rewritten to
-   the caller's site, and no later rule may block the call; otherwise caller-ID
-   screening (§4.2) of outbound calls;
-3. fax (§4.5): a T.38 offer is recognised and counted, never blocked;
-4. auto-dialers (§4.3), outbound INVITEs of accounts with the rule on (trunks by
-   default), never emergency calls: the detector's level and its action (log,
+2. the edge budget of a trusted source (an account's network or an upstream):
+   over it, a new request gets 503 with Retry-After (never an emergency call);
+3. routing: an outbound request goes to the account's upstream, an inbound one to
+   the ``deliver_to`` of the account whose block holds the called number, and a
+   preloaded Route may name nothing else (``routing``: 403; an emergency call's
+   foreign Routes are removed instead);
+4. for an INVITE: emergency (terms BT7, ST4) — the caller ID is kept or rewritten
+   to the caller's site, and no later rule may block the call; otherwise caller-ID
+   screening (terms general 4) of outbound calls, and the inbound caller-ID rule
+   (Royal Decree of 12 May 2024) of calls from an international upstream;
+5. fax: a T.38 offer is recognised and counted, never blocked;
+6. auto-dialers (terms ST5), outbound INVITEs of accounts with the rule on (trunks
+   by default), never emergency calls: the detector's level and its action (log,
    throttle with 503 + Retry-After, block with 403 for a cool-down);
-5. channels (§4.1): every admitted INVITE, inbound or outbound, carries a
+7. channels (terms BT4a): every admitted INVITE, inbound or outbound, carries a
    ChannelClaim that the server settles in the state store; a refused claim
    becomes ``reject.channel_limit`` with a Warning naming the limit.
 
-Before all that, ``screen_packet`` and ``screen_request`` (§4.6) drop banned,
-flooding and scanning sources silently (EdgeGuard).
+Before all that, ``screen_packet`` and ``screen_request`` (terms general 5) drop
+banned, flooding and scanning unknown sources silently (EdgeGuard); the core asks
+``refused`` for the decisions to record when it refuses a request itself.
 
 Each rule has a mode per account (enforce | shadow | off): shadow records what
 enforce would have done and lets the call through unchanged.
@@ -34,6 +42,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+import phonenumbers
+
 from ..sip.actions import Admission, Peer, Reject
 from ..sip.errors import ParseError
 from ..sip.message import Request, ip_literal, parse_name_addr, parse_uri
@@ -43,10 +53,10 @@ from .autodialer import DialerDetector
 from .callerid import screen
 from .channels import ChannelLimit, channel_limit
 from .decision import Decision, Mode, Verdict
-from .edge import EdgeGuard
-from .emergency import called_number, route_identity
+from .edge import OVER, WITHIN, EdgeGuard
+from .emergency import EmergencyNumbers, called_number, route_identity
 from .model import RULES, Account, Network, Policy, RuleMode
-from .numbers import NumberIndex, NumberPlan
+from .numbers import NumberIndex, NumberPlan, display_number, identity_of
 
 __all__ = ["Engine", "AccountView", "is_t38"]
 
@@ -94,21 +104,25 @@ def _with_user(from_value: str, number: str) -> str:
 class Engine:
     """Router for ProxyCore built from one Policy; replace it whole on reload."""
 
-    def __init__(self, policy: Policy, edge: EdgeGuard | None = None, dialer: DialerDetector | None = None) -> None:
+    def __init__(self, policy: Policy, edge: EdgeGuard | None = None, dialer: DialerDetector | None = None,
+                 now: float = 0.0) -> None:
         self.policy = policy
         service = policy.service
-        upstream_hosts = frozenset(p.host for p in service.upstreams.values())
-        self.edge = edge or EdgeGuard(service.edge, upstream_hosts)
-        self.edge.reconfigure(service.edge, upstream_hosts)
-        self.dialer = dialer or DialerDetector(service.autodialer)
-        self.dialer.set_config(service.autodialer)
         self.plan = NumberPlan(service.country)
-        self.emergency_numbers = frozenset(service.emergency_numbers)
+        self.emergency = EmergencyNumbers(service.emergency_numbers, service.country)
         self._nets: list[tuple[Network, Account]] = [(n, a) for a in policy.accounts for n in a.sources]
         self._nets.sort(key=lambda na: na[0].prefixlen, reverse=True)  # most specific first
         self._domains = {d: a for a in policy.accounts for d in a.domains}
         self._upstream_hosts = {p.host for p in service.upstreams.values()}
+        self._international = frozenset(service.upstreams[n].host for n in service.international
+                                        if n in service.upstreams)
+        self._country_prefix = f"+{phonenumbers.country_code_for_region(service.country.upper())}"
+        self._allowed_inbound = NumberIndex((b, b) for b in service.inbound_caller_id.allow)
         self._by_source: dict[str, Account | None] = {}
+        self.edge = edge or EdgeGuard(service.edge, self.is_trusted, self.emergency.datagram)
+        self.edge.reconfigure(service.edge, self.is_trusted, self.emergency.datagram, now)
+        self.dialer = dialer or DialerDetector(service.autodialer)
+        self.dialer.set_config(service.autodialer)
         self.views: dict[str, AccountView] = {}
         code = service.reject.channel_limit
         for a in policy.accounts:
@@ -122,6 +136,10 @@ class Engine:
                 {rule: a.mode(rule) for rule in RULES},
             )
         self.index = NumberIndex((b, a) for a in policy.accounts for b in a.numbers)
+        retry = str(service.edge.retry_after_s)
+        self._over_budget = Reject(503, "Service Unavailable", (
+            ("warning", '399 sipguard "too many new requests from this source; retry later"'),
+            ("retry-after", retry)))
 
     # ------------------------------------------------------------------ lookups
     def limits(self) -> dict[str, int]:
@@ -150,15 +168,16 @@ class Engine:
         found = self.index.find(e164)
         return found[1] if found is not None else None  # type: ignore[return-value]
 
-    def is_known(self, source: Peer) -> bool:
-        return source.host in self._upstream_hosts or self.account_for_source(source.host) is not None
+    def is_trusted(self, host: str) -> bool:
+        """An upstream, or an address in an account's networks: never banned by the edge (a domain is no proof)."""
+        return host in self._upstream_hosts or self.account_for_source(host) is not None
 
     def is_emergency(self, request: Request) -> bool:
-        return self.plan.dialled(called_number(request)) in self.emergency_numbers
+        return self.emergency.uri(request.uri)
 
     # ------------------------------------------------------------------ the hook
-    def screen_packet(self, source: Peer, now: float) -> str | None:
-        return self.edge.packet(source.host, now)
+    def screen_packet(self, data: bytes, source: Peer, now: float) -> str | None:
+        return self.edge.packet(source.host, data, now)
 
     def screen_request(self, request: Request, source: Peer, now: float) -> str | None:
         ua = request.get("user-agent")
@@ -166,19 +185,24 @@ class Engine:
             return "scanner"
         return None
 
-    def admit(self, request: Request, source: Peer, now: float) -> Admission:
-        account = self.account_for_source(source.host)
+    def admit(self, request: Request, source: Peer, now: float, routes: tuple[str, ...] = ()) -> Admission:
+        """Route and decide a new out-of-dialog request; ``routes``: its Route values after sipguard's own."""
+        host = source.host
+        account = self.account_for_source(host)
+        trusted = account is not None
         if account is None and self._domains:
             account = self._account_for_domain(request)
+        upstream = account is None and host in self._upstream_hosts
+        if account is None and not upstream:
+            return self._unknown_source(request, source)
+        emergency = request.method == "INVITE" and self.is_emergency(request)
+        if (trusted or upstream) and not emergency:
+            budget = self.edge.new_request(host, now)
+            if budget != WITHIN:
+                return self._budget_refusal(request, host, account, budget == OVER)
         if account is not None:
-            return self._outbound(request, source, account, now)
-        if source.host in self._upstream_hosts:
-            return self._inbound(request)
-        code = self.policy.service.reject.unknown_source
-        decision = Decision(Verdict.REJECT, "attribution", "unknown source", None,
-                            (("source", source.host),), status=code)
-        warning = f'399 sipguard "source {source.host} belongs to no account"'
-        return Admission(reject=Reject(code, "Forbidden", (("warning", warning),)), decisions=(decision,))
+            return self._outbound(request, source, account, emergency, routes, now)
+        return self._inbound(request, source, routes)
 
     def in_dialog(self, request: Request, account: str | None) -> tuple[Decision, ...]:
         """Decisions about a request inside a dialog (a re-INVITE switching to T.38)."""
@@ -187,6 +211,45 @@ class Engine:
                              (("method", request.method),)),)
         return ()
 
+    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, kind: str) -> tuple[Decision, ...]:
+        """The core refused a request itself: the decisions to record.
+
+        kind: ``in_dialog`` (no dialog sipguard admitted, or a route that leaves it), ``unroutable``
+        (no way to send it on), or ``sip`` (malformed, too many hops, a loop...).  An emergency call
+        refused for any reason is a decision of its own (logged at WARNING, counted); of the rest only
+        ``in_dialog`` and ``unroutable`` refusals are logged (a malformed packet is only counted).
+        """
+        out: list[Decision] = []
+        if method == "INVITE" and self.emergency.uri(uri):
+            out.append(_emergency_refused(kind if kind != "sip" else why.split(":", 1)[0], uri, source, status, why))
+        if kind != "sip":
+            out.append(Decision(Verdict.REJECT, "routing", why, None,
+                                (("method", method), ("source", source.host), ("uri", uri[:200])), status=status))
+        return tuple(out)
+
+    # ------------------------------------------------------------------ attribution and routing
+    def _unknown_source(self, request: Request, source: Peer) -> Admission:
+        code = self.policy.service.reject.unknown_source
+        decision = Decision(Verdict.REJECT, "attribution", "unknown source", None,
+                            (("source", source.host),), status=code)
+        decisions: tuple[Decision, ...] = (decision,)
+        if request.method == "INVITE" and self.is_emergency(request):
+            decisions = (decision, _emergency_refused("unknown_source", request.uri, source, code,
+                                                      f"source {source.host} belongs to no account"))
+        warning = f'399 sipguard "source {source.host} belongs to no account"'
+        return Admission(reject=Reject(code, "Forbidden", (("warning", warning),)), decisions=decisions)
+
+    def _budget_refusal(self, request: Request, host: str, account: Account | None, first: bool) -> Admission:
+        """503 for a trusted source over its budget; the first refusal of a stretch is logged, every one counted."""
+        edge = self.edge.config
+        decision = Decision(Verdict.REJECT, "edge", f"source {host} over its budget of "
+                            f"{edge.trusted_requests_per_s:g} new requests/s: 503 until it slows down",
+                            account.name if account else None,
+                            (("source", host), ("method", request.method),
+                             ("requests_per_s", edge.trusted_requests_per_s), ("burst", edge.trusted_burst)),
+                            status=503, logged=first)
+        return Admission(account=decision.account, reject=self._over_budget, decisions=(decision,))
+
     def _account_for_domain(self, request: Request) -> Account | None:
         try:
             host = parse_uri.call(parse_name_addr(request.get("from") or "").uri).host
@@ -194,14 +257,42 @@ class Engine:
             return None
         return self._domains.get(host)
 
-    def _outbound(self, request: Request, source: Peer, account: Account, now: float) -> Admission:
+    @staticmethod
+    def _foreign_route(routes: tuple[str, ...], next_hop: Peer) -> str | None:
+        """The first Route value that does not name ``next_hop`` (None: every one does)."""
+        for value in routes:
+            try:
+                uri = parse_uri.call(parse_name_addr(value).uri)
+            except ParseError:
+                return value
+            transport = (uri.param("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
+            if ip_literal(uri.host) != next_hop.host or (uri.port or (5061 if transport == "tls" else 5060)) != next_hop.port:
+                return value
+        return None
+
+    def _routing_refusal(self, source: Peer, account: Account | None, route: str, next_hop: Peer) -> Admission:
+        reason = f"preloaded Route {route[:100]} leaves the route to {next_hop.host}:{next_hop.port}"
+        decision = Decision(Verdict.REJECT, "routing", reason, account.name if account else None,
+                            (("source", source.host), ("route", route[:200]),
+                             ("next_hop", f"{next_hop.host}:{next_hop.port}")), status=403)
+        return Admission(account=decision.account, reject=_reject(403, "Forbidden", "Route not allowed"),
+                         decisions=(decision,))
+
+    def _outbound(self, request: Request, source: Peer, account: Account, emergency: bool, routes: tuple[str, ...],
+                  now: float) -> Admission:
         target = self.policy.service.upstreams[account.upstream]
+        drop_routes = False
+        if routes:
+            foreign = self._foreign_route(routes, target)
+            if foreign is not None:
+                if not emergency:
+                    return self._routing_refusal(source, account, foreign, target)
+                drop_routes = True  # an emergency call goes to the upstream whatever its Routes say
         if request.method != "INVITE":
             return Admission(target=target, account=account.name, direction="outbound")
         view = self.views[account.name]
         decisions: list[Decision] = []
         edits: list[Edit] = []
-        emergency = self.is_emergency(request)
         if emergency:
             self._emergency(request, source, account, view.modes["emergency"], decisions, edits)
         else:
@@ -218,34 +309,67 @@ class Engine:
         self._fax(request, account, decisions, "outbound")
         claim, claim_reject = self._claim(request, view, emergency)
         return Admission(target=target, account=account.name, direction="outbound", edits=tuple(edits),
-                         claim=claim, claim_reject=claim_reject, emergency=emergency, decisions=tuple(decisions))
+                         claim=claim, claim_reject=claim_reject, emergency=emergency, decisions=tuple(decisions),
+                         drop_routes=drop_routes)
 
-    def _inbound(self, request: Request) -> Admission:
-        ruri = request.ruri
+    def _inbound(self, request: Request, source: Peer, routes: tuple[str, ...]) -> Admission:
+        """From an upstream: only to the ``deliver_to`` of the account whose number block holds the called number."""
         called = self.plan.normalize(called_number(request))
         account = self.account_for_number(called)
-        target: Peer | None = None
-        if account is not None and account.deliver_to is not None:
-            target = account.deliver_to
-        elif ruri is not None and ruri.user is not None:
-            ip = ip_literal(ruri.host)
-            if ip is not None:
-                transport = (ruri.param("transport") or "udp").lower()
-                target = Peer(transport, ip, ruri.port or 5060)
-        if target is None:
-            decision = Decision(Verdict.REJECT, "attribution", "inbound for no known number", None,
-                                (("called", called),), status=404)
-            return Admission(reject=Reject(404, "Not Found"), decisions=(decision,))
-        name = account.name if account is not None else None
-        if request.method != "INVITE" or account is None:
-            return Admission(target=target, account=name, direction="inbound")
+        if account is None or account.deliver_to is None:
+            why = "no account holds the called number" if account is None else f"account {account.name} has no deliver_to"
+            decision = Decision(Verdict.REJECT, "attribution", f"inbound call not delivered: {why}",
+                                account.name if account else None,
+                                (("called", called or called_number(request)), ("source", source.host)), status=404)
+            return Admission(account=decision.account, direction="inbound", reject=_reject(404, "Not Found", why),
+                             decisions=(decision,))
+        target = account.deliver_to
+        if routes:
+            foreign = self._foreign_route(routes, target)
+            if foreign is not None:
+                return self._routing_refusal(source, account, foreign, target)
+        if request.method != "INVITE":
+            return Admission(target=target, account=account.name, direction="inbound")
         decisions: list[Decision] = []
+        if source.host in self._international:
+            rejected = self._inbound_caller_id(request, source, account, decisions)
+            if rejected is not None:
+                return Admission(account=account.name, direction="inbound", reject=rejected, decisions=tuple(decisions))
         self._fax(request, account, decisions, "inbound")
         claim, claim_reject = self._claim(request, self.views[account.name], False)
-        return Admission(target=target, account=name, direction="inbound", claim=claim, claim_reject=claim_reject,
-                         decisions=tuple(decisions))
+        return Admission(target=target, account=account.name, direction="inbound", claim=claim,
+                         claim_reject=claim_reject, decisions=tuple(decisions))
 
     # ------------------------------------------------------------------ rules
+    def _inbound_caller_id(self, request: Request, source: Peer, account: Account,
+                           decisions: list[Decision]) -> Reject | None:
+        """A call from abroad may not present a number of ``service.country`` (Royal Decree of 12 May 2024),
+        except the registered bona fide numbers of ``inbound_caller_id.allow``."""
+        rule = self.policy.service.inbound_caller_id
+        if rule.mode is _OFF:
+            return None
+        presented: list[tuple[str, str]] = []
+        for key in ("from", "p-asserted-identity", "p-preferred-identity", "remote-party-id"):
+            for value in request.get_all(key) if key != "from" else [request.get("from") or ""]:
+                display, user = identity_of(value)
+                for what, number in ((key, self.plan.normalize(user)), (f"{key} display name", display_number(display, self.plan))):
+                    if number is not None:
+                        presented.append((what, number))
+        national = [(what, n) for what, n in presented
+                    if n.startswith(self._country_prefix) and self._allowed_inbound.find(n) is None]
+        if not national:
+            return None
+        what, number = national[0]
+        code = self.policy.service.reject.inbound_spoofing
+        reason = (f"call from international upstream {source.host} presents {number} ({what}), a number of "
+                  f"{self.policy.service.country}")
+        decisions.append(Decision(Verdict.REJECT, "inbound_caller_id", reason, account.name,
+                                  (("source", source.host), ("presented", number), ("field", what)),
+                                  Mode(rule.mode.value), status=code))
+        if rule.mode is _SHADOW:
+            return None
+        return _reject(code, "Forbidden", f"caller ID {number} not allowed from abroad")
+
     def _caller_id(self, request: Request, view: AccountView, mode: RuleMode, decisions: list[Decision],
                    edits: list[Edit]) -> Reject | None:
         account = view.account
@@ -261,7 +385,7 @@ class Engine:
             decisions.append(Decision(Verdict.REWRITE, "caller_id", f"{result.reason}; rewritten to {number}",
                                       account.name, (*result.evidence, ("rewritten_to", number)), Mode(mode.value)))
             if mode is _ENFORCE:
-                edits.extend(self._identity_edits(request, number))
+                edits.extend(self._identity_edits(request, number, result.foreign_display))
             return None
         decisions.append(Decision(Verdict.REJECT, "caller_id", result.reason, account.name, result.evidence,
                                   Mode(mode.value), status=code))
@@ -270,14 +394,18 @@ class Engine:
         warning = f'399 sipguard "caller ID not allowed: {_quote(result.reason)}"'
         return Reject(code, "Forbidden", (("warning", warning),))
 
-    def _identity_edits(self, request: Request, number: str) -> list[Edit]:
+    def _identity_edits(self, request: Request, number: str, drop_display: bool = False) -> list[Edit]:
         edits: list[Edit] = [
             SetHeader("p-asserted-identity", _identity_uri(number, request)),
             RemoveAll("p-preferred-identity"),
             RemoveAll("remote-party-id"),
         ]
+        from_value = request.get("from") or ""
+        new_from = _without_display(from_value) if drop_display else from_value
         if self.policy.service.rewrite_from:
-            edits.append(SetHeader("from", _with_user(request.get("from") or "", number)))
+            new_from = _with_user(new_from, number)
+        if new_from != from_value:
+            edits.append(SetHeader("from", new_from))
         return edits
 
     def _emergency(self, request: Request, source: Peer, account: Account, mode: RuleMode,
@@ -362,6 +490,22 @@ class Engine:
         claim = ChannelClaim(view.account.name, view.limit.limit, f"{request.call_id};{request.from_tag or ''}",
                              emergency, enforce=mode is _ENFORCE)
         return claim, view.claim_reject
+
+
+def _emergency_refused(cause: str, uri: str, source: Peer, status: int, why: str) -> Decision:
+    """An emergency call that sipguard refused (it should never happen: logged at WARNING, counted by cause)."""
+    return Decision(Verdict.REJECT, "emergency", f"emergency call refused: {why}", None,
+                    (("refused_for", cause), ("called", uri[:200]), ("source", source.host)), status=status)
+
+
+def _without_display(value: str) -> str:
+    """A From value without its display name (tag and parameters kept)."""
+    try:
+        addr = parse_name_addr(value)
+    except ParseError:
+        return value
+    params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in addr.params)
+    return f"<{addr.uri}>{params}"
 
 
 def _reject(status: int, reason: str, why: str) -> Reject:

@@ -30,6 +30,7 @@ from .model import (
     Account,
     Band,
     Device,
+    InboundCallerId,
     Network,
     NumberBlock,
     Policy,
@@ -41,7 +42,7 @@ from .model import (
     User,
 )
 
-__all__ = ["PolicyError", "Problem", "load", "load_text"]
+__all__ = ["PolicyError", "Problem", "load", "load_text", "unreachable"]
 
 _E164 = re.compile(r"\+[1-9]\d{3,14}")
 
@@ -149,6 +150,26 @@ class _Ctx:
                 self.error(item, f"{key}[{i}]", f"not an IP network: {s!r}")
         return tuple(out)
 
+    def mode(self, node: yaml.Node, key: str) -> RuleMode | None:
+        # YAML 1.1 reads a bare `off` as false: take it as the mode it was meant to be
+        text = "off" if self.scalar(node, key) is False else self.string(node, key)
+        try:
+            return RuleMode(text)
+        except ValueError:
+            self.error(node, key, "must be enforce, shadow or off")
+            return None
+
+    def number_range(self, node: yaml.Node, key: str) -> tuple[str, str] | None:
+        """``+FIRST-+LAST`` (equal length) or one ``+E164`` number."""
+        text = self.string(node, key) or ""
+        first, sep, last = text.partition("-")
+        if not sep:
+            last = first
+        if not (_E164.fullmatch(first) and _E164.fullmatch(last) and len(first) == len(last) and first <= last):
+            self.error(node, key, f"must be +E164 or +FIRST-+LAST of equal length, FIRST <= LAST: {text!r}")
+            return None
+        return first, last
+
     def sip_peer(self, node: yaml.Node, key: str) -> Peer | None:
         s = self.string(node, key)
         if s is None:
@@ -165,11 +186,43 @@ class _Ctx:
         except ValueError:
             self.error(node, key, f"the host must be an IP address (no DNS yet): {s!r}")
             return None
+        ip = ipaddress.ip_address(host)
+        if ip.is_multicast or ip.is_unspecified or host == "255.255.255.255":
+            self.error(node, key, f"not a unicast address: {s!r}")
+            return None
         transport = (uri.param("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
         if transport not in ("udp", "tcp", "tls"):
             self.error(node, key, f"unknown transport {transport!r}")
             return None
+        if uri.port == 0:
+            self.error(node, key, f"port 0 cannot be sent to: {s!r}")
+            return None
         return Peer(transport, host, uri.port or (5061 if transport == "tls" else 5060))
+
+    def reachable(self, node: yaml.Node, key: str, peer: Peer, listen: tuple[str, ...]) -> None:
+        why = unreachable(peer, listen)
+        if why is not None:
+            self.error(node, key, why)
+
+
+def unreachable(peer: Peer, listen: tuple[str, ...]) -> str | None:
+    """Why no listen address can send to ``peer`` (a transport not served, no address of its family), or None.
+    The loader refuses such a policy, and the server a command line whose --listen leaves one unreachable."""
+    if peer.transport != "udp":
+        return f"{peer.transport.upper()} next hops are not served yet: only UDP listeners exist"
+    family = 6 if ":" in peer.host else 4
+    for spec in listen:
+        transport, _sep, rest = spec.partition(":")
+        host = rest.rpartition(":")[0].strip("[]")
+        if transport == "udp" and (6 if ":" in host else 4) == family:
+            return None
+    example = "udp:[::]:5060" if family == 6 else "udp:0.0.0.0:5060"
+    return (f"no listen address can reach {_bracketed(peer.host)}:{peer.port}: service.listen has no udp "
+            f"address of IPv{family} (add one, e.g. {example!r})")
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def load(path: str | os.PathLike[str]) -> Policy:
@@ -257,7 +310,7 @@ def _overlaps(ctxs: list[_Ctx]) -> list[Problem]:
     return problems
 
 
-_SERVICE_KEYS = tuple(f.name for f in fields(Service))
+_SERVICE_KEYS = tuple(f.name for f in fields(Service) if f.name != "international")
 
 
 def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
@@ -265,6 +318,7 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
     if m is None:
         return None
     kw: dict[str, Any] = {}
+    next_hops: list[tuple[yaml.Node, str, Peer]] = []  # checked against the listen addresses at the end
     for key, (_k, v) in m.items():
         path = f"service.{key}"
         if key == "listen":
@@ -272,6 +326,9 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             for i, item in enumerate(listen):
                 if not re.fullmatch(r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[0-9.]+):\d{1,5}", item):
                     ctx.error(v, f"{path}[{i}]", f"expected udp:HOST:PORT (IPv6 in brackets), got {item!r}")
+                elif not item.startswith("udp:"):
+                    ctx.error(v, f"{path}[{i}]", f"{item.split(':')[0]} listeners are not served yet: "
+                              f"only udp:HOST:PORT")
             if not listen:
                 ctx.error(v, path, "must name at least one address")
             kw[key] = listen
@@ -283,8 +340,45 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
                 ctx.error(v, path, f"expected HOST:PORT, got {s!r}")
             kw[key] = s
         elif key == "upstreams":
-            ups = ctx.mapping(v, path, None) or {}
-            kw[key] = {name: peer for name, (_k2, v2) in ups.items() if (peer := ctx.sip_peer(v2, f"{path}.{name}"))}
+            upstreams: dict[str, Peer] = {}
+            international: set[str] = set()
+            for name, (_k2, v2) in (ctx.mapping(v, path, None) or {}).items():
+                sub = f"{path}.{name}"
+                uri_node = v2
+                if isinstance(v2, yaml.MappingNode):  # the long form: {uri, international}
+                    um = ctx.mapping(v2, sub, ("uri", "international")) or {}
+                    if "uri" not in um:
+                        ctx.error(v2, f"{sub}.uri", "missing")
+                        continue
+                    uri_node = um["uri"][1]
+                    if "international" in um:
+                        flag = ctx.scalar(um["international"][1], f"{sub}.international")
+                        if not isinstance(flag, bool):
+                            ctx.error(um["international"][1], f"{sub}.international", "must be true or false")
+                        elif flag:
+                            international.add(name)
+                    sub = f"{sub}.uri"
+                peer = ctx.sip_peer(uri_node, sub)
+                if peer is not None:
+                    upstreams[name] = peer
+                    next_hops.append((uri_node, sub, peer))
+            kw[key] = upstreams
+            kw["international"] = frozenset(international)
+        elif key == "inbound_caller_id":
+            im = ctx.mapping(v, path, ("mode", "allow")) or {}
+            mode = ctx.mode(im["mode"][1], f"{path}.mode") if "mode" in im else RuleMode.ENFORCE
+            allow = []
+            allow_nodes = (ctx.seq(im["allow"][1], f"{path}.allow") or []) if "allow" in im else []
+            for i, allow_node in enumerate(allow_nodes):
+                rng = ctx.number_range(allow_node, f"{path}.allow[{i}]")
+                if rng is not None:
+                    allow.append(NumberBlock(rng[0], rng[1], None))
+            kw[key] = InboundCallerId(mode, tuple(allow)) if mode is not None else None
+        elif key == "route_secret":
+            secret = ctx.string(v, path)
+            if secret is not None and len(secret) < 16:
+                ctx.error(v, path, "must be at least 16 characters (it signs the route tokens of every call)")
+            kw[key] = secret
         elif key == "emergency_numbers":
             nums = ctx.strings(v, path)
             for i, n in enumerate(nums):
@@ -328,6 +422,9 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
                 if val is not None:
                     tk[tkey] = val
             kw[key] = SipTimers(**tk)
+    listen_specs = kw.get("listen") or Service().listen
+    for hop_node, hop_key, peer in next_hops:
+        ctx.reachable(hop_node, hop_key, peer, listen_specs)
     if any(value is None and key not in ("advertise",) for key, value in kw.items()) or \
             any(key == "rewrite_from" and not isinstance(value, bool) for key, value in kw.items()):
         return None
@@ -344,7 +441,7 @@ def _edge(ctx: _Ctx, node: yaml.Node, path: str) -> EdgeConfig:
         elif key == "exempt":
             kw[key] = ctx.networks(v, sub)
         else:
-            value = ctx.number(v, sub, minimum=1, integer=key == "max_sources")
+            value = ctx.number(v, sub, minimum=1, integer=key in ("max_sources", "retry_after_s"))
             if value is not None:
                 kw[key] = value
     return EdgeConfig(**kw)
@@ -454,6 +551,8 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account
         if upstream not in service.upstreams:
             ctx.error(m["upstream"][1], f"{path}.upstream", f"no upstream named {upstream!r} in service.upstreams")
     deliver_to = ctx.sip_peer(m["deliver_to"][1], f"{path}.deliver_to") if "deliver_to" in m else None
+    if deliver_to is not None:
+        ctx.reachable(m["deliver_to"][1], f"{path}.deliver_to", deliver_to, service.listen)
     channels = None
     if "channels" in m:
         ch = ctx.number(m["channels"][1], f"{path}.channels", integer=True)
@@ -472,12 +571,12 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account
     rules: dict[str, RuleMode] = {}
     if "rules" in m:
         for rname, (_k, rv) in (ctx.mapping(m["rules"][1], f"{path}.rules", RULES) or {}).items():
-            # YAML 1.1 reads a bare `off` as false: take it as the mode it was meant to be
-            mode = "off" if ctx.scalar(rv, f"{path}.rules.{rname}") is False else ctx.string(rv, f"{path}.rules.{rname}")
-            try:
-                rules[rname] = RuleMode(mode)
-            except ValueError:
-                ctx.error(rv, f"{path}.rules.{rname}", "must be enforce, shadow or off")
+            mode = ctx.mode(rv, f"{path}.rules.{rname}")
+            if mode is RuleMode.OFF and rname == "emergency":
+                ctx.error(rv, f"{path}.rules.{rname}", "emergency calls cannot be switched off (terms: BT7, ST4): "
+                          "enforce puts the site's caller ID on them, shadow only records what it would put")
+            elif mode is not None:
+                rules[rname] = mode
     default_number = None
     if "default_number" in m:
         default_number = ctx.string(m["default_number"][1], f"{path}.default_number")
@@ -491,9 +590,14 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account
     if "sites" in m:
         for sname, (_k, sv) in (ctx.mapping(m["sites"][1], f"{path}.sites", None) or {}).items():
             site = sites.get(sname)
-            if site is not None and site.emergency_caller_id and not _in_blocks(site.emergency_caller_id, numbers):
+            ecid = site.emergency_caller_id if site is not None else None
+            if ecid and not _in_blocks(ecid, numbers):
+                ctx.error(sv, f"{path}.sites.{sname}.emergency_caller_id", f"{ecid} is in none of the account's numbers")
+            elif ecid and not _in_blocks(ecid, tuple(b for b in numbers if b.site == sname)):
+                other = next(b.site for b in numbers if b.holds(ecid))
                 ctx.error(sv, f"{path}.sites.{sname}.emergency_caller_id",
-                          f"{site.emergency_caller_id} is in none of the account's numbers")
+                          f"{ecid} is a number of site {other!r}, not of {sname!r}: emergency services would "
+                          f"look for the caller at the address of {other!r}")
     if kind == "trunk" and channels is None and not users:
         ctx.error(node, f"{path}.channels", "a trunk needs its channels, or users to count them from")
     if len(ctx.problems) > before:
@@ -503,7 +607,7 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account
 
 
 def _in_blocks(number: str, blocks: tuple[NumberBlock, ...]) -> bool:
-    return any(len(b.first) == len(number) and b.first <= number <= b.last for b in blocks)
+    return any(b.holds(number) for b in blocks)
 
 
 def _site(ctx: _Ctx, name: str, node: yaml.Node, path: str) -> Site | None:
@@ -599,12 +703,13 @@ def _numbers(ctx: _Ctx, node: yaml.Node, path: str, sites: dict[str, Site]) -> l
                 continue
             first = last = num
         else:
-            rng = ctx.string(m["range"][1], f"{ip}.range") or ""
-            a, _sep, b = rng.partition("-")
-            if not (_E164.fullmatch(a) and _E164.fullmatch(b) and len(a) == len(b) and a <= b):
-                ctx.error(m["range"][1], f"{ip}.range", f"must be +FIRST-+LAST of equal length, FIRST <= LAST: {rng!r}")
+            rng = ctx.number_range(m["range"][1], f"{ip}.range")
+            if rng is None:
                 continue
-            first, last = a, b
+            first, last = rng
+        if "site" not in m:
+            ctx.error(item, f"{ip}.site", "a number block needs its site: the postal address emergency services "
+                      "are given for its numbers (terms: BT7, ST4)")
         out.append(NumberBlock(first, last, _site_ref(ctx, m, ip, sites)))
         ctx.blocks.append((first, last, path.split(".")[1], item, ip))
     return out

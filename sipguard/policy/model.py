@@ -16,6 +16,7 @@ from .edge import EdgeConfig
 __all__ = [
     "Network",
     "RuleMode",
+    "InboundCallerId",
     "Band",
     "RejectCodes",
     "SipTimers",
@@ -59,6 +60,27 @@ class RejectCodes:
     channel_limit: int = 486
     caller_id: int = 403
     unknown_source: int = 403
+    inbound_spoofing: int = 403
+
+
+@dataclass(frozen=True, slots=True)
+class NumberBlock:
+    first: str  # E.164 with '+'
+    last: str
+    site: str | None
+
+    def holds(self, e164: str) -> bool:
+        return len(e164) == len(self.first) and self.first <= e164 <= self.last
+
+
+@dataclass(frozen=True, slots=True)
+class InboundCallerId:
+    """The Belgian anti-spoofing rule (Royal Decree of 12 May 2024): calls that enter through an
+    international upstream may not present a number of ``service.country``, except the registered
+    bona fide numbers in ``allow``."""
+
+    mode: RuleMode = RuleMode.ENFORCE
+    allow: tuple[NumberBlock, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +108,10 @@ class Service:
     rewrite_from: bool = False  # rewrites of the caller ID change the From user too, not only PAI
     edge: EdgeConfig = EdgeConfig()
     autodialer: DialerConfig = DialerConfig()
+    inbound_caller_id: InboundCallerId = InboundCallerId()
+    route_secret: str | None = None  # signs the Record-Route token; default: derived from /etc/machine-id
+    # not keys of their own: read from the upstreams' long form ({uri, international})
+    international: frozenset[str] = frozenset()  # names of the upstreams through which calls enter from abroad
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +137,6 @@ class Site:
     address: str
     sources: tuple[Network, ...]
     emergency_caller_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class NumberBlock:
-    first: str  # E.164 with '+'
-    last: str
-    site: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,9 @@ from ..sip.grammar import ADDR_SPEC_RE, NAME_ADDR_RE
 from ..sip.memo import MEMO_SIZE, Memo
 from .model import NumberBlock
 
-__all__ = ["NumberPlan", "NumberIndex", "uri_user", "identity_of"]
+__all__ = ["NumberPlan", "NumberIndex", "VISUAL", "uri_user", "identity_of", "display_number"]
 
-_VISUAL: Final = str.maketrans("", "", " -.()")
+VISUAL: Final = str.maketrans("", "", " -.()")  # the separators people write numbers with
 
 
 def uri_user(uri: str) -> str | None:
@@ -65,6 +65,14 @@ def _identity_fn(header_value: str) -> tuple[str | None, str | None]:
 _identity: Final = Memo(_identity_fn)
 
 
+def display_number(display: str | None, plan: NumberPlan) -> str | None:
+    """The E.164 number a display name reads as (``"+32 2 880 72 40"``, ``"028807240"``): a callee's phone
+    shows it as the caller's number, so it is screened like one.  None for a name ("Reception", "201")."""
+    if not display:
+        return None
+    return plan.normalize(display.strip().strip('"').strip())
+
+
 class NumberPlan:
     """Normalises numbers for one country."""
 
@@ -74,18 +82,11 @@ class NumberPlan:
     def normalize(self, text: str | None) -> str | None:
         return _normalize.call((text, self.country)) if text else None
 
-    def dialled(self, text: str | None) -> str | None:
-        """The digits as dialled (no separators, no URI parameters), for emergency numbers."""
-        if not text:
-            return None
-        raw = text.translate(_VISUAL)
-        return raw if raw.lstrip("+").isdigit() else None
-
 
 def _normalize_fn(text_country: tuple[str, str]) -> str | None:
     """(dialled text, ISO country) -> E.164, or None; one argument, the memo's key."""
     text, country = text_country
-    raw = text.translate(_VISUAL)
+    raw = text.translate(VISUAL)
     if not raw or not (raw[0] == "+" or raw[0].isdigit()) or not raw[1:].isdigit():
         return None
     if raw.startswith("+"):

@@ -152,7 +152,9 @@ class Admission:
     edits: header rewrites applied to the forwarded request;
     claim: an opaque channel claim the server settles before forwarding;
     claim_reject: the answer when the claim is refused;
-    decisions: opaque records the server logs / counts (one Decided action each).
+    decisions: opaque records the server logs / counts (one Decided action each);
+    drop_routes: remove the request's Route header fields (an emergency call whose preloaded Routes
+        name somewhere else: it goes to ``target`` whatever they say).
     """
 
     target: Final[Peer | None]
@@ -165,11 +167,12 @@ class Admission:
     claim_reject: Final[Reject | None]
     emergency: Final[bool]
     decisions: Final[tuple[object, ...]]
+    drop_routes: Final[bool]
 
     def __init__(self, target: Peer | None = None, account: str | None = None, direction: str = "outbound",
                  reject: Reject | None = None, silent: bool = False, edits: tuple[Edit, ...] = (),
                  claim: Any | None = None, claim_reject: Reject | None = None, emergency: bool = False,
-                 decisions: tuple[object, ...] = ()) -> None:
+                 decisions: tuple[object, ...] = (), drop_routes: bool = False) -> None:
         self.target = target
         self.account = account
         self.direction = direction
@@ -180,12 +183,13 @@ class Admission:
         self.claim_reject = claim_reject
         self.emergency = emergency
         self.decisions = decisions
+        self.drop_routes = drop_routes
 
 
 class Router(Protocol):
     """The hook the core calls; the policy engine implements it."""
 
-    def screen_packet(self, source: Peer, now: float) -> str | None:
+    def screen_packet(self, data: bytes, source: Peer, now: float) -> str | None:
         """Before parsing: None to go on, or why the packet is dropped silently (banned, flood)."""
         ...
 
@@ -193,14 +197,15 @@ class Router(Protocol):
         """After parsing a request: None to go on, or why it is dropped silently (scanner)."""
         ...
 
-    def admit(self, request: Request, source: Peer, now: float) -> Admission:
-        """Route and decide a new out-of-dialog request (INVITE, OPTIONS, MESSAGE...)."""
-        ...
-
-    def is_known(self, source: Peer) -> bool:
-        """Whether an in-dialog request from ``source`` may be relayed without a dialog we track."""
+    def admit(self, request: Request, source: Peer, now: float, routes: tuple[str, ...]) -> Admission:
+        """Route and decide a new out-of-dialog request (INVITE, OPTIONS, MESSAGE...); ``routes``: its Route
+        values after sipguard's own."""
         ...
 
     def in_dialog(self, request: Request, account: str | None) -> tuple[object, ...]:
         """Decisions to record about a request inside a dialog (never a rejection)."""
+        ...
+
+    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, kind: str) -> tuple[object, ...]:
+        """Decisions to record about a request the core refused itself (kind: in_dialog | unroutable | sip)."""
         ...

@@ -5,15 +5,32 @@ A dialog starts when an initial INVITE is admitted (EARLY), is CONFIRMED by a
 no in-dialog request was seen for ``dialog_timeout_s`` (a lost BYE).  It is
 keyed by Call-ID and the caller's From tag; a request from the callee carries
 the caller's tag as its To tag, so both directions find it.
+
+A dialog has two ends: the address its INVITE came from (the caller's side) and
+the next hop sipguard sent it to (the callee's side).  Requests inside it are
+relayed only from one end to the other.  The same two ends, with the Call-ID,
+are signed into sipguard's Record-Route (``route_token``, an HMAC under the
+``service.route_secret``), so that after a restart, or on another node that
+knows the secret, an in-dialog request proves the dialog was admitted even when
+no dialog is held for it (README, "In-dialog requests").
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Final
 
 from .symbol import Symbol
 
-__all__ = ["DialogState", "Dialog", "DIALOG_TRANSITIONS"]
+__all__ = ["DialogState", "Dialog", "DIALOG_TRANSITIONS", "TOKEN_PARAM", "route_token"]
+
+TOKEN_PARAM: Final = "sgt"  # the Record-Route URI parameter that carries the token
+
+
+def route_token(key: bytes, call_id: str, caller_host: str, callee_host: str) -> str:
+    """The token of a dialog: 80 bits of HMAC-SHA256 over its Call-ID and its two ends, in hex."""
+    message = f"{call_id}\x00{caller_host}\x00{callee_host}".encode("utf-8", "surrogateescape")
+    return hmac.digest(key, message, "sha256")[:10].hex()
 
 
 class DialogState(Symbol):
@@ -39,6 +56,8 @@ class Dialog:
         "account",
         "direction",
         "claim",
+        "caller_host",
+        "callee_host",
         "state",
         "started_at",
         "answered_at",
@@ -47,7 +66,8 @@ class Dialog:
     )
 
     def __init__(
-        self, call_id: str, caller_tag: str, account: str | None, direction: str, claim: object | None, now: float
+        self, call_id: str, caller_tag: str, account: str | None, direction: str, claim: object | None, now: float,
+        caller_host: str = "", callee_host: str = "",
     ) -> None:
         self.dialog_id = f"{call_id};{caller_tag}"
         self.call_id = call_id
@@ -56,11 +76,18 @@ class Dialog:
         self.account = account
         self.direction = direction
         self.claim = claim
+        self.caller_host = caller_host  # the two ends, IP literals: where the INVITE came from, where it went
+        self.callee_host = callee_host
         self.state = DialogState.EARLY
         self.started_at = now
         self.answered_at: float | None = None
         self.deadlines: dict[str, float] = {}
         self.alive = True
+
+    def joins(self, source_host: str, target_host: str) -> bool:
+        """Whether a request from ``source_host`` to ``target_host`` goes from one end of the dialog to the other."""
+        caller, callee = self.caller_host, self.callee_host
+        return (source_host == caller and target_host == callee) or (source_host == callee and target_host == caller)
 
     def move(self, event: str) -> None:
         nxt = DIALOG_TRANSITIONS.get((self.state, event))

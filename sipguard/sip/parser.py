@@ -94,11 +94,12 @@ class ResponsePeek:
 class Partial:
     """What could be read of a message that failed: enough to answer it."""
 
-    __slots__ = ("is_request", "method", "headers", "vias")
+    __slots__ = ("is_request", "method", "uri", "headers", "vias")
 
     def __init__(self) -> None:
         self.is_request: bool | None = None
         self.method: str | None = None
+        self.uri = ""  # the Request-URI as written (an emergency call's refusal is recorded as such)
         self.headers: list[HeaderField] = []
         self.vias: list[Via] = []
 
@@ -307,6 +308,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     is_request, first, second, third = start_line(lines[0])
     if is_request:
         partial.method = first
+        partial.uri = second
     partial.is_request = is_request
 
     headers: list[HeaderField] = []
@@ -458,8 +460,8 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         ruri = parse_uri.call(uri)
         if ruri.headers:
             raise ParseError("headers in a Request-URI")  # RFC 4475 §3.1.2.11
-    elif lower.startswith("tel:"):
-        pass
+    elif lower.startswith("tel:") or (lower.startswith("urn:") and ABSOLUTE_URI_RE.fullmatch(uri)):
+        pass  # tel: (RFC 3966), urn: (RFC 5031 urn:service:sos): numbers and services, routed by the policy
     elif ABSOLUTE_URI_RE.fullmatch(uri):
         raise UnsupportedUriScheme(f"scheme of {uri[:40]!r}")
     else:

@@ -6,8 +6,14 @@ processing, Via, Record-Route), RFC 3581 rport/received, the transaction table
 Leaves to others: where a new request goes and whether it may (the Router
 hook: the policy engine), settling channel claims (the server, via the
 ``Settle`` action), sockets and clocks (the server calls ``receive``,
-``settled`` and ``on_timer`` with ``now``, and arms one timer at
-``next_deadline()``).
+``settled``, ``send_failed`` and ``on_timer`` with ``now``, and arms one timer
+at ``next_deadline()``).
+
+Every route is ours: a new request goes where the Router says (a preloaded
+Route only when the Router accepted it), and a request inside a dialog is
+relayed only between the two ends of a dialog sipguard admitted, known from the
+dialog it holds or proven by the token it signed into its Record-Route
+(dialog.py); anything else gets 481 or 403 and is reported to the Router.
 
 Not supported (stated in the README): forking, strict routing (§16.4 R-URI
 replacement), DNS (next hops must be IP literals: otherwise 478).
@@ -15,6 +21,7 @@ replacement), DNS (next hops must be IP literals: otherwise 478).
 
 from __future__ import annotations
 
+import secrets
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -22,13 +29,13 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from .actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Reject, Router, Send, Settle
-from .dialog import Dialog, DialogState
+from .dialog import TOKEN_PARAM, Dialog, DialogState, route_token
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
 from .memo import Memo
 from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri, tag_of
 from .grammar import CSEQ_RE
 from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, is_keepalive, parse, peek_response
-from .serializer import Edit, Prepend, RemoveFirst, ReplaceFirst, SetHeader, header_name, serialize
+from .serializer import Edit, Prepend, RemoveAll, RemoveFirst, ReplaceFirst, SetHeader, header_name, serialize
 from .timers import TimerConfig, TimerWheel
 from .transaction import ClientState, ServerState, Txn
 
@@ -42,6 +49,10 @@ _DIALOG_CREATING: Final = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 _COOKIE: Final = "z9hG4bK"
 _CLASSES: Final = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")  # CoreStats.responses keys, by status // 100
 _ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+_ERROR_KINDS: Final = {  # a refusal's cause by the status it earned (an emergency call's refusal is counted by it)
+    400: "malformed", 416: "unsupported_uri_scheme", 420: "bad_extension", 481: "no_dialog", 482: "loop_detected",
+    483: "too_many_hops", 505: "bad_version", 513: "too_large",
+}
 _REASONS: Final = {
     100: "Trying", 200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     408: "Request Timeout", 416: "Unsupported URI Scheme", 420: "Bad Extension",
@@ -61,7 +72,7 @@ class Local:
     port: int
     # derived once, used on every forwarded message
     hostport: str = field(init=False, compare=False, repr=False)
-    uri: str = field(init=False, compare=False, repr=False)
+    rr_prefix: str = field(init=False, compare=False, repr=False)  # our Record-Route, up to its token
     via_prefix: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -69,7 +80,7 @@ class Local:
         hostport = f"{host}:{self.port}"
         params = "" if self.transport == "udp" else f";transport={self.transport}"
         object.__setattr__(self, "hostport", hostport)
-        object.__setattr__(self, "uri", f"<sip:{hostport}{params};lr>")
+        object.__setattr__(self, "rr_prefix", f"<sip:{hostport}{params};lr;{TOKEN_PARAM}=")
         object.__setattr__(self, "via_prefix", f"SIP/2.0/{self.transport.upper()} {hostport};branch=")
 
     @property
@@ -80,7 +91,7 @@ class Local:
 class CoreStats:
     """Counters the metrics collector reads at scrape time."""
 
-    __slots__ = ("requests", "responses", "parse_errors", "drops", "replies", "light_responses")
+    __slots__ = ("requests", "responses", "parse_errors", "drops", "replies", "light_responses", "token_relays")
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()  # by method (bounded: KNOWN_METHODS + other)
@@ -89,6 +100,7 @@ class CoreStats:
         self.parse_errors: Counter[int] = Counter()  # by the status it earned
         self.drops: Counter[str] = Counter()  # by reason
         self.light_responses = 0  # responses read by the light path (peek_response), not parsed whole
+        self.token_relays = 0  # in-dialog requests relayed on the proof of a route token (no dialog held)
 
 
 def _format_host(host: str) -> str:
@@ -121,13 +133,17 @@ class ProxyCore:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         aliases: Iterable[str] = (),
         server_header: str | None = "sipguard",
+        route_key: bytes | None = None,
     ) -> None:
+        """route_key: the secret of the Record-Route tokens (dialog.py); None: a random one, valid for this
+        core only (in-dialog requests of calls it did not admit are then refused)."""
         if not locals_:
             raise ValueError("at least one local address is needed")
         self.locals = tuple(locals_)
         self.router = router
         self.timers = timers or TimerConfig()
         self.max_message_bytes = max_message_bytes
+        self.route_key = route_key if route_key is not None else secrets.token_bytes(32)
         self._me = {(loc.host.lower(), loc.port) for loc in self.locals}
         self._by_family: dict[tuple[str, int], Local] = {}
         for loc in self.locals:
@@ -177,7 +193,7 @@ class ProxyCore:
         """
         if is_keepalive(data):
             return []
-        dropped = self.router.screen_packet(source, now)
+        dropped = self.router.screen_packet(data, source, now)
         if dropped is not None:
             self.stats.drops[dropped] += 1
             return []
@@ -193,6 +209,10 @@ class ProxyCore:
                 self._reply_partial(partial, source, err, out)
             else:
                 self.stats.drops["malformed"] += 1
+            if partial.method == "INVITE":
+                call_id = next((v for k, _n, v in partial.headers if k == "call-id"), "")
+                self._refused(partial.method, partial.uri, call_id, source, err.status,
+                              f"{_ERROR_KINDS.get(err.status, 'malformed')}: {err.detail}", "sip", out)
             return out
         try:
             if isinstance(msg, Request):
@@ -212,6 +232,9 @@ class ProxyCore:
                 if isinstance(err, BadExtension):
                     extra = (("unsupported", ", ".join(err.unsupported)),)
                 self._send_reply(msg, self._reply_address(msg.vias[0], source), err.status, err.reason, out, extra)
+                if msg.method == "INVITE":
+                    self._refused(msg.method, msg.uri, msg.call_id, source, err.status,
+                                  f"{_ERROR_KINDS.get(err.status, 'refused')}: {err.detail}", "sip", out)
             else:
                 self.stats.drops["rejected_response" if isinstance(msg, Response) else "rejected_ack"] += 1
         return out
@@ -229,13 +252,46 @@ class ProxyCore:
             rej = adm.claim_reject or Reject(503, "Service Unavailable")
             self._server_final(txn, self._build_reply(req, rej.status, rej.reason, rej.headers), rej.status, now, out)
             return out
-        dialog = self._start_dialog(req, adm, now, out)
+        dialog = self._start_dialog(txn, req, adm, now, out)
         txn.dialog = dialog
         if txn.cancelled:
             self._end_dialog(dialog, "cancelled", now, out)
             return out
         self._forward_admitted(txn, adm, now, out)
         self._trying(txn, req, out)
+        return out
+
+    def send_failed(self, send: Send, why: str, now: float) -> list[Action]:
+        """The socket refused a datagram we sent (no route to the host, an address it may not send to): a
+        transport error (§18.4).  A request of one of our client transactions ends that transaction: the
+        caller gets 503 with a Warning, and its dialog ends, which releases its channel.  A response or an
+        ACK is only counted."""
+        out: list[Action] = []
+        self.stats.drops["send_failed"] += 1
+        if send.status != 0:
+            return out
+        try:
+            msg = parse(send.data, max_bytes=len(send.data))
+        except SipError:
+            return out
+        if not isinstance(msg, Request) or msg.method == "ACK":
+            return out
+        txn = self._client.get((msg.vias[0].branch or "", msg.method))
+        if txn is None or txn.client not in (ClientState.CALLING, ClientState.TRYING, ClientState.PROCEEDING):
+            return out
+        for name in ("A", "B", "C", "E", "F"):
+            self._timers.cancel(txn, name)
+        txn.client_move("transport_error")
+        req = txn.request
+        if txn.key[0] != "cancel" and req is not None and txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
+            reason = f"sending to {_format_host(send.dest.host)}:{send.dest.port} failed: {why}"
+            data = self._build_reply(req, 503, "Service Unavailable", (("warning", f'399 sipguard "{_quote(reason)}"'),))
+            self.stats.replies[503] += 1
+            self._server_final(txn, data, 503, now, out)
+            self._refused(req.method, req.uri, req.call_id, txn.reply_to, 503, reason, "unroutable", out)
+        if isinstance(txn.dialog, Dialog) and txn.dialog.alive:
+            self._end_dialog(txn.dialog, "send_failed", now, out)
+        self._maybe_free(txn)
         return out
 
     def _trying(self, txn: Txn, req: Request, out: list[Action]) -> None:
@@ -319,6 +375,12 @@ class ProxyCore:
         # RFC 2543 matching (§17.2.3 last paragraph), also for a bare magic cookie
         return ("2543", req.call_id, req.cseq, req.from_tag, str(via), req.uri, method)
 
+    def _refused(self, method: str, uri: str, call_id: str, source: Peer, status: int, why: str, kind: str,
+                 out: list[Action]) -> None:
+        """Report a request we refused ourselves to the Router, and record what it makes of it."""
+        for decision in self.router.refused(method, uri, source, status, why, kind):
+            out.append(Decided(decision, call_id, None))
+
     # ------------------------------------------------------------------ replies
     def _build_reply(
         self, req: Request, status: int, reason: str, extra: Iterable[tuple[str, str]] = (), to_tag: bool = True
@@ -394,8 +456,7 @@ class ProxyCore:
                 self.stats.drops["too_many_hops"] += 1
                 return
             routes, popped = self._own_routes(req)
-            remaining = routes[popped:]
-            self._forward_in_dialog(req, source, now, out, remaining, popped, self._loop_hash(req, remaining),
+            self._forward_in_dialog(req, source, now, out, routes, popped, self._loop_hash(req, routes[popped:]),
                                     stateless=True)
             return
 
@@ -433,7 +494,7 @@ class ProxyCore:
                     raise LoopDetected(f"own Via {via.host}:{via.port} with the same request")
 
         if req.to_tag is not None:
-            self._forward_in_dialog(req, source, now, out, remaining, popped, loop, stateless=False, key=key,
+            self._forward_in_dialog(req, source, now, out, routes, popped, loop, stateless=False, key=key,
                                     reply_to=reply_to)
             return
 
@@ -441,7 +502,7 @@ class ProxyCore:
             self._local_reply(req, key, reply_to, 200, now, out, (("allow", _ALLOW), ("accept", "application/sdp")))
             return
 
-        adm = self.router.admit(req, source, now)
+        adm = self.router.admit(req, source, now, tuple(remaining))
         for decision in adm.decisions:
             out.append(Decided(decision, req.call_id, adm.account))
         if adm.reject is not None or adm.target is None:
@@ -452,19 +513,17 @@ class ProxyCore:
             self._local_reply(req, key, reply_to, rej.status, now, out, rej.headers, rej.reason)
             return
 
-        if self._is_me(adm.target.host, adm.target.port):
+        target = adm.target
+        if self._is_me(target.host, target.port):
             self._local_reply(req, key, reply_to, 404, now, out)  # no route beyond ourselves
+            return
+        if self._local_for(target) is None:  # before any channel is claimed
+            self._unroutable(req, key, reply_to, source, target, now, out)
             return
         txn = Txn(key, req, reply_to)
         txn.admission = adm
-        if remaining:
-            # a preloaded Route set wins over the account's upstream (§16.6 item 6)
-            target = self._route_target(remaining[0])
-            if target is None:
-                self._local_reply(req, key, reply_to, 478, now, out)
-                return
-            txn.admission = adm = replace(adm, target=target)
-        txn.out_route = tuple(remaining)
+        # a preloaded Route set stays only when the Router accepted it (it names the same next hop)
+        txn.out_route = () if adm.drop_routes else tuple(remaining)
         txn.popped = popped
         txn.loop = loop
         self._txns[key] = txn
@@ -474,9 +533,16 @@ class ProxyCore:
             out.append(Settle(txn.ticket, adm.claim, adm.emergency))
             return  # settled() forwards it, then sends the 100
         if txn.invite:
-            txn.dialog = self._start_dialog(req, adm, now, out)
+            txn.dialog = self._start_dialog(txn, req, adm, now, out)
         self._forward_admitted(txn, adm, now, out)
         self._trying(txn, req, out)
+
+    def _unroutable(self, req: Request, key: tuple[object, ...], reply_to: Peer, source: Peer, target: Peer,
+                    now: float, out: list[Action]) -> None:
+        """503 for a request no listen address can send on (a family or a transport sipguard does not serve)."""
+        why = f"no listen address reaches {target.transport}:{_format_host(target.host)}:{target.port}"
+        self._local_reply(req, key, reply_to, 503, now, out, (("warning", f'399 sipguard "{_quote(why)}"'),))
+        self._refused(req.method, req.uri, req.call_id, source, 503, why, "unroutable", out)
 
     def _addressed_to_me(self, req: Request) -> bool:
         ruri = req.ruri
@@ -536,9 +602,7 @@ class ProxyCore:
         target = adm.target
         assert target is not None
         local = self._local_for(target)
-        if local is None:
-            self._server_final(txn, self._build_reply(req, 503, "Service Unavailable"), 503, now, out)
-            return
+        assert local is not None, "checked before admission (_unroutable)"
         popped, loop = txn.popped, txn.loop
         edits: list[Edit] = []
         via_edit = self._received_edit(req.vias[0], txn.reply_to)
@@ -547,9 +611,13 @@ class ProxyCore:
         txn.branch = self._our_branch(loop, None)
         edits.append(Prepend("via", local.via_prefix + txn.branch))
         edits.extend(self._max_forwards_edit(req))
-        edits.extend(RemoveFirst("route") for _ in range(popped))
+        if adm.drop_routes:
+            edits.append(RemoveAll("route"))
+        else:
+            edits.extend(RemoveFirst("route") for _ in range(popped))
         if req.method in _DIALOG_CREATING:
-            edits.extend(self._record_route(txn.reply_to, local))
+            token = route_token(self.route_key, req.call_id, txn.reply_to.host, target.host)
+            edits.extend(self._record_route(txn.reply_to, local, token))
         edits.extend(adm.edits)
         txn.target = target
         self._start_client(txn, serialize(req, edits), now, out)
@@ -567,13 +635,14 @@ class ProxyCore:
             self._timers.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
         self._timers.set(txn, "B" if txn.invite else "F", now + self.timers.t64_s)
 
-    def _record_route(self, source: Peer, out_local: Local) -> list[Edit]:
-        # §16.6 item 4; RFC 5658 double Record-Route when the two sides differ
+    def _record_route(self, source: Peer, out_local: Local, token: str) -> list[Edit]:
+        """§16.6 item 4, with the dialog's route token (dialog.py); RFC 5658 double Record-Route when the two
+        sides differ."""
         in_local = self._local_for(source)
         edits: list[Edit] = []
         if in_local is not None and in_local != out_local:
-            edits.append(Prepend("record-route", in_local.uri))
-        edits.append(Prepend("record-route", out_local.uri))
+            edits.append(Prepend("record-route", f"{in_local.rr_prefix}{token}>"))
+        edits.append(Prepend("record-route", f"{out_local.rr_prefix}{token}>"))
         return edits
 
     @staticmethod
@@ -598,21 +667,24 @@ class ProxyCore:
         return ReplaceFirst("via", str(Via(via.version, via.transport, via.host, via.port, tuple(params))))
 
     def _forward_in_dialog(
-        self, req: Request, source: Peer, now: float, out: list[Action], remaining: list[str], popped: int,
+        self, req: Request, source: Peer, now: float, out: list[Action], routes: list[str], popped: int,
         loop: str, *, stateless: bool, key: tuple[object, ...] | None = None, reply_to: Peer | None = None,
     ) -> None:
         """Loose routing of a request inside a dialog (§16.4, §16.6), ACK for 2xx statelessly.
 
-        ``remaining``: the Route values after our own ``popped`` ones; ``loop``: the request's loop hash.
+        ``routes``: the Route values, of which the first ``popped`` are ours; ``loop``: the request's loop hash.
+        Relayed only from one end of a dialog sipguard admitted to the other: a dialog it holds, or one
+        whose token is in our Route (dialog.py); otherwise 481 (no such dialog) or 403 (a route that leaves it).
         """
+        remaining = routes[popped:]
         dialog = self._find_dialog(req)
-        if dialog is None and not self.router.is_known(source):
-            if stateless:
-                self.stats.drops["unknown_dialog"] += 1
+        token: str | None = None
+        if dialog is None:
+            token = self._token_of(routes[:popped])
+            if token is None:
+                self._refuse_in_dialog(req, source, 481, "in-dialog request that matches no dialog sipguard "
+                                       "admitted", stateless, key, reply_to, now, out)
                 return
-            assert key is not None and reply_to is not None
-            self._local_reply(req, key, reply_to, 481, now, out)
-            return
         if remaining:
             target = self._route_target(remaining[0])
         elif req.ruri is not None and not self._uri_is_me(req.ruri):
@@ -626,6 +698,20 @@ class ProxyCore:
             assert key is not None and reply_to is not None
             self._local_reply(req, key, reply_to, 478 if remaining or req.ruri else 404, now, out)
             return
+        if dialog is not None:
+            joined = dialog.joins(source.host, target.host)
+        else:
+            key_ = self.route_key
+            joined = token in (route_token(key_, req.call_id, source.host, target.host),
+                               route_token(key_, req.call_id, target.host, source.host))
+        if not joined:
+            why = (f"in-dialog request from {source.host} to {_format_host(target.host)} leaves its dialog"
+                   if dialog is not None else "in-dialog request whose route token does not match its Call-ID "
+                   f"and ends ({source.host} to {_format_host(target.host)})")
+            self._refuse_in_dialog(req, source, 403, why, stateless, key, reply_to, now, out)
+            return
+        if dialog is None:
+            self.stats.token_relays += 1
         if dialog is not None and req.body:
             for decision in self.router.in_dialog(req, dialog.account):
                 out.append(Decided(decision, req.call_id, dialog.account))
@@ -638,7 +724,7 @@ class ProxyCore:
         if local is None:
             if not stateless:
                 assert key is not None and reply_to is not None
-                self._local_reply(req, key, reply_to, 503, now, out)
+                self._unroutable(req, key, reply_to, source, target, now, out)
             return
         edits: list[Edit] = []
         src = reply_to or self._reply_address(req.vias[0], source)
@@ -662,6 +748,26 @@ class ProxyCore:
         if txn.invite:  # re-INVITE: 100 hop-by-hop, no new channel
             self._server_provisional(txn, self._build_reply(req, 100, "Trying", to_tag=False), 100, out)
         self._start_client(txn, data, now, out)
+
+    def _token_of(self, our_routes: list[str]) -> str | None:
+        """The route token in our own Route entries (the Record-Route we wrote, sent back to us)."""
+        for value in our_routes:
+            try:
+                token = _route_uri.call(value).param(TOKEN_PARAM)
+            except ParseError:
+                continue
+            if token:
+                return token
+        return None
+
+    def _refuse_in_dialog(self, req: Request, source: Peer, status: int, why: str, stateless: bool,
+                          key: tuple[object, ...] | None, reply_to: Peer | None, now: float, out: list[Action]) -> None:
+        if stateless:  # an ACK gets no answer
+            self.stats.drops["unknown_dialog" if status == 481 else "route_leaves_dialog"] += 1
+            return
+        assert key is not None and reply_to is not None
+        self._local_reply(req, key, reply_to, status, now, out, (("warning", f'399 sipguard "{_quote(why)}"'),))
+        self._refused(req.method, req.uri, req.call_id, source, status, why, "in_dialog", out)
 
     def _our_branch(self, loop: str, ack_of: str | None) -> str:
         """The branch of our Via on a request we forward: the loop hash, then a counter, or for a stateless
@@ -954,8 +1060,11 @@ class ProxyCore:
             del self._client[txn.client_key]
 
     # ------------------------------------------------------------------ dialogs
-    def _start_dialog(self, req: Request, adm: Admission, now: float, out: list[Action]) -> Dialog:
-        dialog = Dialog(req.call_id, req.from_tag or "", adm.account, adm.direction, adm.claim, now)
+    def _start_dialog(self, txn: Txn, req: Request, adm: Admission, now: float, out: list[Action]) -> Dialog:
+        target = adm.target
+        assert target is not None
+        dialog = Dialog(req.call_id, req.from_tag or "", adm.account, adm.direction, adm.claim, now,
+                        txn.reply_to.host, target.host)
         self._dialogs[(req.call_id, dialog.caller_tag)] = dialog
         out.append(DialogStarted(dialog.dialog_id, req.call_id, adm.account, adm.direction, adm.claim))
         return dialog

@@ -12,7 +12,9 @@ timers start at T1 = 500 ms: firing up to 10 ms late is within what a UDP networ
 
 Sockets stay with the listeners and everything with a side effect other than sending stays with
 the server: the pump owns no socket and no clock (``now`` is the loop's ``time``, the timer the
-loop's ``call_at``).
+loop's ``call_at``).  A send goes straight to the socket, so that a refusal is known at once:
+a full send buffer loses the datagram (UDP; the SIP timers retransmit), any other error is a
+transport error the core hears of (``ProxyCore.send_failed``: 503 upstream, the channel released).
 """
 
 from __future__ import annotations
@@ -70,14 +72,32 @@ class Pump:
 
     def carry_out(self, actions: list[Action]) -> None:
         sendto = self.sendto
+        failed: list[tuple[Send, str]] | None = None
         for action in actions:
             if isinstance(action, Send):
                 dest = action.dest
                 send = sendto.get((dest.transport, 6 if ":" in dest.host else 4))
-                if send is not None:
-                    send(action.data, (dest.host, dest.port))
+                why = ""
+                if send is None:
+                    why = "no socket for this transport and address family"
+                else:
+                    try:
+                        send(action.data, (dest.host, dest.port))
+                    except BlockingIOError:
+                        self.core.stats.drops["send_buffer_full"] += 1
+                    except OSError as err:
+                        why = err.strerror or str(err)
+                if why:
+                    if failed is None:
+                        failed = []
+                    failed.append((action, why))
             else:
                 self.on_action(action)
+        if failed is not None:  # after the batch: its later sends (a 100 Trying) go before what the failure causes
+            for action, why in failed:
+                more = self.core.send_failed(action, why, self.clock())
+                if more:
+                    self.carry_out(more)
         self.rearm()
 
     def rearm(self) -> None:

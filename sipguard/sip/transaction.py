@@ -16,6 +16,8 @@ The transitions live in tables, the reasoning here:
   after a 2xx (Timer M).
 * Client non-INVITE side (§17.1.2): TRYING (Timer E, F), PROCEEDING, COMPLETED
   (Timer K).
+* A transport error on a client side that waits for a final (§17.1.1.2, §17.1.2.2:
+  the socket refused the datagram) terminates it; the proxy answers 503 upstream.
 
 A record is freed when both sides are TERMINATED (a side never started counts
 as terminated once the other is).  ``move`` raises RuntimeError on a transition
@@ -98,7 +100,9 @@ CLIENT_INVITE: Final[dict[tuple[ClientState, str], ClientState]] = {
     (C.CALLING, "recv_1xx"): C.PROCEEDING,
     (C.CALLING, "recv_2xx"): C.ACCEPTED,
     (C.CALLING, "recv_final"): C.COMPLETED,
+    (C.CALLING, "transport_error"): C.TERMINATED,
     (C.PROCEEDING, "recv_1xx"): C.PROCEEDING,
+    (C.PROCEEDING, "transport_error"): C.TERMINATED,
     (C.PROCEEDING, "timer_c"): C.PROCEEDING,
     (C.PROCEEDING, "timer_b"): C.TERMINATED,  # nothing after our CANCEL at Timer C
     (C.PROCEEDING, "recv_2xx"): C.ACCEPTED,
@@ -115,7 +119,9 @@ CLIENT_NON_INVITE: Final[dict[tuple[ClientState, str], ClientState]] = {
     (C.TRYING, "timer_f"): C.TERMINATED,
     (C.TRYING, "recv_1xx"): C.PROCEEDING,
     (C.TRYING, "recv_final"): C.COMPLETED,
+    (C.TRYING, "transport_error"): C.TERMINATED,
     (C.PROCEEDING, "timer_e"): C.PROCEEDING,
+    (C.PROCEEDING, "transport_error"): C.TERMINATED,
     (C.PROCEEDING, "timer_f"): C.TERMINATED,
     (C.PROCEEDING, "recv_1xx"): C.PROCEEDING,
     (C.PROCEEDING, "recv_final"): C.COMPLETED,

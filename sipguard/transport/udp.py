@@ -65,7 +65,8 @@ class UdpListener:
             self._protocol.datagram_received = receiver  # type: ignore[method-assign,assignment]
 
     def sender(self) -> SendTo:
-        """The fastest way to send from this socket: ``sendto(data, (host, port))``."""
+        """The socket's own ``sendto(data, (host, port))``: as fast as the transport's, and an error is raised
+        at once (the transport would report it later to ``error_received``, not knowing which datagram)."""
         if self._sendto is None:
             raise RuntimeError("listener not started")
         return self._sendto
@@ -99,7 +100,7 @@ class UdpListener:
         transport, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
         self._protocol = protocol
-        self._sendto = transport.sendto
+        self._sendto = sock.sendto
 
     def close(self) -> None:
         if self._transport is not None:

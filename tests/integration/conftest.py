@@ -7,6 +7,7 @@ is killed at the end.  A missing tool fails under CI=true and skips elsewhere.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,30 @@ class Sipguard:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def decisions(self, rule: str | None = None) -> list[dict]:
+        """The decision log's lines (of one rule), as written so far."""
+        lines = self.decision_log.read_text().splitlines() if self.decision_log.exists() else []
+        return [d for d in map(json.loads, lines) if rule in (None, d["rule"])]
 
+
+def until(check: Callable[[], object], timeout_s: float = 20.0) -> bool:
+    """Poll ``check`` until it is true (bounded); whether it became true."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def office_users(count: int, site: str = "hq") -> str:
+    """A YAML list of ``count`` people, each with an extension (1000, 1001, ...) at ``site``."""
+    return "[" + ", ".join(f'{{name: "Person {i}", sip_users: ["{1000 + i}"], site: {site}}}' for i in range(count)) + "]"
+
+
+# The shipped defaults of everything a test does not test: no edge section, no rule switched off.  A hosted
+# account (a customer PBX with 400 people: 107 channels) may make 200 calls a second; a trunk doing that would
+# be an auto-dialer (terms: SIP Trunking 5), which is what the auto-dialer rule stops.
 TEST_POLICY = """
 service:
   listen: ["udp:127.0.0.1:{sip_port}"]
@@ -92,15 +116,14 @@ service:
   upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}
   dialog_timeout_s: {dialog_timeout_s}
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000, timer_c_s: 2}}
-  edge: {{packets_per_s: 5000, burst: 10000}}
 accounts:
   office:
-    kind: trunk
-    channels: 500
+    kind: hosted
     match: {{sources: ["127.0.0.2/32", "127.0.0.4/32"]}}
     upstream: uas
-    numbers: [{{range: "+3228807240-+3228807249"}}]
-    rules: {{autodialer: off}}
+    users: {users}
+    numbers: [{{range: "+3228807240-+3228807249", site: hq}}]
+    sites: {{hq: {{address: "Rue de la Loi 16, 1000 Brussels", emergency_caller_id: "+3228807240"}}}}
 """
 
 
@@ -113,16 +136,20 @@ def sipguard_factory(tmp_path: Path) -> Iterator:
         sip_port = free_udp_port()
         admin_port = free_tcp_port()
         uas_port = uas_port or free_udp_port(UAS_IP)
+        fmt.setdefault("users", office_users(400))
         text = (policy_text or TEST_POLICY).format(sip_port=sip_port, admin_port=admin_port, uas_port=uas_port,
                                                   dialog_timeout_s=dialog_timeout_s, **fmt)
         policy = tmp_path / f"policy-{sip_port}.yaml"
         policy.write_text(text)
+        return launch(policy, sip_port, admin_port, uas_port, workers)
+
+    def launch(policy: Path, sip_port: int, admin_port: int, uas_port: int, workers: int = 1) -> Sipguard:
         decision_log = tmp_path / f"decisions-{sip_port}.jsonl"
         log = tmp_path / f"sipguard-{sip_port}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "sipguard", "run", "--policy", str(policy), "--decision-log", str(decision_log),
              "--workers", str(workers)],
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT,
         )
         # with workers, worker i serves admin on admin port + 1 + i: ``sg`` speaks to worker 0
         sg = Sipguard(proc, sip_port, admin_port if workers == 1 else admin_port + 1, policy, decision_log, log)
@@ -141,6 +168,17 @@ def sipguard_factory(tmp_path: Path) -> Iterator:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"sipguard did not come up: {log.read_text()}")
+
+    def restart(sg: Sipguard, hard: bool = True) -> Sipguard:
+        """The same policy on the same addresses, in a new process (the old one killed: SIGKILL when hard)."""
+        if hard:
+            sg.proc.kill()
+        else:
+            sg.proc.terminate()
+        sg.proc.wait(timeout=10)
+        return launch(sg.policy, sg.sip_port, sg.admin_port, sg.uas_port)  # type: ignore[attr-defined]
+
+    start.restart = restart  # type: ignore[attr-defined]
 
     yield start
     for sg in procs:
@@ -182,8 +220,11 @@ class Sipp:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def _cmd(self, scenario: str, ip: str, port: int, *extra: str) -> list[str]:
+        # the caller's number (``[caller]`` in the UAC scenarios): an own number of the test accounts by default
+        keys = [extra[i + 1] for i, arg in enumerate(extra[:-1]) if arg == "-key"]
+        caller = () if "caller" in keys else ("-key", "caller", "+3228807241")
         return [self.binary, "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port), "-nostdin",
-                "-trace_err", "-max_socket", "64", *extra]
+                "-trace_err", "-max_socket", "64", *caller, *extra]
 
     def uas(self, scenario: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
         out = open(self.workdir / f"uas-{port}.out", "wb")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -34,6 +35,10 @@ def test_1000_calls_at_200_per_second(sipguard: Sipguard, sipp: Sipp) -> None:
     # every response SIPp sent (its Vias on one line) took the light path, none was parsed whole
     responses = sum(n for name, n in m.items() if name.startswith("sipguard_responses_total{"))
     assert responses >= 3000 and m["sipguard_responses_light_total"] == responses
+    # on the shipped edge defaults: the customer's PBX is never banned, nothing was refused
+    assert sipguard.http("/bans") == (200, '{\n "bans": []\n}\n')
+    assert not [k for k in m if k.startswith("sipguard_drops_total") and ("banned" in k or "flood" in k)]
+    assert not [k for k in m if k.startswith("sipguard_decisions_total") and 'outcome="reject"' in k]
     _assert_clean(sipguard)
 
 
@@ -109,15 +114,14 @@ service:
   admin: "127.0.0.1:{admin_port}"
   upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000}}
-  edge: {{packets_per_s: 5000, burst: 10000}}
 accounts:
   v6office:
-    kind: trunk
-    channels: 100
+    kind: hosted
     match: {{sources: ["::1/128"]}}
     upstream: uas
-    numbers: [{{range: "+3228807240-+3228807249"}}]
-    rules: {{autodialer: off}}
+    users: {users}
+    numbers: [{{range: "+3228807240-+3228807249", site: hq}}]
+    sites: {{hq: {{address: "Rue de la Loi 16, 1000 Brussels"}}}}
 """
 
 
@@ -130,6 +134,9 @@ def test_ipv6_caller_to_ipv4_callee_with_double_record_route(sipguard_factory, s
     assert sipp.wait(uas) == 0
     trace = "".join(p.read_text() for p in run.workdir.glob("*_messages.log"))
     # RFC 5658: one Record-Route per side, so each side's route set reaches its own family
-    assert f"Record-Route: <sip:127.0.0.1:{sg.sip_port};lr>\nRecord-Route: <sip:[::1]:{sg.sip_port};lr>" in trace
+    token = r";lr;sgt=([0-9a-f]{20})>"
+    pair = re.search(rf"Record-Route: <sip:127\.0\.0\.1:{sg.sip_port}{token}\nRecord-Route: <sip:\[::1\]:{sg.sip_port}{token}",
+                     trace)
+    assert pair is not None and pair.group(1) == pair.group(2), trace[:2000]
     assert sg.metric('sipguard_dialogs_ended_total{reason="bye"}') == 50
     _assert_clean(sg)

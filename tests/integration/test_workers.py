@@ -11,13 +11,13 @@ import os
 import re
 import signal
 import socket
-import time
 
 import pytest
 
 from helpers import request
 
-from .conftest import UAC_IP, Sipguard, Sipp, free_udp_port
+from .conftest import UAC_IP, Sipguard, Sipp, free_udp_port, office_users, until
+from .phone import Phone
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +28,14 @@ service:
   admin: "127.0.0.1:{admin_port}"
   upstreams: {{uas: "sip:127.0.0.3:{uas_port}"}}
   sip_timers: {{t1_ms: 200, t2_ms: 1600, t4_ms: 1000}}
-  edge: {{packets_per_s: 5000, burst: 10000}}
 accounts:
   limited:
-    kind: trunk
-    channels: {channels}
+    kind: hosted
     match: {{sources: ["127.0.0.2/32"]}}
     upstream: uas
-    numbers: [{{range: "+3228807240-+3228807249"}}]
-    rules: {{autodialer: off}}
+    users: {users}
+    numbers: [{{range: "+3228807240-+3228807249", site: hq}}]
+    sites: {{hq: {{address: "Rue de la Loi 16, 1000 Brussels"}}}}
 """
 
 
@@ -44,17 +43,8 @@ def _workers(sg: Sipguard) -> list[Sipguard]:
     return sg.workers  # type: ignore[attr-defined,no-any-return]
 
 
-def _wait(check, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return bool(check())
-
-
 def test_calls_spread_over_two_workers_and_complete(sipguard_factory, sipp: Sipp) -> None:
-    sg = sipguard_factory(POLICY, workers=2, channels=500)
+    sg = sipguard_factory(POLICY, workers=2, users=office_users(400))
     uas = sipp.uas("basic/uas.xml", sg.uas_port, "-t", "un", "-max_socket", "1024")  # type: ignore[attr-defined]
     # one SIPp socket per call: sources differ, so the kernel spreads the calls over the workers
     run = sipp.uac("basic/uac.xml", sg.sip_port, "-t", "un", "-max_socket", "1024", "-s", CALLEE,
@@ -65,7 +55,7 @@ def test_calls_spread_over_two_workers_and_complete(sipguard_factory, sipp: Sipp
     assert sum(invites) == 300 and min(invites) > 0, invites
     # every BYE went to the worker that admitted its call: as many BYEs as INVITEs on each
     assert byes == invites, (byes, invites)
-    assert all(_wait(lambda w=w: w.metric("sipguard_dialogs") == 0) for w in _workers(sg))
+    assert all(until(lambda w=w: w.metric("sipguard_dialogs") == 0) for w in _workers(sg))
     assert all(w.metric('sipguard_channels_active{account="limited"}') == 0 for w in _workers(sg))
     uas.kill()
 
@@ -97,17 +87,18 @@ def _source_port_for(sg: Sipguard, worker: int, taken: set[int]) -> int:
 
 def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_back(
         sipguard_factory, sipp: Sipp) -> None:
-    sg = sipguard_factory(POLICY, workers=2, channels=4)
+    sg = sipguard_factory(POLICY, workers=2, users=office_users(2))  # two people: 4 channels
     w0, w1 = _workers(sg)
     uas = sipp.uas("basic/uas.xml", sg.uas_port)  # type: ignore[attr-defined]
     port0 = _source_port_for(sg, 0, set())
     port1 = _source_port_for(sg, 1, {port0})
-    # two long calls admitted by each worker: the account's four channels
-    held0 = sipp.uac_background("basic/uac.xml", sg.sip_port, "-s", CALLEE, "-m", "2", "-l", "2", "-d", "30000",
-                                port=port0)
-    held1 = sipp.uac_background("basic/uac.xml", sg.sip_port, "-s", CALLEE, "-m", "2", "-l", "2", "-d", "4000",
-                                port=port1)
-    assert _wait(lambda: w0.metric("sipguard_dialogs") == 2 and w1.metric("sipguard_dialogs") == 2)
+    proxy = ("127.0.0.1", sg.sip_port)
+    phone0, phone1 = Phone(UAC_IP, proxy, port0), Phone(UAC_IP, proxy, port1)
+    # two calls admitted by each worker, held until hung up: the account's four channels
+    held0 = [phone0.call(CALLEE) for _ in range(2)]
+    held1 = [phone1.call(CALLEE) for _ in range(2)]
+    assert [c.status for c in held0 + held1] == [200] * 4
+    assert until(lambda: w0.metric("sipguard_dialogs") == 2 and w1.metric("sipguard_dialogs") == 2)
     # each worker sees the account's calls on both
     assert w0.metric('sipguard_channels_active{account="limited"}') == 4
     assert w1.metric('sipguard_channels_active{account="limited"}') == 4
@@ -117,36 +108,37 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
                        "+3228807241", "-key", "extra", "X-Test: over the limit", port=port)
         assert run.returncode == 0, run.stdout[-2000:] + run.errors
     # worker 1's calls end: worker 0 admits again
-    assert sipp.finish(held1) == 0
-    assert _wait(lambda: w0.metric('sipguard_channels_active{account="limited"}') == 2)
+    assert [phone1.hangup(c) for c in held1] == [200, 200]
+    phone1.close()
+    assert until(lambda: w0.metric('sipguard_channels_active{account="limited"}') == 2)
     run = sipp.uac("basic/uac.xml", sg.sip_port, "-s", CALLEE, "-m", "1", "-d", "100",
                    port=_source_port_for(sg, 0, {port0, port1}))
     assert run.returncode == 0, run.stdout[-2000:] + run.errors
     # worker 0 dies with two calls held: the supervisor frees its channels and starts it again
     pid0 = int(re.search(r"sipguard worker 0 \(pid (\d+)\)", sg.log.read_text()).group(1))  # type: ignore[union-attr]
     os.kill(pid0, signal.SIGKILL)
-    assert _wait(lambda: sg.log.read_text().count("sipguard worker 0 (pid") == 2)
-    assert _wait(lambda: w1.metric('sipguard_channels_active{account="limited"}') == 0)
-    assert _wait(lambda: w0.http("/healthz")[0] == 200)
+    assert until(lambda: sg.log.read_text().count("sipguard worker 0 (pid") == 2)
+    assert until(lambda: w1.metric('sipguard_channels_active{account="limited"}') == 0)
+    assert until(lambda: w0.http("/healthz")[0] == 200)
     assert sg.alive()
-    held0.kill()
-    held0.wait()
+    phone0.close()
     uas.kill()
 
 
 def test_a_reload_reaches_every_worker(sipguard_factory) -> None:
-    sg = sipguard_factory(POLICY, workers=2, channels=4)
+    sg = sipguard_factory(POLICY, workers=2, users=office_users(2))
     w0, w1 = _workers(sg)
-    sg.policy.write_text(sg.policy.read_text().replace("channels: 4", "channels: 6"))
+    assert w0.metric('sipguard_channels_limit{account="limited"}') == 4
+    sg.policy.write_text(sg.policy.read_text().replace(office_users(2), office_users(4)))  # 4 people: 6 channels
     status, body = w0.http("/reload", method="POST")
     assert status == 200, body
     # worker 0 reloaded, and asked the supervisor to reload the others (SIGHUP)
-    assert _wait(lambda: w1.metric('sipguard_channels_limit{account="limited"}') == 6)
+    assert until(lambda: w1.metric('sipguard_channels_limit{account="limited"}') == 6)
     assert w0.metric('sipguard_channels_limit{account="limited"}') == 6
     # a broken file is refused by the worker asked, and nothing changes anywhere
-    sg.policy.write_text(sg.policy.read_text().replace("channels: 6", "channels: many"))
+    sg.policy.write_text(sg.policy.read_text().replace("kind: hosted", "kind: many"))
     status, body = w1.http("/reload", method="POST")
-    assert status == 400 and "channels" in body
+    assert status == 400 and "accounts.limited.kind" in body
     assert w0.metric('sipguard_channels_limit{account="limited"}') == 6
     assert w1.metric('sipguard_channels_limit{account="limited"}') == 6
 
@@ -170,7 +162,8 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path) -> None:
     else:
         raise AssertionError("no free port pair on 127.0.0.1")
     policy = tmp_path / "p.yaml"
-    policy.write_text(POLICY.format(sip_port=sip_port, admin_port=free_tcp_port(), uas_port=5063, channels=4))
+    policy.write_text(POLICY.format(sip_port=sip_port, admin_port=free_tcp_port(), uas_port=5063,
+                                    users=office_users(2)))
     try:
         proc = subprocess.run([sys.executable, "-m", "sipguard", "run", "--policy", str(policy), "--workers", "2"],
                               capture_output=True, text=True, timeout=30, cwd=ROOT)

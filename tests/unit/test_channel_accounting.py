@@ -21,7 +21,8 @@ accounts:
     match: {sources: ["127.0.0.2/32"]}
     upstream: uas
     deliver_to: "sip:127.0.0.2:5062"
-    numbers: [{range: "+3228807240-+3228807249"}]
+    numbers: [{range: "+3228807240-+3228807249", site: main}]
+    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels"}}
     rules: {channel_limit: MODE}
 """
 UPSTREAM = Peer("udp", "127.0.0.3", 5063)

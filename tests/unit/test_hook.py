@@ -14,18 +14,18 @@ class Recorder:
         self.answers = answers
         self.asked: list[str] = []
 
-    def admit(self, request: Request, source: Peer, now: float) -> Admission:
+    def admit(self, request: Request, source: Peer, now: float, routes: tuple[str, ...]) -> Admission:
         self.asked.append(request.method)
         user = (request.get("from") or "").split("sip:")[1].split("@")[0]
         return self.answers[user]
 
-    def is_known(self, source: Peer) -> bool:
-        return True
-
     def in_dialog(self, request: Request, account: str | None) -> tuple[object, ...]:
         return ()
 
-    def screen_packet(self, source: Peer, now: float) -> str | None:
+    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, kind: str) -> tuple[object, ...]:
+        return ()
+
+    def screen_packet(self, data: bytes, source: Peer, now: float) -> str | None:
         return None
 
     def screen_request(self, request: Request, source: Peer, now: float) -> str | None:

@@ -52,3 +52,26 @@ def test_per_call_counters_and_the_decision_histogram_are_exposed_at_scrape_time
     assert 'sipguard_policy_decision_seconds_bucket{le="+Inf"} 5.0' in text
     assert "sipguard_policy_decision_seconds_count 5.0" in text
     assert registry.get_sample_value("sipguard_policy_decision_seconds_sum") == sum((1e-6, 2e-6, 3e-6, 1.5e-5, 0.01))
+
+
+def test_the_route_key_comes_from_the_policy_the_machine_or_a_kept_file(tmp_path) -> None:
+    from sipguard.policy import load_text
+    from sipguard.server import route_key
+
+    text = 'service: {{listen: ["udp:127.0.0.1:5060"]{extra}}}\n'
+    plain, shared = load_text(text.format(extra="")), load_text(text.format(extra=', route_secret: "0123456789abcdef"'))
+    machine = tmp_path / "machine-id"
+    machine.write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    assert route_key(shared, machine)[1] == "service.route_secret"
+    assert route_key(shared, machine)[0] != route_key(plain, machine)[0]
+    key, source = route_key(plain, machine)
+    assert source == str(machine) and route_key(plain, machine)[0] == key  # the same after a restart
+    # no machine id (a container): a key file made once in the state directory, then read back
+    missing = tmp_path / "no-machine-id"
+    key1, source1 = route_key(plain, missing, tmp_path / "state")
+    key2, source2 = route_key(plain, missing, tmp_path / "state")
+    assert key1 == key2 and source1 == source2 == str(tmp_path / "state" / "route.key") and len(key1) == 32
+    assert (tmp_path / "state" / "route.key").stat().st_mode & 0o777 == 0o600
+    # nowhere to keep one: random, and said so
+    (tmp_path / "ro").write_text("a file, not a folder")
+    assert route_key(plain, missing, tmp_path / "ro")[1] == "random"

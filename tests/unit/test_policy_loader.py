@@ -111,15 +111,17 @@ def test_overlapping_number_blocks_are_refused() -> None:
     channels: 1
     match: {sources: [192.0.2.1/32]}
     upstream: pbx
-    numbers: [{range: "+3228807240-+3228807249"}]
+    numbers: [{range: "+3228807240-+3228807249", site: main}]
+    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels"}}
   b:
     kind: trunk
     channels: 1
     match: {sources: [192.0.2.2/32]}
     upstream: pbx
-    numbers: [{number: "+3228807245"}]
+    numbers: [{number: "+3228807245", site: main}]
+    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels"}}
 """)
-    assert (16, "accounts.b.numbers[0]") in [(line, key) for line, key, _m in problems]
+    assert (17, "accounts.b.numbers[0]") in [(line, key) for line, key, _m in problems]
     assert "overlaps +3228807240-+3228807249 of account a" in problems[0][2]
 
 

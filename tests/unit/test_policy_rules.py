@@ -13,7 +13,11 @@ from sipguard.sip.serializer import RemoveAll, SetHeader
 POLICY = """
 service:
   listen: ["udp:127.0.0.1:5060"]
-  upstreams: {pbx: "sip:127.0.0.3:5060", carrier: "sip:127.0.0.7:5060"}
+  upstreams:
+    pbx: "sip:127.0.0.3:5060"
+    carrier: "sip:127.0.0.7:5060"
+    abroad: {uri: "sip:127.0.0.8:5060", international: true}
+  inbound_caller_id: {allow: ["+3225550000-+3225550099"]}
   country: BE
   emergency_numbers: ["112", "100", "101"]
 accounts:
@@ -45,7 +49,8 @@ accounts:
     channels: 2
     match: {sources: ["127.0.3.1/32"]}
     upstream: carrier
-    numbers: [{range: "+3250999000-+3250999009"}]
+    numbers: [{range: "+3250999000-+3250999009", site: main}]
+    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels"}}
     default_number: "+3250999001"
     on_caller_id_mismatch: rewrite
   shadowed:
@@ -53,7 +58,8 @@ accounts:
     channels: 2
     match: {sources: ["127.0.4.1/32"]}
     upstream: carrier
-    numbers: [{range: "+3250888000-+3250888009"}]
+    numbers: [{range: "+3250888000-+3250888009", site: main}]
+    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels"}}
     rules: {caller_id: shadow}
 """
 
@@ -63,6 +69,12 @@ TRUNK, REWRITER, SHADOWED = "127.0.2.1", "127.0.3.1", "127.0.4.1"
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
+    return Engine(load_text(POLICY))
+
+
+@pytest.fixture
+def fresh() -> Engine:
+    """An engine of its own: the module's engine keeps auto-dialer windows between tests."""
     return Engine(load_text(POLICY))
 
 
@@ -237,3 +249,176 @@ def test_non_invite_requests_carry_no_claim(engine) -> None:
     data = request("MESSAGE", ruri="sip:+3250555555@127.0.0.3", from_user="+3299999999")
     adm = engine.admit(as_request(data), Peer("udp", TRUNK, 5060), 0.0)
     assert adm.claim is None and adm.reject is None
+
+
+# ------------------------------------------------------------------ display names read as numbers (terms: general 4)
+DISPLAY = [
+    # (case, From display name, extra headers, admitted?, reason fragment)
+    ("display name of a foreign number", '"+3299999999"', [], False, "From display name +3299999999 is not"),
+    ("display name of a foreign number, national format", '"02 999 99 99"', [], False, "From display name +3229999999"),
+    ("display name of an own number", '"+32 50 12 34 01"', [], True, None),
+    ("display name that is a name", '"Reception desk"', [], True, None),
+    ("display name that is an extension", "201", [], True, None),
+    ("P-Asserted-Identity display name of a foreign number", None,
+     ['P-Asserted-Identity: "+3299999999" <sip:+3250123402@x>'], False, "p-asserted-identity display name +3299999999"),
+]
+
+
+@pytest.mark.parametrize("case,display,headers,admitted,fragment", DISPLAY, ids=[d[0] for d in DISPLAY])
+def test_display_names(fresh, case, display, headers, admitted, fragment) -> None:
+    data = request(ruri="sip:+3250555555@127.0.0.3", from_user="+3250123401", from_display=display, extra=headers)
+    adm = fresh.admit(as_request(data), Peer("udp", TRUNK, 5060), 0.0)
+    if admitted:
+        assert adm.reject is None, adm.decisions
+    else:
+        assert adm.reject is not None and adm.reject.status == 403
+        assert fragment in rules(adm)["caller_id"].reason
+
+
+def test_a_foreign_display_name_is_removed_where_the_policy_rewrites(fresh) -> None:
+    data = request(ruri="sip:+3250555555@127.0.0.3", from_user="+3250999002", from_display='"+3299999999"')
+    adm = fresh.admit(as_request(data), Peer("udp", REWRITER, 5060), 0.0)
+    assert adm.reject is None and rules(adm)["caller_id"].verdict is Verdict.REWRITE
+    assert SetHeader("from", "<sip:+3250999002@127.0.0.2>;tag=ft1") in adm.edits
+    assert SetHeader("p-asserted-identity", "<sip:+3250999001@127.0.0.2;user=phone>") in adm.edits
+
+
+# ------------------------------------------------------------------ routing: every route is ours
+def test_a_preloaded_route_to_a_foreign_address_is_refused(fresh) -> None:
+    data = as_request(request(from_user="+3250123401"))
+    adm = fresh.admit(data, Peer("udp", TRUNK, 5060), 0.0, ("<sip:198.51.100.66:5060;lr>",))
+    assert adm.reject is not None and adm.reject.status == 403 and adm.target is None and adm.claim is None
+    decision = rules(adm)["routing"]
+    assert decision.verdict is Verdict.REJECT and "198.51.100.66" in decision.reason and decision.logged
+
+
+@pytest.mark.parametrize("route", ["<sip:127.0.0.7:5060;lr>", "<sip:127.0.0.7;lr>", "<sip:+3250555555@127.0.0.7;lr>"])
+def test_a_preloaded_route_naming_the_accounts_upstream_is_kept(fresh, route) -> None:
+    adm = fresh.admit(as_request(request(from_user="+3250123401")), Peer("udp", TRUNK, 5060), 0.0, (route,))
+    assert adm.reject is None and adm.target == Peer("udp", "127.0.0.7", 5060) and not adm.drop_routes
+
+
+@pytest.mark.parametrize("route", ["<sip:127.0.0.7:5070;lr>", "<sip:127.0.0.3:5060;lr>", "not a route",
+                                   "<sips:127.0.0.7;lr>"])
+def test_routes_naming_another_port_upstream_or_transport_are_refused(fresh, route) -> None:
+    adm = fresh.admit(as_request(request(from_user="+3250123401")), Peer("udp", TRUNK, 5060), 0.0,
+                       ("<sip:127.0.0.7:5060;lr>", route))
+    assert adm.reject is not None and adm.reject.status == 403, route
+
+
+def test_an_emergency_call_goes_to_the_upstream_whatever_its_routes_say(fresh) -> None:
+    data = as_request(request(ruri="sip:112@127.0.0.1", from_user="+3250123401"))
+    adm = fresh.admit(data, Peer("udp", TRUNK, 5060), 0.0, ("<sip:198.51.100.66:5060;lr>",))
+    assert adm.reject is None and adm.emergency and adm.drop_routes
+    assert adm.target == Peer("udp", "127.0.0.7", 5060)
+
+
+@pytest.mark.parametrize("ruri", ["sip:+3299999999@198.51.100.66:5060", "sip:198.51.100.66", "sip:+3228807241@127.0.0.1"])
+def test_inbound_requests_go_only_to_deliver_to_of_the_number(fresh, ruri) -> None:
+    # an unknown number (with an IP in the Request-URI), or a number of an account without deliver_to: 404
+    adm = fresh.admit(as_request(request(ruri=ruri, from_user="+3299999999")), Peer("udp", "127.0.0.7", 5060), 0.0)
+    assert adm.reject is not None and adm.reject.status == 404 and adm.target is None
+    decision = rules(adm)["attribution"]
+    assert decision.verdict is Verdict.REJECT and decision.status == 404 and decision.logged
+
+
+def test_an_inbound_route_may_name_only_deliver_to(fresh) -> None:
+    data = as_request(request(ruri="sip:+3250123410@127.0.0.1", from_user="+33123456789"))
+    source = Peer("udp", "127.0.0.7", 5060)
+    assert fresh.admit(data, source, 0.0, ("<sip:127.0.2.1;lr>",)).reject is None
+    assert fresh.admit(data, source, 0.0, ("<sip:198.51.100.66;lr>",)).reject.status == 403
+
+
+# ------------------------------------------------------------------ inbound caller ID (Royal Decree of 12 May 2024)
+INBOUND = [
+    # (case, upstream, From user, From display, extra headers, refused?)
+    ("foreign number from abroad", "127.0.0.8", "+33123456789", None, [], False),
+    ("Belgian number from abroad", "127.0.0.8", "+3225551234", None, [], True),
+    ("Belgian number from abroad, national format", "127.0.0.8", "025551234", None, [], True),
+    ("Belgian number from abroad, 00 format", "127.0.0.8", "003225551234", None, [], True),
+    ("Belgian number from abroad, E.164 without +", "127.0.0.8", "3225551234", None, [], True),
+    ("Belgian number in PAI only", "127.0.0.8", "+33123456789", None, ["P-Asserted-Identity: <tel:+3225551234>"], True),
+    ("Belgian number in the display name", "127.0.0.8", "+33123456789", '"+32 2 555 12 34"', [], True),
+    ("registered bona fide number", "127.0.0.8", "+3225550042", None, [], False),
+    ("Belgian number from a national upstream", "127.0.0.7", "+3225551234", None, [], False),
+    ("anonymous from abroad", "127.0.0.8", "anonymous", None, ["Privacy: id"], False),
+]
+
+
+@pytest.mark.parametrize("case,upstream,from_user,display,headers,refused", INBOUND, ids=[i[0] for i in INBOUND])
+def test_inbound_caller_id(fresh, case, upstream, from_user, display, headers, refused) -> None:
+    data = request(ruri="sip:+3250123410@127.0.0.1", from_user=from_user, from_display=display, extra=headers)
+    adm = fresh.admit(as_request(data), Peer("udp", upstream, 5060), 0.0)
+    decision = rules(adm).get("inbound_caller_id")
+    if refused:
+        assert adm.reject is not None and adm.reject.status == 403 and adm.claim is None
+        assert decision.verdict is Verdict.REJECT and decision.mode is Mode.ENFORCE and "+3225551234" in decision.reason
+        assert "not allowed from abroad" in dict(adm.reject.headers)["warning"]
+    else:
+        assert adm.reject is None and adm.target == Peer("udp", "127.0.2.1", 5060) and decision is None
+
+
+@pytest.mark.parametrize("mode", ["shadow", "off"])
+def test_inbound_caller_id_in_shadow_and_off(mode) -> None:
+    engine = Engine(load_text(POLICY.replace("inbound_caller_id: {allow:", f"inbound_caller_id: {{mode: {mode}, allow:")
+                              .replace("reject: {", "reject: {")))
+    data = request(ruri="sip:+3250123410@127.0.0.1", from_user="+3225551234")
+    adm = engine.admit(as_request(data), Peer("udp", "127.0.0.8", 5060), 0.0)
+    assert adm.reject is None and adm.target is not None
+    decision = rules(adm).get("inbound_caller_id")
+    if mode == "shadow":
+        assert decision.verdict is Verdict.REJECT and decision.mode is Mode.SHADOW and decision.logged
+    else:
+        assert decision is None
+
+
+def test_inbound_spoofing_status_is_policy_data() -> None:
+    engine = Engine(load_text(POLICY.replace("  country: BE", "  country: BE\n  reject: {inbound_spoofing: 608}")))
+    adm = engine.admit(as_request(request(ruri="sip:+3250123410@127.0.0.1", from_user="+3225551234")),
+                       Peer("udp", "127.0.0.8", 5060), 0.0)
+    assert adm.reject.status == 608 and rules(adm)["inbound_caller_id"].status == 608
+
+
+# ------------------------------------------------------------------ emergency: every form it is dialled in
+@pytest.mark.parametrize("ruri,emergency", [
+    ("sip:112@127.0.0.1", True), ("sip:112@127.0.0.1;user=phone", True), ("tel:112", True),
+    ("sip:+32112@127.0.0.1", True), ("sip:0032112@127.0.0.1", True), ("tel:+32112", True),
+    ("sip:+32-112@127.0.0.1", True), ("urn:service:sos", True), ("urn:service:sos.police", True),
+    ("URN:Service:SOS.fire", True), ("sip:101@127.0.0.1", True),
+    ("urn:service:sosx", False), ("urn:service:counseling", False), ("sip:+3211200@127.0.0.1", False),
+    ("sip:1120@127.0.0.1", False), ("sip:+33112@127.0.0.1", False), ("sip:sos@127.0.0.1", False),
+])
+def test_emergency_forms(fresh, ruri, emergency) -> None:
+    data = as_request(request(ruri=ruri, from_user="+3250123401"))
+    assert fresh.is_emergency(data) is emergency
+    adm = fresh.admit(data, Peer("udp", TRUNK, 5060), 0.0)
+    assert adm.emergency is emergency and (adm.claim.emergency if adm.claim else False) is emergency
+    if emergency:
+        assert adm.reject is None and rules(adm)["emergency"].verdict in (Verdict.ALLOW, Verdict.FLAG, Verdict.REWRITE)
+
+
+def test_an_emergency_call_from_an_unknown_source_is_refused_loudly(fresh) -> None:
+    adm = fresh.admit(as_request(request(ruri="urn:service:sos", from_user="+3250123401")),
+                       Peer("udp", "198.51.100.9", 5060), 0.0)
+    assert adm.reject.status == 403
+    refusal = [d for d in adm.decisions if d.rule == "emergency"]
+    assert len(refusal) == 1 and refusal[0].verdict is Verdict.REJECT
+    assert dict(refusal[0].evidence)["refused_for"] == "unknown_source"
+
+
+def test_the_core_reports_an_emergency_call_it_refuses(fresh) -> None:
+    out = fresh.refused("INVITE", "tel:+32112", Peer("udp", HQ, 5060), 400, "malformed: bad CSeq", "sip")
+    assert [(d.rule, dict(d.evidence)["refused_for"]) for d in out] == [("emergency", "malformed")]
+    assert fresh.refused("INVITE", "sip:+3250@x", Peer("udp", HQ, 5060), 400, "malformed: x", "sip") == ()
+    routed = fresh.refused("BYE", "sip:x@y", Peer("udp", HQ, 5060), 481, "no dialog", "in_dialog")
+    assert [(d.rule, d.status) for d in routed] == [("routing", 481)]
+
+
+def test_emergency_rule_in_shadow_records_but_keeps_the_presented_caller_id() -> None:
+    shadow = Engine(load_text(POLICY.replace("      - {name: Lotte, sip_users: [\"204\"]}",
+                                             "      - {name: Lotte, sip_users: [\"204\"]}\n    rules: {emergency: shadow}")))
+    assert shadow.views["acme"].modes["emergency"].value == "shadow"
+    adm = admit(shadow, HQ, from_user="+3292001100", ruri_user="112")  # enforce would rewrite (the table above)
+    decision = rules(adm)["emergency"]
+    assert adm.reject is None and adm.edits == ()
+    assert decision.verdict is Verdict.REWRITE and decision.mode is Mode.SHADOW

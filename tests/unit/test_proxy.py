@@ -8,7 +8,8 @@ import pytest
 
 from helpers import UAC, UAS, Wire, as_request, feed, request, response_to, run_timers
 from sipguard.policy import Engine, load_text
-from sipguard.sip import DialogEnded, DialogStarted, Local, Peer, ProxyCore, Request, SipError, TimerConfig, parse
+from sipguard.sip import (Decided, DialogEnded, DialogStarted, Local, Peer, ProxyCore, Request, Send, Settle, SipError,
+                          TimerConfig, parse)
 from sipguard.sip.message import parse_name_addr
 
 ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
@@ -41,7 +42,7 @@ def test_invite_gets_100_trying_and_is_forwarded_with_via_rr_and_mf(core, clock)
     assert fwd.vias[1].branch == "z9hG4bK-uac-1"
     assert fwd.max_forwards == 69
     rr = fwd.get_all("record-route")
-    assert rr == ["<sip:127.0.0.1:5060;lr>"]
+    assert len(rr) == 1 and re.fullmatch(r"<sip:127\.0\.0\.1:5060;lr;sgt=[0-9a-f]{20}>", rr[0]), rr
     assert fwd.uri == "sip:+3250123400@127.0.0.3:5063"  # Request-URI untouched
 
 
@@ -290,12 +291,30 @@ def test_ack_with_max_forwards_zero_is_dropped_not_forwarded(core, clock) -> Non
 def test_loose_routing_forwards_to_the_next_route(core, clock) -> None:
     wire = Wire()
     call_up(core, clock, wire)
+    # the callee's side record-routed too (a proxy on the callee's host): the BYE goes there
     data = request("BYE", ruri="sip:uas@127.0.0.3:5063", branch="z9hG4bK-b", to_tag="uas-tag", cseq=2,
-                   extra=["Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.5:5070;lr>"])
+                   extra=["Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.3:5070;lr>"])
     feed(core, data, UAC, clock.advance(0.01), wire)
-    nxt = Peer("udp", "127.0.0.5", 5070)
+    nxt = Peer("udp", "127.0.0.3", 5070)
     bye = wire.last_to(nxt)
-    assert bye.get_all("route") == ["<sip:127.0.0.5:5070;lr>"]
+    assert bye.get_all("route") == ["<sip:127.0.0.3:5070;lr>"]
+
+
+def test_an_in_dialog_route_to_a_third_address_is_refused_and_the_call_stays_up(core, clock) -> None:
+    wire = Wire()
+    call_up(core, clock, wire)
+    data = request("INVITE", ruri="sip:uas@127.0.0.3:5063", branch="z9hG4bK-b", to_tag="uas-tag", cseq=2,
+                   extra=["Route: <sip:127.0.0.1:5060;lr>, <sip:198.51.100.66:5060;lr>"])
+    actions = feed(core, data, UAC, clock.advance(0.01), wire)
+    assert wire.to(Peer("udp", "198.51.100.66", 5060)) == [] and wire.statuses_to(UAC)[-1] == 403
+    assert "leaves its dialog" in wire.last_to(UAC).get("warning")
+    assert [(a.decision.rule, a.decision.status) for a in actions if isinstance(a, Decided)] == [("routing", 403)]
+    # a BYE from a third host, with the right Call-ID and tags, does not end the call either
+    bye = request("BYE", ruri="sip:uas@127.0.0.3:5063", branch="z9hG4bK-x", to_tag="uas-tag", cseq=3,
+                  extra=[ROUTE], via_host="127.0.0.9:5062")
+    actions = feed(core, bye, Peer("udp", "127.0.0.9", 5062), clock.advance(0.01), wire)
+    assert not [a for a in actions if isinstance(a, DialogEnded)] and core.dialog_count == 1
+    assert wire.statuses_to(Peer("udp", "127.0.0.9", 5062)) == [403]
 
 
 def test_bye_from_the_callee_ends_the_dialog_too(core, clock) -> None:
@@ -428,7 +447,8 @@ accounts:
     fwd = wire.last_to(uas6)
     assert fwd.vias[0].host == "[::1]"
     rr = fwd.get_all("record-route")
-    assert rr == ["<sip:[::1]:5060;lr>", "<sip:127.0.0.1:5060;lr>"]
+    token = rr[0].split("sgt=")[1].rstrip(">")
+    assert rr == [f"<sip:[::1]:5060;lr;sgt={token}>", f"<sip:127.0.0.1:5060;lr;sgt={token}>"]
     # the response goes back over IPv4 to the caller
     feed(core, response_to(fwd, 200, "OK"), uas6, 0.1, wire)
     assert wire.statuses_to(UAC) == [100, 200]
@@ -562,3 +582,149 @@ def test_vias_sharing_a_line_as_sipp_writes_them_lose_only_ours(core, clock) -> 
     feed(core, shared, UAS, clock.advance(0.01), wire)
     assert wire.to(UAC)[-1].data == shared.replace(ours[len(b"Via: "):] + b",  ", b"")
     assert wire.last_to(UAC).vias[0].branch == "z9hG4bK-uac-1"
+
+
+# ---------------------------------------------------------------- every route is ours
+KEY = b"k" * 32
+
+
+def _core_with_key(policy_text: str, key: bytes = KEY, locals_: tuple[Local, ...] = (Local("udp", "127.0.0.1", 5060),)
+                   ) -> ProxyCore:
+    timers = TimerConfig(t1_s=0.5, t2_s=4, t4_s=5, timer_c_s=180, dialog_timeout_s=60)
+    return ProxyCore(list(locals_), Engine(load_text(policy_text)), timers, route_key=key)
+
+
+def _bye_from_callee(route: str, *, ruri: str = "sip:uac@127.0.0.2:5062", via: str = "127.0.0.3:5063") -> bytes:
+    return (f"BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK-rb{abs(hash(route + ruri + via))}\r\n"
+            f"Route: {route}\r\nFrom: <sip:+3250123400@127.0.0.3>;tag=uas-tag\r\n"
+            "To: <sip:+3228807240@127.0.0.2>;tag=ft1\r\nCall-ID: call-1@127.0.0.2\r\nCSeq: 7 BYE\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_a_forged_in_dialog_invite_from_an_account_source_never_leaves(core, clock) -> None:
+    wire = Wire()
+    # a To tag that matches no dialog, a Route and a Request-URI of the caller's choosing
+    forged = request(ruri="sip:+3250555555@198.51.100.66:5060", to_tag="forged",
+                     extra=["Route: <sip:127.0.0.1:5060;lr>, <sip:198.51.100.67:5060;lr>"])
+    actions = feed(core, forged, UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [481] and [s for s in wire.sent if s.status == 0] == []
+    decisions = [a.decision for a in actions if isinstance(a, Decided)]
+    assert [(d.rule, d.status) for d in decisions] == [("routing", 481)]
+    assert "matches no dialog sipguard admitted" in decisions[0].reason
+    assert not [a for a in actions if isinstance(a, (DialogStarted,))] and core.dialog_count == 0
+    # the same as an ACK: dropped, counted
+    feed(core, request("ACK", ruri="sip:x@198.51.100.66", to_tag="forged", branch="z9hG4bK-fa"), UAC, clock.now, wire)
+    assert [s for s in wire.sent if s.status == 0] == [] and core.stats.drops["unknown_dialog"] == 1
+
+
+def test_after_a_restart_a_bye_proves_its_dialog_by_the_route_token(policy_text, clock) -> None:
+    wire = Wire()
+    before = _core_with_key(policy_text)
+    fwd = call_up(before, clock, wire)
+    record_route = fwd.get("record-route")
+    assert record_route is not None and ";sgt=" in record_route
+    after = _core_with_key(policy_text)  # a new process: no dialog held, the same secret
+    feed(after, _bye_from_callee(record_route), UAS, clock.advance(1), wire)
+    relayed = wire.last_to(UAC)
+    assert relayed.method == "BYE" and relayed.get_all("route") == []
+    assert after.stats.token_relays == 1
+    # its 200 goes back to the callee
+    feed(after, response_to(relayed, 200, "OK", to_tag=None), UAC, clock.advance(0.01), wire)
+    assert wire.statuses_to(UAS)[-1] == 200
+
+
+@pytest.mark.parametrize("case", ["tampered token", "another secret", "to a third address", "from a third address",
+                                  "no token"])
+def test_a_bad_route_token_is_refused_and_nothing_is_relayed(policy_text, clock, case) -> None:
+    wire = Wire()
+    fwd = call_up(_core_with_key(policy_text), clock, wire)
+    record_route = fwd.get("record-route")
+    token = record_route.split("sgt=")[1].rstrip(">")
+    route, ruri, source, via = record_route, "sip:uac@127.0.0.2:5062", UAS, "127.0.0.3:5063"
+    key = KEY
+    if case == "tampered token":
+        route = record_route.replace(token, ("0" if token[0] != "0" else "1") + token[1:])
+    elif case == "another secret":
+        key = b"x" * 32
+    elif case == "to a third address":
+        ruri = "sip:uac@198.51.100.66:5062"
+    elif case == "from a third address":
+        source, via = Peer("udp", "127.0.0.9", 5063), "127.0.0.9:5063"
+    elif case == "no token":
+        route = "<sip:127.0.0.1:5060;lr>"
+    after = _core_with_key(policy_text, key)
+    wire.clear()
+    actions = feed(after, _bye_from_callee(route, ruri=ruri, via=via), source, clock.advance(1), wire)
+    assert [s for s in wire.sent if s.status == 0] == [], "nothing is relayed"
+    assert wire.statuses_to(source) == [481 if case == "no token" else 403]
+    assert [a.decision.rule for a in actions if isinstance(a, Decided)] == ["routing"]
+
+
+def test_an_emergency_call_with_a_foreign_route_goes_to_the_upstream_without_it(core, clock) -> None:
+    wire = Wire()
+    feed(core, request(ruri="urn:service:sos", extra=["Route: <sip:198.51.100.66:5060;lr>"]), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    assert fwd.method == "INVITE" and fwd.uri == "urn:service:sos" and fwd.get_all("route") == []
+    assert wire.to(Peer("udp", "198.51.100.66", 5060)) == []
+
+
+def test_a_malformed_emergency_invite_is_reported_as_a_refused_emergency_call(core, clock) -> None:
+    wire = Wire()
+    bad = request(ruri="sip:112@127.0.0.1").replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
+    actions = feed(core, bad, UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [400]
+    refusal = [a.decision for a in actions if isinstance(a, Decided)]
+    assert [(d.rule, dict(d.evidence)["refused_for"]) for d in refusal] == [("emergency", "malformed")]
+    # one that does not even parse far enough to be answered is reported all the same
+    worse = request(ruri="tel:+32112").replace(b"Via: SIP/2.0/UDP 127.0.0.2:5062;branch=z9hG4bK-uac-1\r\n", b"")
+    actions = feed(core, worse, UAC, clock.now, wire)
+    assert [a.decision.rule for a in actions if isinstance(a, Decided)] == ["emergency"]
+
+
+IPV6_UPSTREAM = """
+service:
+  listen: ["udp:127.0.0.1:5060", "udp:[::1]:5060"]
+  upstreams: {uas: "sip:[::1]:5063"}
+accounts:
+  a:
+    kind: trunk
+    channels: 2
+    match: {sources: ["127.0.0.2/32"]}
+    upstream: uas
+    numbers: [{range: "+3228807240-+3228807249", site: main}]
+    sites: {main: {address: "Rue de la Loi 16, 1000 Brussels"}}
+"""
+
+
+def test_a_next_hop_no_listen_address_reaches_gets_503_and_holds_no_channel(clock) -> None:
+    # the policy listens on IPv6 too, but this process was started with --listen on IPv4 only
+    core = _core_with_key(IPV6_UPSTREAM)
+    wire = Wire()
+    actions = feed(core, request(), UAC, clock.now, wire)
+    assert wire.statuses_to(UAC) == [503] and [s for s in wire.sent if s.status == 0] == []
+    assert "no listen address reaches udp:[::1]:5063" in wire.last_to(UAC).get("warning")
+    assert not [a for a in actions if isinstance(a, (Settle, DialogStarted))]
+    assert [a.decision.rule for a in actions if isinstance(a, Decided)] == ["routing"]
+
+
+def test_a_send_failure_answers_503_and_ends_the_dialog_with_its_channel(core, clock) -> None:
+    from sipguard.state import InMemoryStore
+
+    store, wire = InMemoryStore(), Wire()
+    feed(core, request(), UAC, clock.now, wire, store)
+    assert store.active_now("a") == 1
+    invite = next(s for s in wire.sent if s.status == 0)
+    actions = core.send_failed(invite, "Invalid argument", clock.advance(0.001))
+    wire.sent.extend(a for a in actions if isinstance(a, Send))
+    for action in actions:
+        if isinstance(action, DialogEnded):
+            store.release_now(action.claim)
+    assert wire.statuses_to(UAC) == [100, 503]
+    assert "sending to 127.0.0.3:5063 failed: Invalid argument" in wire.last_to(UAC).get("warning")
+    assert [a.reason for a in actions if isinstance(a, DialogEnded)] == ["send_failed"]
+    assert store.active_now("a") == 0 and core.dialog_count == 0
+    assert core.stats.drops["send_failed"] == 1
+    # no retransmission follows: the client transaction is over
+    wire.clear()
+    run_timers(core, clock.advance(40), wire)
+    assert wire.to(UAS) == []

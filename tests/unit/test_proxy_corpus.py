@@ -10,9 +10,9 @@ from sipguard.sip import Peer, parse
 
 ROWS = corpus("rfc4475") + corpus("rfc5118")
 SOURCE = Peer("udp", "127.0.0.2", 5062)
-# well-formed, but the next hop cannot be reached from this fixture: a host name (sipguard does
-# no DNS) -> 478; an IPv6 address while sipguard listens on IPv4 only -> 503.  Never 400.
-UNROUTABLE = {"wsinv.dat": 478, "mult-ip-in-header.dat": 478, "via-received-param-with-delim.dat": 503}
+# well-formed requests inside a dialog (a To tag) that sipguard never admitted, and that carry no route
+# token of its own: 481, never relayed, never 400
+NO_DIALOG = {"wsinv.dat": 481, "mult-ip-in-header.dat": 481, "via-received-param-with-delim.dat": 481}
 
 # file -> the status sipguard answers with (None: dropped, never answered)
 EXPECTED_REPLY = {
@@ -20,6 +20,8 @@ EXPECTED_REPLY = {
     "unreason.dat": None, "noreason.dat": None, "bcast.dat": None, "scalarlg.dat": None, "bigcode.dat": None,
     # requests whose broken CSeq leaves no well-formed answer possible: dropped
     "scalar02.dat": None,
+    # a preloaded Route to an address that is neither sipguard nor the account's upstream: refused
+    "mpart01.dat": 403,
 }
 
 
@@ -43,8 +45,8 @@ def test_corpus_through_the_proxy(core, clock, row) -> None:
     elif row["class"] == "invalid" or name in ("insuf.dat", "multi01.dat", "mcl01.dat", "ipv6-bug-abnf-3-colons.dat"):
         assert forwarded == [], "a malformed message must never be forwarded"
         assert replies in ([400], []), replies
-    elif name in UNROUTABLE:
-        assert replies == [UNROUTABLE[name]] and forwarded == []
+    elif name in NO_DIALOG:
+        assert replies == [NO_DIALOG[name]] and forwarded == []
     else:
         assert 400 not in replies
         assert len(forwarded) == 1, f"{name}: a well-formed request is forwarded"

@@ -114,3 +114,45 @@ def test_a_bug_behind_the_pump_is_reported_with_its_peer_and_the_pump_goes_on(co
     broken[0] = False
     pump.datagram_received(request(branch="z9hG4bK-uac-9", call_id="call-9@127.0.0.2"), ("127.0.0.2", 5062))
     assert errors == [UAC] and [type(a) for a in handed] == [Settle]
+
+
+def test_a_send_the_socket_refuses_becomes_a_503_upstream(core: ProxyCore) -> None:
+    loop = Loop()
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    other: list[object] = []
+
+    def sendto(data: bytes, addr: tuple[str, int]) -> None:
+        if addr[0] == "127.0.0.3":
+            raise OSError(22, "Invalid argument")  # as a socket bound to loopback says for a remote address
+        sent.append((data, addr))
+
+    def on_action(action: Action) -> None:
+        other.append(action)
+        if isinstance(action, Settle):
+            pump.carry_out(core.settled(action.ticket, True, loop.time()))
+
+    pump = Pump(core, {("udp", 4): sendto}, on_action, lambda peer: other.append(("error", peer)), loop.call_at,
+                loop.time)
+    pump.datagram_received(request(), ("127.0.0.2", 5062))
+    assert [parse(data).status for data, _addr in sent] == [100, 503]  # the batch's 100, then the failure's 503
+    assert "Invalid argument" in (parse(sent[1][0]).get("warning") or "")
+    assert [type(a).__name__ for a in other if not isinstance(a, tuple)] == [
+        "Settle", "DialogStarted", "Decided", "DialogEnded"]
+    assert ("error", UAC) not in other
+
+
+def test_a_full_send_buffer_loses_the_datagram_and_the_timers_send_it_again(core: ProxyCore) -> None:
+    loop = Loop()
+    attempts: list[tuple[str, int]] = []
+
+    def sendto(data: bytes, addr: tuple[str, int]) -> None:
+        attempts.append(addr)
+        if len(attempts) == 1:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    pump = Pump(core, {("udp", 4): sendto}, lambda a: pump.carry_out(core.settled(a.ticket, True, loop.time()))
+                if isinstance(a, Settle) else None, lambda peer: None, loop.call_at, loop.time)
+    pump.datagram_received(request(), ("127.0.0.2", 5062))
+    assert core.stats.drops["send_buffer_full"] == 1
+    loop.advance(0.6)  # Timer A
+    assert attempts.count(("127.0.0.3", 5063)) == 2

@@ -9,9 +9,12 @@ account's number blocks.  A From user that is not a number is an
 extension or SIP user name: on a hosted account it must be one of the
 account's ``sip_users``; on a trunk it says nothing about the caller ID.
 
-Anonymous presentation (``Privacy: id``, or an anonymous From) passes while the
-asserted identity (PAI, else PPI / RPID) is the account's; with no asserted
-identity at all it is a mismatch (nobody could tell whose call it is).
+Anonymous presentation (``Privacy: id``, RFC 3323 / 3325, or an anonymous From
+user, ``anonymous@anonymous.invalid``) passes while an identity of the account is
+asserted (PAI, PPI or RPID) or the From user is an own number; with no such
+identity it is a mismatch (nobody could tell whose call it is).  Privacy never
+hides a From number from screening (the callee's phone may show it), and a
+display name saying "Anonymous" makes no call anonymous.
 
 Forwarded calls (RFC 5806 Diversion, RFC 7044 History-Info): when a Diversion
 or History-Info entry names one of the account's numbers, the account is
@@ -39,30 +42,24 @@ class Screening:
     ok: Final[bool]
     reason: Final[str]
     evidence: Final[tuple[tuple[str, str | None], ...]]
-    anonymous: Final[bool]
     forwarded_by: Final[str | None]
-    calling_user: Final[str | None]
     foreign_display: Final[bool]  # the From display name reads as a number that is not the account's
 
-    def __init__(self, ok: bool, reason: str, evidence: tuple[tuple[str, str | None], ...], anonymous: bool = False,
-                 forwarded_by: str | None = None, calling_user: str | None = None,
-                 foreign_display: bool = False) -> None:
+    def __init__(self, ok: bool, reason: str, evidence: tuple[tuple[str, str | None], ...],
+                 forwarded_by: str | None = None, foreign_display: bool = False) -> None:
         self.ok = ok
         self.reason = reason
         self.evidence = evidence
-        self.anonymous = anonymous
         self.forwarded_by = forwarded_by
-        self.calling_user = calling_user
         self.foreign_display = foreign_display
 
 
-def _is_anonymous(request: Request, from_display: str | None, from_user: str | None) -> bool:
+def _is_anonymous(request: Request, from_user: str | None) -> bool:
+    """Privacy: id (among the Privacy values, ``;`` or ``,`` separated), or the From user ``anonymous``."""
     privacy = (request.get("privacy") or "").lower()
     if "id" in [p.strip() for p in privacy.replace(";", ",").split(",")]:
         return True
-    if from_user and from_user.lower() == "anonymous":
-        return True
-    return bool(from_display and "anonymous" in from_display.lower())
+    return from_user is not None and from_user.lower() == "anonymous"
 
 
 def _owns(index: NumberIndex, account: Account, number: str) -> bool:
@@ -77,7 +74,7 @@ def _own_diversion(request: Request, plan: NumberPlan, index: NumberIndex, accou
                 uri = parse_name_addr(value).uri
             except ParseError:
                 continue
-            number = plan.normalize(uri_user(uri.split("?", 1)[0]))
+            number = plan.normalize(uri_user(uri))
             if number is not None and _owns(index, account, number):
                 return number
     return None
@@ -90,8 +87,7 @@ def screen(request: Request, account: Account, plan: NumberPlan, index: NumberIn
     evidence: list[tuple[str, str | None]] = [("from_user", from_user)]
     foreign: list[str] = []
     asserted_own = False
-    asserted_seen = False
-    numbers_seen = 0
+    asserted_seen = False  # any identity header at all: one that is no number is itself a mismatch
     for key, value in [(k, v) for k, _n, v in request.headers if k in _IDENTITY_HEADERS]:
         for value in split_list(value):
             display, user = identity_of(value)
@@ -102,7 +98,6 @@ def screen(request: Request, account: Account, plan: NumberPlan, index: NumberIn
             number = plan.normalize(user)
             evidence.append((key, number or user))
             asserted_seen = True
-            numbers_seen += number is not None
             if number is None:
                 foreign.append(f"{key} {user!r} is not a number")
                 continue
@@ -116,28 +111,25 @@ def screen(request: Request, account: Account, plan: NumberPlan, index: NumberIn
         evidence.append(("from_display", shown))
         foreign.append(f"From display name {shown} is not a number of {account.name}")
         foreign_display = True
-    anonymous = _is_anonymous(request, from_display, from_user)
-    calling_user = from_user if from_user in sip_users else None
-    if not anonymous:
-        number = plan.normalize(from_user)
-        if number is not None:
-            numbers_seen += 1
-            evidence.append(("from_number", number))
-            if not _owns(index, account, number):
-                foreign.append(f"From {number} is not a number of {account.name}")
-        elif account.kind == "hosted" and calling_user is None:
-            foreign.append(f"From user {from_user!r} is no number and no SIP user of {account.name}")
-        elif account.kind == "trunk" and numbers_seen == 0:
-            foreign.append("the trunk presents no number")
-    elif not asserted_own and not foreign:
-        foreign.append("anonymous call without an asserted identity of the account"
-                       if not asserted_seen else "anonymous call whose asserted identity is not the account's")
+    anonymous = _is_anonymous(request, from_user)
+    number = plan.normalize(from_user)
+    if number is not None:  # screened whatever Privacy says: the callee's phone may show it
+        evidence.append(("from_number", number))
+        if not _owns(index, account, number):
+            foreign.append(f"From {number} is not a number of {account.name}")
+    elif anonymous:
+        evidence.append(("anonymous", "yes"))
+        if not asserted_own and not foreign:
+            foreign.append("anonymous call without an asserted identity of the account"
+                           if not asserted_seen else "anonymous call whose asserted identity is not the account's")
+    elif account.kind == "hosted" and from_user not in sip_users:
+        foreign.append(f"From user {from_user!r} is no number and no SIP user of {account.name}")
+    elif account.kind == "trunk" and not asserted_seen:
+        foreign.append("the trunk presents no number")
     if foreign:
         diverted = _own_diversion(request, plan, index, account)
         if diverted is not None:
             evidence.append(("diverted_from", diverted))
-            return Screening(True, f"forwarded call from {diverted}", tuple(evidence), anonymous, diverted,
-                             calling_user)
-        return Screening(False, "; ".join(foreign), tuple(evidence), anonymous, None, calling_user, foreign_display)
-    return Screening(True, "own identity" + (" (anonymous)" if anonymous else ""), tuple(evidence), anonymous,
-                     None, calling_user)
+            return Screening(True, f"forwarded call from {diverted}", tuple(evidence), diverted)
+        return Screening(False, "; ".join(foreign), tuple(evidence), None, foreign_display)
+    return Screening(True, "own identity" + (" (anonymous)" if anonymous else ""), tuple(evidence))

@@ -137,7 +137,8 @@ class EdgeGuard:
     @property
     def sizes(self) -> dict[str, int]:
         """The tables' sizes, as ``sipguard_table_entries{table}`` shows them."""
-        return {"edge_buckets": len(self._buckets), "edge_budgets": len(self._budgets), "edge_bans": len(self._bans)}
+        return {"edge_buckets": len(self._buckets), "edge_budgets": len(self._budgets), "edge_bans": len(self._bans),
+                "edge_emergency": len(self._sos)}
 
     def _exempt(self, host: str) -> bool:
         hit = self._exempt_hosts.get(host)
@@ -156,7 +157,7 @@ class EdgeGuard:
         ban = self._bans.get(host)
         if ban is not None:
             if ban.until > now:
-                if data[:7] == b"INVITE " and self._emergency_passes(host, data, now):
+                if self._emergency_passes(host, data, now):
                     return None
                 ban.dropped += 1
                 return "banned"
@@ -171,26 +172,23 @@ class EdgeGuard:
             self._buckets[host] = [c.burst - 1.0, now]
             return None
         tokens = min(c.burst, bucket[0] + (now - bucket[1]) * c.packets_per_s)
-        bucket[1] = now
         if tokens < 1.0:
-            bucket[0] = tokens
-            self.ban(host, "flood", now, c.ban_s)
-            if data[:7] == b"INVITE " and self._emergency_passes(host, data, now):
+            self.ban(host, "flood", now, c.ban_s)  # the bucket goes with the ban
+            if self._emergency_passes(host, data, now):
                 return None
             self._bans[host].dropped += 1
             return "flood"
         bucket[0] = tokens - 1.0
+        bucket[1] = now
         return None
 
     def _emergency_passes(self, host: str, data: bytes, now: float) -> bool:
         """An emergency INVITE from a banned source passes, at most EMERGENCY_BURST at once, then one a second
-        (a person who dials 112 sends one INVITE and its retransmissions)."""
+        (a person who dials 112 sends one INVITE and its retransmissions).  ``emergency`` reads the request line."""
         if not self._emergency(data):
             return False
         bucket = self._sos.get(host)
-        if bucket is None:
-            if len(self._sos) >= self.config.max_sources:
-                _evict(self._sos, self.config.max_sources)
+        if bucket is None:  # bounded: only a banned source has one, and it goes with the ban
             bucket = self._sos[host] = [EMERGENCY_BURST, now]
         tokens = min(EMERGENCY_BURST, bucket[0] + (now - bucket[1]))
         bucket[1] = now

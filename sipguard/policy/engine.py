@@ -119,10 +119,16 @@ class Engine:
         self._country_prefix = f"+{phonenumbers.country_code_for_region(service.country.upper())}"
         self._allowed_inbound = NumberIndex((b, b) for b in service.inbound_caller_id.allow)
         self._by_source: dict[str, Account | None] = {}
-        self.edge = edge or EdgeGuard(service.edge, self.is_trusted, self.emergency.datagram)
-        self.edge.reconfigure(service.edge, self.is_trusted, self.emergency.datagram, now)
-        self.dialer = dialer or DialerDetector(service.autodialer)
-        self.dialer.set_config(service.autodialer)
+        if edge is None:
+            edge = EdgeGuard(service.edge, self.is_trusted, self.emergency.datagram)
+        else:  # a reload: the same tables (bans, budgets), the new policy's limits and idea of who is trusted
+            edge.reconfigure(service.edge, self.is_trusted, self.emergency.datagram, now)
+        self.edge = edge
+        if dialer is None:
+            dialer = DialerDetector(service.autodialer)
+        else:
+            dialer.set_config(service.autodialer)
+        self.dialer = dialer
         self.views: dict[str, AccountView] = {}
         code = service.reject.channel_limit
         for a in policy.accounts:
@@ -211,18 +217,18 @@ class Engine:
                              (("method", request.method),)),)
         return ()
 
-    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, kind: str) -> tuple[Decision, ...]:
+    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, cause: str) -> tuple[Decision, ...]:
         """The core refused a request itself: the decisions to record.
 
-        kind: ``in_dialog`` (no dialog sipguard admitted, or a route that leaves it), ``unroutable``
-        (no way to send it on), or ``sip`` (malformed, too many hops, a loop...).  An emergency call
-        refused for any reason is a decision of its own (logged at WARNING, counted); of the rest only
-        ``in_dialog`` and ``unroutable`` refusals are logged (a malformed packet is only counted).
+        cause: ``in_dialog`` (no dialog sipguard admitted, or a route that leaves it), ``unroutable`` (no way to
+        send it on), or what was wrong with the request (``malformed``, ``too_many_hops``, ``loop_detected``...).
+        An emergency call refused for any cause is a decision of its own (logged at WARNING, counted); of the
+        rest only ``in_dialog`` and ``unroutable`` refusals are logged (a malformed packet is only counted).
         """
         out: list[Decision] = []
         if method == "INVITE" and self.emergency.uri(uri):
-            out.append(_emergency_refused(kind if kind != "sip" else why.split(":", 1)[0], uri, source, status, why))
-        if kind != "sip":
+            out.append(_emergency_refused(cause, uri, source, status, why))
+        if cause in ("in_dialog", "unroutable"):
             out.append(Decision(Verdict.REJECT, "routing", why, None,
                                 (("method", method), ("source", source.host), ("uri", uri[:200])), status=status))
         return tuple(out)

@@ -561,10 +561,16 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account
             ctx.error(m["channels"][1], f"{path}.channels", "only a trunk may declare its channels")
     sites: dict[str, Site] = {}
     if "sites" in m:
+        networks: dict[Network, str] = {}  # a network in two sites: at which address is the caller?
         for sname, (_k, sv) in (ctx.mapping(m["sites"][1], f"{path}.sites", None) or {}).items():
             site = _site(ctx, sname, sv, f"{path}.sites.{sname}")
             if site is not None:
                 sites[sname] = site
+                for net in site.sources:
+                    if net in networks:
+                        ctx.error(sv, f"{path}.sites.{sname}.sources", f"{net} is a network of site "
+                                  f"{networks[net]!r} too: a caller there would be at two addresses")
+                    networks.setdefault(net, sname)
     users = tuple(_users(ctx, m["users"][1], f"{path}.users", sites)) if "users" in m else ()
     devices = tuple(_devices(ctx, m["devices"][1], f"{path}.devices", sites)) if "devices" in m else ()
     numbers = tuple(_numbers(ctx, m["numbers"][1], f"{path}.numbers", sites)) if "numbers" in m else ()

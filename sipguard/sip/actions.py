@@ -206,6 +206,7 @@ class Router(Protocol):
         """Decisions to record about a request inside a dialog (never a rejection)."""
         ...
 
-    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, kind: str) -> tuple[object, ...]:
-        """Decisions to record about a request the core refused itself (kind: in_dialog | unroutable | sip)."""
+    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, cause: str) -> tuple[object, ...]:
+        """Decisions to record about a request the core refused itself; cause: ``in_dialog``, ``unroutable``,
+        or what was wrong with it (``malformed``, ``too_many_hops``, ``loop_detected``...)."""
         ...

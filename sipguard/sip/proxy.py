@@ -211,8 +211,8 @@ class ProxyCore:
                 self.stats.drops["malformed"] += 1
             if partial.method == "INVITE":
                 call_id = next((v for k, _n, v in partial.headers if k == "call-id"), "")
-                self._refused(partial.method, partial.uri, call_id, source, err.status,
-                              f"{_ERROR_KINDS.get(err.status, 'malformed')}: {err.detail}", "sip", out)
+                self._refused(partial.method, partial.uri, call_id, source, err.status, err.detail,
+                              _ERROR_KINDS.get(err.status, "malformed"), out)
             return out
         try:
             if isinstance(msg, Request):
@@ -233,8 +233,8 @@ class ProxyCore:
                     extra = (("unsupported", ", ".join(err.unsupported)),)
                 self._send_reply(msg, self._reply_address(msg.vias[0], source), err.status, err.reason, out, extra)
                 if msg.method == "INVITE":
-                    self._refused(msg.method, msg.uri, msg.call_id, source, err.status,
-                                  f"{_ERROR_KINDS.get(err.status, 'refused')}: {err.detail}", "sip", out)
+                    self._refused(msg.method, msg.uri, msg.call_id, source, err.status, err.detail,
+                                  _ERROR_KINDS.get(err.status, "refused"), out)
             else:
                 self.stats.drops["rejected_response" if isinstance(msg, Response) else "rejected_ack"] += 1
         return out
@@ -375,10 +375,10 @@ class ProxyCore:
         # RFC 2543 matching (§17.2.3 last paragraph), also for a bare magic cookie
         return ("2543", req.call_id, req.cseq, req.from_tag, str(via), req.uri, method)
 
-    def _refused(self, method: str, uri: str, call_id: str, source: Peer, status: int, why: str, kind: str,
+    def _refused(self, method: str, uri: str, call_id: str, source: Peer, status: int, why: str, cause: str,
                  out: list[Action]) -> None:
         """Report a request we refused ourselves to the Router, and record what it makes of it."""
-        for decision in self.router.refused(method, uri, source, status, why, kind):
+        for decision in self.router.refused(method, uri, source, status, why, cause):
             out.append(Decided(decision, call_id, None))
 
     # ------------------------------------------------------------------ replies

@@ -11,16 +11,24 @@ class InMemoryStore(SyncStore):
     def __init__(self) -> None:
         self._calls: dict[str, set[str]] = {}
 
-    def claim_now(self, claim: ChannelClaim) -> bool:
-        calls = self._calls.get(claim.account)
+    def _of(self, account: str) -> set[str]:
+        calls = self._calls.get(account)
         if calls is None:
-            calls = self._calls[claim.account] = set()  # not setdefault(account, set()): a set made per claim
+            calls = self._calls[account] = set()  # not setdefault(account, set()): a set made per claim
+        return calls
+
+    def claim_now(self, claim: ChannelClaim) -> bool:
+        calls = self._of(claim.account)
         if claim.call_key in calls:
             return True
         if claim.enforce and not claim.emergency and len(calls) >= claim.limit:
             return False
         calls.add(claim.call_key)
         return True
+
+    def hold(self, account: str, call_key: str) -> None:
+        """Count the call, whatever the limit (a claim another count has admitted: state/shared.py)."""
+        self._of(account).add(call_key)
 
     def holds(self, claim: ChannelClaim) -> bool:
         return claim.call_key in self._calls.get(claim.account, ())

@@ -113,7 +113,7 @@ class SharedStore(SyncStore):
         limit = claim.limit if claim.enforce and not claim.emergency else None
         if not self.counts.claim(claim.account, self.worker, own, limit):
             return False
-        self._own.claim_now(ChannelClaim(claim.account, claim.limit, claim.call_key, True, False))
+        self._own.hold(claim.account, claim.call_key)
         return True
 
     def release_now(self, claim: ChannelClaim) -> None:

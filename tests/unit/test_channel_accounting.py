@@ -268,3 +268,39 @@ def test_a_reload_changes_the_status_a_refused_claim_is_recorded_with() -> None:
         second = refuse(2)
         assert (second["rule"], second["status"]) == ("channel_limit", 503)
         assert server.metrics.decisions.counts[("channel_limit", "reject")] == 2
+
+
+def test_a_worker_publishes_what_it_still_holds_when_it_releases_one_call() -> None:
+    counts = SharedCounts(workers=2, rows=16)
+    a, b = SharedStore(counts, 0), SharedStore(counts, 1)
+    for key in ("a1", "a2", "a3"):
+        assert a.claim_now(ChannelClaim("x", 5, key))
+    assert a.claim_now(ChannelClaim("y", 5, "y1"))
+    a.release_now(ChannelClaim("x", 5, "a2"))
+    assert b.active_now("x") == 2 and b.active_now("y") == 1  # not 0, not 3
+    assert b.claim_now(ChannelClaim("x", 3, "b1")) and not b.claim_now(ChannelClaim("x", 3, "b2"))
+
+
+@pytest.mark.parametrize("workers,rows", [(0, 4), (1, 0)])
+def test_a_shared_table_needs_workers_and_rows(workers: int, rows: int) -> None:
+    with pytest.raises(ValueError, match="^workers and rows must be positive$"):
+        SharedCounts(workers=workers, rows=rows)
+    one = SharedCounts(workers=1, rows=1)  # the smallest table there is
+    one.publish("a", 0, 2)
+    assert one.total("a") == 2
+
+
+@pytest.mark.parametrize("worker", [-1, 2])
+def test_a_store_belongs_to_a_worker_of_its_table(worker: int) -> None:
+    with pytest.raises(ValueError, match=f"^worker {worker} out of range$"):
+        SharedStore(SharedCounts(workers=2, rows=4), worker)
+    assert SharedStore(SharedCounts(workers=2, rows=4), 1).worker == 1
+
+
+def test_a_full_table_says_how_many_accounts_it_holds() -> None:
+    counts = SharedCounts(workers=1, rows=2)
+    counts.publish("a", 0, 1)
+    counts.publish("b", 0, 1)
+    with pytest.raises(TableFull, match="^the shared channel table holds 2 accounts$"):
+        counts.publish("c", 0, 1)
+    assert counts.total("a") == counts.total("b") == 1  # both rows still found, by their keys

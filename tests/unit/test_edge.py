@@ -3,10 +3,14 @@ sources and the upstreams are never banned, and only their new requests meet a b
 
 from __future__ import annotations
 
+import ipaddress
+
+import pytest
+
 from helpers import UAC, Wire, as_request, feed, request
 from sipguard.policy import Engine, load_text
 from sipguard.policy.decision import Verdict
-from sipguard.policy.edge import EMERGENCY_BURST, EdgeConfig, EdgeGuard
+from sipguard.policy.edge import EMERGENCY_BURST, OVER, STILL_OVER, WITHIN, EdgeConfig, EdgeGuard
 from sipguard.sip import Local, Peer, ProxyCore, TimerConfig
 
 POLICY = """
@@ -176,3 +180,144 @@ def test_banned_packets_are_dropped_before_parsing() -> None:
     assert wire.sent == [] and core.stats.parse_errors.total() == 0 and core.stats.drops["banned"] == 1
     feed(core, b"not even SIP", UAC, 0.0, wire)  # a trusted source's garbage is parsed (and dropped)
     assert core.stats.drops["malformed"] == 1
+
+
+# ---------------------------------------------------------------- the guard alone, exactly (mutation testing: docs/mutation.md)
+T0 = 100.0  # not 0: a mistake that adds a time instead of subtracting it shows
+
+
+def test_a_flood_over_time_is_banned_and_the_ban_ends_at_its_time_exactly() -> None:
+    guard = EdgeGuard(EdgeConfig(packets_per_s=10, burst=20, ban_s=30))
+    # 30 packets a second against a refill of 10: the burst of 20 lasts about a second
+    results = [guard.packet("192.0.2.1", b"", T0 + i / 30) for i in range(90)]
+    k = results.index("flood")
+    assert 28 <= k <= 32 and results[:k] == [None] * k and results[k + 1:] == ["banned"] * (89 - k)
+    until = T0 + k / 30 + 30
+    assert guard.packet("192.0.2.1", b"", until - 0.001) == "banned"
+    assert [h for h, _b in guard.bans(until - 0.001)] == ["192.0.2.1"] and guard.bans(until) == []
+    assert guard.packet("192.0.2.1", b"", until) is None  # over at its time: a fresh bucket
+    events = guard.drain(until)
+    assert [(e.kind, e.host, e.reason) for e in events] == [("ban", "192.0.2.1", "flood"), ("unban", "192.0.2.1", "flood")]
+    assert events[0].duration_s == 30 and events[1].duration_s == pytest.approx(30)
+    assert events[1].count == 90 - k + 1  # the flooding packet, the rest of the 90, the one just before the end
+
+
+def test_a_ban_ends_in_the_sweep_even_when_the_source_is_silent() -> None:
+    guard = EdgeGuard()
+    guard.ban("192.0.2.1", "flood", T0, 60)
+    assert guard.drain(T0 + 59.9)[0].kind == "ban" and guard.drain(T0 + 59.9) == []
+    (unban,) = guard.drain(T0 + 60)
+    assert (unban.kind, unban.host, unban.duration_s, unban.count) == ("unban", "192.0.2.1", 60, 0)
+
+
+def test_exempt_networks_are_never_limited_nor_banned() -> None:
+    guard = EdgeGuard(EdgeConfig(burst=5, exempt=(ipaddress.ip_network("192.0.2.128/25"),)))
+    assert all(guard.packet("192.0.2.200", b"", T0) is None for _ in range(100))
+    assert guard.user_agent("192.0.2.200", "friendly-scanner", T0) is None
+    assert guard.bans(T0) == []
+    # a neighbour outside the network is not
+    assert [guard.packet("192.0.2.10", b"", T0) for _ in range(6)][-1] == "flood"
+    assert guard.user_agent("198.51.100.1", "Friendly-Scanner/1.0", T0) == "friendly-scanner"
+    assert {(host, ban.reason) for host, ban in guard.bans(T0)} == {
+        ("192.0.2.10", "flood"), ("198.51.100.1", "scanner User-Agent 'friendly-scanner'")}
+
+
+def test_full_tables_evict_their_oldest_tenth() -> None:
+    guard = EdgeGuard(EdgeConfig(max_sources=100), emergency=lambda data: True)
+    for i in range(100):
+        guard.packet(f"198.51.100.{i}", b"", T0)
+        guard.new_request(f"203.0.113.{i}", T0)
+    assert guard.sizes == {"edge_buckets": 100, "edge_budgets": 100, "edge_bans": 0, "edge_emergency": 0}
+    guard.packet("198.51.101.1", b"", T0)
+    guard.new_request("203.0.114.1", T0)
+    assert guard.sizes == {"edge_buckets": 91, "edge_budgets": 91, "edge_bans": 0, "edge_emergency": 0}
+    for i in range(100):
+        guard.ban(f"192.0.2.{i}", "flood", T0, 60)
+        guard.packet(f"192.0.2.{i}", b"INVITE urn:service:sos SIP/2.0", T0)  # an emergency allowance each
+    guard.drain(T0)
+    assert guard.sizes["edge_emergency"] == 100
+    guard.ban("192.0.3.1", "flood", T0, 60)
+    assert guard.sizes["edge_bans"] == 91 and guard.sizes["edge_emergency"] == 90  # an evicted ban's allowance goes
+    guard.packet("192.0.3.1", b"INVITE urn:service:sos SIP/2.0", T0)
+    guard.ban("192.0.3.2", "flood", T0, 60)
+    guard.packet("192.0.3.2", b"INVITE urn:service:sos SIP/2.0", T0)
+    assert guard.sizes["edge_emergency"] == 92
+    evicted = [e for e in guard.drain(T0) if e.kind == "unban"]
+    assert [e.host for e in evicted] == [f"192.0.2.{i}" for i in range(10)]
+    assert all(e.reason == "flood; evicted: the table of bans is full" for e in evicted)
+
+
+def test_budget_episodes_start_and_end_with_what_they_refused() -> None:
+    guard = EdgeGuard(EdgeConfig(trusted_requests_per_s=10, trusted_burst=10))
+    host = "192.0.2.5"
+    assert [guard.new_request(host, T0) for _ in range(13)] == [WITHIN] * 10 + [OVER, STILL_OVER, STILL_OVER]
+    assert [guard.new_request(host, T0 + 0.5) for _ in range(6)] == [WITHIN] * 5 + [STILL_OVER]
+    assert guard.drain(T0 + 1.49)[0].kind == "over_budget"  # 0.99 s without a refusal: not over yet
+    # a full second without a refusal: the stretch is over
+    assert guard.new_request(host, T0 + 1.5) == WITHIN
+    (ended,) = guard.drain(T0 + 1.5)
+    assert (ended.kind, ended.host, ended.duration_s, ended.count) == ("under_budget", host, 0.5, 4)
+    assert ended.reason == "over 10 new requests/s (burst 10)"
+    # the next stretch counts afresh, and the sweep ends it when the source falls silent
+    assert [guard.new_request(host, T0 + 1.5) for _ in range(12)] == [WITHIN] * 9 + [OVER, STILL_OVER, STILL_OVER]
+    (started,) = guard.drain(T0 + 2.0)
+    assert (started.kind, started.host, started.duration_s, started.count) == ("over_budget", host, 0.0, 0)
+    assert started.reason == "over 10 new requests/s (burst 10)"
+    (ended,) = guard.drain(T0 + 2.5)
+    assert (ended.kind, ended.duration_s, ended.count) == ("under_budget", 0.0, 3)
+    assert guard.drain(T0 + 9) == []
+
+
+def test_a_banned_sources_emergency_invites_pass_five_at_once_then_one_a_second() -> None:
+    guard = EdgeGuard(emergency=lambda data: data.startswith(b"INVITE sip:112"))
+    host, sos = "198.51.100.5", b"INVITE sip:112@x SIP/2.0"
+    guard.ban(host, "flood", T0, 60)
+    assert [guard.packet(host, sos, T0) for _ in range(7)] == [None] * 5 + ["banned"] * 2
+    assert guard.packet(host, sos, T0 + 0.5) == "banned"
+    assert guard.packet(host, sos, T0 + 1.0) is None
+    assert guard.packet(host, b"BYE sip:x SIP/2.0", T0 + 1.0) == "banned"
+    # lifted, then banned again: a fresh allowance
+    assert guard.lift(host, T0 + 2)
+    guard.ban(host, "flood", T0 + 2, 60)
+    assert [guard.packet(host, sos, T0 + 2) for _ in range(5)] == [None] * 5
+    events = guard.drain(T0 + 2)
+    assert [(e.kind, e.reason, e.count) for e in events] == [
+        ("ban", "flood", 0), ("unban", "flood; lifted by the operator", 4), ("ban", "flood", 0)]
+    assert events[1].duration_s == 2.0
+
+
+def test_an_unknown_sources_flood_of_emergency_invites_keeps_passing_a_few() -> None:
+    guard = EdgeGuard(emergency=lambda data: data.startswith(b"INVITE sip:112"))
+    sos = b"INVITE sip:112@x SIP/2.0"
+    results = [guard.packet("198.51.100.6", sos, T0) for _ in range(30)]
+    assert results == [None] * 25 + ["banned"] * 5  # the burst of 20, then (banned) five emergency INVITEs
+
+
+def test_a_reload_keeps_the_bans_and_brings_its_own_limits_lists_and_trust() -> None:
+    first = Engine(load_text(POLICY))
+    first.edge.ban("192.0.2.77", "flood", T0, 60)  # becomes exempt
+    first.edge.ban("192.0.2.78", "flood", T0, 60)  # becomes an account's source
+    first.edge.ban("192.0.2.79", "flood", T0, 60)  # stays a stranger
+    reloaded = (POLICY
+                .replace('exempt: ["10.9.0.0/16"]', 'exempt: ["10.9.0.0/16", "192.0.2.77/32"], user_agents: [evil-dialer]')
+                .replace('"10.0.0.0/8"]', '"10.0.0.0/8", "192.0.2.78/32"]')
+                .replace("  edge:", '  emergency_numbers: ["999"]\n  edge:'))
+    engine = Engine(load_text(reloaded), first.edge, first.dialer, T0 + 1)
+    assert engine.edge is first.edge
+    assert [host for host, _ban in engine.edge.bans(T0 + 1)] == ["192.0.2.79"]
+    lifted = [(e.host, e.reason) for e in engine.edge.drain(T0 + 1) if e.kind == "unban"]
+    assert lifted == [("192.0.2.77", "flood; trusted by the new policy"), ("192.0.2.78", "flood; trusted by the new policy")]
+    # the new list of scanners, the new idea of who is trusted, the new emergency numbers
+    ua = lambda text: as_request(request("OPTIONS", extra=[f"User-Agent: {text}"]))  # noqa: E731
+    assert engine.screen_request(ua("friendly-scanner"), Peer("udp", "192.0.2.90", 5060), T0 + 1) is None
+    assert engine.screen_request(ua("Evil-Dialer 2.0"), Peer("udp", "192.0.2.91", 5060), T0 + 1) == "scanner"
+    assert all(engine.screen_packet(b"", Peer("udp", "192.0.2.78", 5060), T0 + 1) is None for _ in range(50))
+    assert engine.screen_packet(b"INVITE sip:999@x SIP/2.0", Peer("udp", "192.0.2.79", 5060), T0 + 1) is None
+    assert engine.screen_packet(b"INVITE sip:112@x SIP/2.0", Peer("udp", "192.0.2.79", 5060), T0 + 1) == "banned"
+
+
+def test_a_ban_lifted_the_moment_it_began_lasted_no_time() -> None:
+    guard = EdgeGuard()
+    guard.ban("192.0.2.1", "flood", T0, 60)
+    assert guard.lift("192.0.2.1", T0)
+    assert [(e.kind, e.duration_s) for e in guard.drain(T0)] == [("ban", 60), ("unban", 0.0)]

@@ -22,7 +22,7 @@ class Recorder:
     def in_dialog(self, request: Request, account: str | None) -> tuple[object, ...]:
         return ()
 
-    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, kind: str) -> tuple[object, ...]:
+    def refused(self, method: str, uri: str, source: Peer, status: int, why: str, cause: str) -> tuple[object, ...]:
         return ()
 
     def screen_packet(self, data: bytes, source: Peer, now: float) -> str | None:

@@ -126,3 +126,40 @@ def test_alarm_and_lift_lines_are_refused(tmp_path) -> None:
       - {name: Lift 1, type: lift}
 """)
     assert main(["check", str(bad)]) == 1
+
+
+def _people(n: int) -> str:
+    return "[" + ", ".join(f'{{name: U{i}, sip_users: ["{i}"]}}' for i in range(n)) + "]"
+
+
+@pytest.mark.parametrize("users,floor,round_,ceil", [(10, 9, 10, 10), (14, 10, 11, 11), (13, 10, 10, 11),
+                                                     (5, 7, 7, 7), (0, 0, 0, 0)])
+def test_each_rounding_on_the_bands_of_the_terms(users: int, floor: int, round_: int, ceil: int) -> None:
+    account, service = _account(_people(users))
+    limits = [channel_limit(account, service.channel_bands, r).limit for r in ("floor", "round", "ceil")]
+    assert limits == [floor, round_, ceil]
+
+
+def test_the_explanation_shows_every_band_and_the_rounding() -> None:
+    account, service = _account(_people(14))
+    limit = channel_limit(account, service.channel_bands, "round")
+    assert limit.explanation == ("14 users: 2 x 2 (1-2) + 3 x 1 (3-5) + 5 x 0.5 (6-10) + 4 x 0.25 (>10) = 10.5 "
+                                 "-> round 11")
+    assert (limit.account, limit.users, limit.exact, limit.limit) == ("a", 14, 10.5, 11)
+    assert limit.entries[0].reason.startswith("a natural person") and limit.entries[0].users == 1
+    nobody, service = _account("[]")
+    assert channel_limit(nobody, service.channel_bands, "floor").explanation == "0 users: no users = 0 -> floor 0"
+
+
+def test_a_trunks_declared_channels_are_explained_and_its_users_still_counted() -> None:
+    policy = load_text(SERVICE + """accounts:
+  t:
+    kind: trunk
+    channels: 12
+    match: {sources: ["192.0.2.0/28"]}
+    upstream: pbx
+    users: [{name: A}, {name: B}]
+""")
+    limit = channel_limit(policy.accounts[0], policy.service.channel_bands, "floor")
+    assert (limit.account, limit.users, limit.exact, limit.limit) == ("t", 2, 12.0, 12)
+    assert limit.explanation == "12 channels declared by the trunk" and len(limit.entries) == 2

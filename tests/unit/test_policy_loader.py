@@ -24,6 +24,11 @@ def test_example_policy_loads_with_every_key() -> None:
     trunk = policy.accounts[1]
     assert trunk.channels == 30 and trunk.deliver_to is not None and trunk.deliver_to.port == 5060
     assert policy.service.reject.channel_limit == 486
+    service = policy.service
+    assert service.international == frozenset({"abroad"}) and service.upstreams["abroad"].host == "203.0.113.9"
+    assert service.inbound_caller_id.mode is RuleMode.ENFORCE and service.inbound_caller_id.allow[0].holds("+3225550042")
+    assert service.reject.inbound_spoofing == 403 and service.route_secret is None
+    assert (service.edge.trusted_requests_per_s, service.edge.packets_per_s, service.edge.burst) == (300, 20, 20)
 
 
 def _problems(text: str) -> list[tuple[int, str, str]]:

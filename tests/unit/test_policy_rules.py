@@ -67,15 +67,14 @@ HQ, DEPOT, ROAMING = "127.0.1.2", "127.0.1.20", "127.0.1.200"
 TRUNK, REWRITER, SHADOWED = "127.0.2.1", "127.0.3.1", "127.0.4.1"
 
 
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(load_text(POLICY))
-
-
 @pytest.fixture
-def fresh() -> Engine:
-    """An engine of its own: the module's engine keeps auto-dialer windows between tests."""
+def engine() -> Engine:
+    """An engine per test: an engine keeps auto-dialer windows (a table of many calls from one trunk would
+    read as a dialer)."""
     return Engine(load_text(POLICY))
+
+
+fresh = engine
 
 
 def admit(engine: Engine, source: str, *, from_user: str, ruri_user: str = "+3250555555", headers=()):
@@ -118,6 +117,31 @@ CALLER_ID = [
      ["History-Info: <sip:+3250123405@x>;index=1"], True, None),
     ("Diversion naming a foreign number does not help", TRUNK, "+3299999999",
      ["Diversion: <sip:+3299999998@x>;reason=unconditional"], False, "+3299999999"),
+    ("forwarded call: the own number in the second Diversion", TRUNK, "+3299999999",
+     ["Diversion: <sip:+3299999998@x>", "Diversion: <sip:+3250123405@x>"], True, None),
+    ("forwarded call: a malformed Diversion, then an own one", TRUNK, "+3299999999",
+     ["Diversion: <sip:+32 5@x", "Diversion: <sip:+3250123405@x>"], True, None),
+    ("Privacy: id does not hide a foreign From number", TRUNK, "+3299999999",
+     ["Privacy: id", "P-Asserted-Identity: <sip:+3250123402@x>"], False, "From +3299999999"),
+    ("Privacy: id with an own From number and no PAI", TRUNK, "+3250123401", ["Privacy: id"], True, None),
+    ("hosted, Privacy: header; id, own PAI", HQ, "lobby", ["Privacy: header; id", "P-Asserted-Identity: <tel:+3228807242>"],
+     True, None),
+    ("hosted, Privacy: user,ID, own PAI", HQ, "lobby", ["Privacy: user,ID", "P-Asserted-Identity: <tel:+3228807242>"],
+     True, None),
+    ("hosted, Privacy: none is no anonymity", HQ, "lobby", ["Privacy: none", "P-Asserted-Identity: <tel:+3228807242>"],
+     False, "no number and no SIP user"),
+    ("hosted, anonymous From in any case, own PAI", HQ, "Anonymous", ["P-Asserted-Identity: <tel:+3228807242>"],
+     True, None),
+    ("trunk PBX user with an own PAI", TRUNK, "pbx", ["P-Asserted-Identity: <sip:+3250123402@x>"], True, None),
+    ("trunk PBX user with a PAI that is no number", TRUNK, "pbx", ["P-Asserted-Identity: <sip:pbx@x>"], False,
+     "is not a number"),
+    ("bare addr-spec PAI, foreign", TRUNK, "+3250123401", ["P-Asserted-Identity: sip:+3299999999@x"], False,
+     "p-asserted-identity +3299999999"),
+    ("bare addr-spec PAI with parameters, foreign", TRUNK, "+3250123401",
+     ["P-Asserted-Identity: sip:+3299999999@x;user=phone"], False, "p-asserted-identity +3299999999"),
+    ("bare tel: PAI, own", TRUNK, "pbx", ["P-Asserted-Identity: tel:+3250123402"], True, None),
+    ("two PAIs, the second foreign", TRUNK, "+3250123401",
+     ["P-Asserted-Identity: <sip:+3250123402@x>, <tel:+3299999999>"], False, "+3299999999"),
 ]
 
 
@@ -173,40 +197,46 @@ def test_inbound_national_called_number(engine) -> None:
 
 # ------------------------------------------------------------------ emergency (terms: BT 7, SIP trunking 4)
 EMERGENCY = [
-    # (case, source, From user, PAI, called, location, action, asserted number)
-    ("site A presenting a site-B number", HQ, "+3292001100", None, "112", "verified", "rewritten", "+3228807240"),
-    ("site A presenting a site-A number: untouched", HQ, "+3228807243", None, "112", "verified", "kept", None),
-    ("site by device: door phone at the depot", HQ, "290", None, "112", "verified", "rewritten", "+3292001100"),
-    ("site by user: Michel at hq from the depot network", DEPOT, "201", None, "101", "verified", "rewritten",
+    # (case, source, From user, PAI, called, location (how), action, asserted number)
+    ("site A presenting a site-B number", HQ, "+3292001100", None, "112", "verified source", "rewritten",
      "+3228807240"),
-    ("site by source network: depot", DEPOT, "+3292001100", None, "100", "verified", "kept", None),
-    ("PAI decides over From", DEPOT, "+3292001100", "<sip:+3228807243@x>", "112", "verified", "rewritten",
+    ("site A presenting a site-A number: untouched", HQ, "+3228807243", None, "112", "verified source", "kept", None),
+    ("site by device: door phone at the depot", HQ, "290", None, "112", "verified device", "rewritten", "+3292001100"),
+    ("site by user: Michel at hq from the depot network", DEPOT, "201", None, "101", "verified user", "rewritten",
+     "+3228807240"),
+    ("site by source network: depot", DEPOT, "+3292001100", None, "100", "verified source", "kept", None),
+    ("PAI decides over From", DEPOT, "+3292001100", "<sip:+3228807243@x>", "112", "verified source", "rewritten",
      "+3292001100"),
     ("roaming softphone with an own number: kept, unverified", ROAMING, "204", "<tel:+3228807244>", "112",
-     "unverified", "kept", None),
+     "unverified unverified", "kept", None),
     ("roaming with a foreign number: the account default, unverified", ROAMING, "+3299999999", None, "112",
-     "unverified", "rewritten", "+3228807240"),
-    ("trunk without site sources: unverified", TRUNK, "+3250123404", None, "112", "unverified", "kept", None),
-    ("emergency number dialled with separators", HQ, "+3292001100", None, "1-1-2", "verified", "rewritten",
+     "unverified unverified", "rewritten", "+3228807240"),
+    ("trunk without site sources: unverified", TRUNK, "+3250123404", None, "112", "unverified unverified", "kept", None),
+    ("emergency number dialled with separators", HQ, "+3292001100", None, "1-1-2", "verified source", "rewritten",
      "+3228807240"),
 ]
 
 
 @pytest.mark.parametrize("case,source,from_user,pai,called,location,action,asserted", EMERGENCY,
                          ids=[e[0] for e in EMERGENCY])
-def test_emergency(engine, case, source, from_user, pai, called, location, action, asserted) -> None:
+def test_emergency(fresh, case, source, from_user, pai, called, location, action, asserted) -> None:
     headers = [f"P-Asserted-Identity: {pai}"] if pai else []
-    adm = admit(engine, source, from_user=from_user, ruri_user=called, headers=headers)
+    adm = admit(fresh, source, from_user=from_user, ruri_user=called, headers=headers)
     assert adm.reject is None and adm.emergency
     decision = rules(adm)["emergency"]
     ev = dict(decision.evidence)
-    assert (ev["location"], ev["caller_id_action"]) == (location, action)
+    location, how = location.split()
+    assert (ev["location"], ev["located_by"], ev["caller_id_action"]) == (location, how, action)
+    assert ev["called"] == called
     pai_edits = [e for e in adm.edits if isinstance(e, SetHeader) and e.key == "p-asserted-identity"]
+    presented = pai.strip("<>").split(":")[1].split("@")[0] if pai else from_user
+    assert ev["presented"] == fresh.plan.normalize(presented)
     if asserted:
         assert pai_edits and pai_edits[0].value.startswith(f"<sip:{asserted}@")
-        assert decision.verdict is Verdict.REWRITE
+        assert decision.verdict is Verdict.REWRITE and ev["caller_id"] == asserted
     else:
         assert not pai_edits
+        assert ev["caller_id"] == ev["presented"]  # the audit trail names the number that was sent
     if location == "unverified":
         assert "location unverified" in decision.reason and decision.logged
 
@@ -261,7 +291,17 @@ DISPLAY = [
     ("display name that is an extension", "201", [], True, None),
     ("P-Asserted-Identity display name of a foreign number", None,
      ['P-Asserted-Identity: "+3299999999" <sip:+3250123402@x>'], False, "p-asserted-identity display name +3299999999"),
+    ("P-Asserted-Identity display name of an own number", None,
+     ['P-Asserted-Identity: "+3250123402" <sip:+3250123402@x>'], True, None),
+    ("a display name without quotes", "+3299999999", [], False, "From display name +3299999999"),
 ]
+
+
+def test_a_display_name_saying_anonymous_makes_no_call_anonymous(fresh) -> None:
+    data = request(ruri="sip:+3250555555@127.0.0.3", from_user="+3299999999", from_display='"Anonymous"',
+                   extra=["P-Asserted-Identity: <sip:+3250123402@x>"])
+    adm = fresh.admit(as_request(data), Peer("udp", TRUNK, 5060), 0.0)
+    assert adm.reject is not None and "From +3299999999 is not a number of trunk" in rules(adm)["caller_id"].reason
 
 
 @pytest.mark.parametrize("case,display,headers,admitted,fragment", DISPLAY, ids=[d[0] for d in DISPLAY])
@@ -394,7 +434,10 @@ def test_emergency_forms(fresh, ruri, emergency) -> None:
     adm = fresh.admit(data, Peer("udp", TRUNK, 5060), 0.0)
     assert adm.emergency is emergency and (adm.claim.emergency if adm.claim else False) is emergency
     if emergency:
-        assert adm.reject is None and rules(adm)["emergency"].verdict in (Verdict.ALLOW, Verdict.FLAG, Verdict.REWRITE)
+        decision = rules(adm)["emergency"]
+        assert adm.reject is None and decision.verdict in (Verdict.ALLOW, Verdict.FLAG, Verdict.REWRITE)
+        called = dict(decision.evidence)["called"]
+        assert called == ruri if ruri.lower().startswith("urn:") else called and called in ruri
 
 
 def test_an_emergency_call_from_an_unknown_source_is_refused_loudly(fresh) -> None:
@@ -407,9 +450,9 @@ def test_an_emergency_call_from_an_unknown_source_is_refused_loudly(fresh) -> No
 
 
 def test_the_core_reports_an_emergency_call_it_refuses(fresh) -> None:
-    out = fresh.refused("INVITE", "tel:+32112", Peer("udp", HQ, 5060), 400, "malformed: bad CSeq", "sip")
+    out = fresh.refused("INVITE", "tel:+32112", Peer("udp", HQ, 5060), 400, "bad CSeq", "malformed")
     assert [(d.rule, dict(d.evidence)["refused_for"]) for d in out] == [("emergency", "malformed")]
-    assert fresh.refused("INVITE", "sip:+3250@x", Peer("udp", HQ, 5060), 400, "malformed: x", "sip") == ()
+    assert fresh.refused("INVITE", "sip:+3250@x", Peer("udp", HQ, 5060), 400, "bad CSeq", "malformed") == ()
     routed = fresh.refused("BYE", "sip:x@y", Peer("udp", HQ, 5060), 481, "no dialog", "in_dialog")
     assert [(d.rule, d.status) for d in routed] == [("routing", 481)]
 
@@ -422,3 +465,67 @@ def test_emergency_rule_in_shadow_records_but_keeps_the_presented_caller_id() ->
     decision = rules(adm)["emergency"]
     assert adm.reject is None and adm.edits == ()
     assert decision.verdict is Verdict.REWRITE and decision.mode is Mode.SHADOW
+
+
+SAME_BUILDING = """
+service:
+  listen: ["udp:127.0.0.1:5060"]
+  upstreams: {pbx: "sip:127.0.0.3:5060", carrier: "sip:127.0.0.7:5060"}
+accounts:
+  first:
+    kind: hosted
+    match: {sources: ["127.0.5.0/24"]}
+    upstream: pbx
+    users: [{name: A, sip_users: ["201"]}]
+    sites:
+      hq: {address: "Rue de la Loi 16, 1000 Brussels", sources: ["127.0.5.0/24"], emergency_caller_id: "+3225550100"}
+      floor3: {address: "Rue de la Loi 16, 1000 Brussels (3rd floor)", sources: ["127.0.5.128/25"],
+               emergency_caller_id: "+3225550150"}
+    numbers:
+      - {range: "+3225550100-+3225550149", site: hq}
+      - {range: "+3225550150-+3225550199", site: floor3}
+  second:
+    kind: hosted
+    match: {sources: ["127.0.6.0/24"]}
+    upstream: pbx
+    deliver_to: "sip:127.0.6.1:5060"
+    users: [{name: B, sip_users: ["301"]}]
+    sites: {hq: {address: "Rue de la Loi 16, 1000 Brussels", emergency_caller_id: "+3225550200"}}
+    numbers: [{range: "+3225550200-+3225550299", site: hq}]
+"""
+
+
+def test_another_accounts_number_at_the_same_address_is_still_not_the_callers() -> None:
+    engine = Engine(load_text(SAME_BUILDING))
+    # from the first account's head office, presenting the second account's number (a site of the same name
+    # and the same address): rewritten to the caller's own emergency caller ID, never kept
+    adm = admit(engine, "127.0.5.10", from_user="+3225550250", ruri_user="112")
+    ev = dict(rules(adm)["emergency"].evidence)
+    assert (ev["site"], ev["caller_id"], ev["caller_id_action"]) == ("hq", "+3225550100", "rewritten")
+
+
+def test_the_most_specific_site_network_locates_the_caller() -> None:
+    engine = Engine(load_text(SAME_BUILDING))
+    for source, site, ecid in [("127.0.5.200", "floor3", "+3225550150"), ("127.0.5.20", "hq", "+3225550100")]:
+        adm = admit(engine, source, from_user="+3225550250", ruri_user="112")
+        ev = dict(rules(adm)["emergency"].evidence)
+        assert (ev["site"], ev["located_by"], ev["caller_id"]) == (site, "source", ecid), source
+
+
+@pytest.mark.parametrize("ruri", ["tel:+3225550210;phone-context=+32", "tel:+3225550210;npdi;rn=+3225550000",
+                                  "sip:+3225550210;npdi@127.0.0.1;user=phone",
+                                  "sip:+3225550210;npdi;rn=+3225550000@127.0.0.1;user=phone",
+                                  "sip:025550210@127.0.0.1", "tel:0032-2-555-02-10"])
+def test_inbound_called_numbers_in_the_forms_carriers_send(ruri) -> None:
+    engine = Engine(load_text(SAME_BUILDING))
+    adm = engine.admit(as_request(request(ruri=ruri, from_user="+33123456789")), Peer("udp", "127.0.0.7", 5060), 0.0)
+    assert adm.reject is None and adm.account == "second" and adm.target == Peer("udp", "127.0.6.1", 5060), ruri
+
+
+def test_a_rewrite_keeps_an_own_display_name() -> None:
+    engine = Engine(load_text(POLICY))
+    data = request(ruri="sip:+3250555555@127.0.0.3", from_user="+3250999002", from_display='"+3250999003"',
+                   extra=["P-Asserted-Identity: <tel:+3299999999>"])
+    adm = engine.admit(as_request(data), Peer("udp", REWRITER, 5060), 0.0)
+    assert adm.reject is None and rules(adm)["caller_id"].verdict is Verdict.REWRITE
+    assert not [e for e in adm.edits if isinstance(e, SetHeader) and e.key == "from"]

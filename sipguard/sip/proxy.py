@@ -135,8 +135,8 @@ class ProxyCore:
         server_header: str | None = "sipguard",
         route_key: bytes | None = None,
     ) -> None:
-        """route_key: the secret of the Record-Route tokens (dialog.py); None: a random one, valid for this
-        core only (in-dialog requests of calls it did not admit are then refused)."""
+        """route_key: the secret of the Record-Route tokens (dialog.py), 16 to 32 bytes; None: a random one,
+        valid for this core only (in-dialog requests of calls it did not admit are then refused)."""
         if not locals_:
             raise ValueError("at least one local address is needed")
         self.locals = tuple(locals_)
@@ -144,6 +144,8 @@ class ProxyCore:
         self.timers = timers or TimerConfig()
         self.max_message_bytes = max_message_bytes
         self.route_key = route_key if route_key is not None else secrets.token_bytes(32)
+        if not 16 <= len(self.route_key) <= 32:
+            raise ValueError("the route key is 16 to 32 bytes (a BLAKE2s key)")
         self._me = {(loc.host.lower(), loc.port) for loc in self.locals}
         self._by_family: dict[tuple[str, int], Local] = {}
         for loc in self.locals:
@@ -153,6 +155,9 @@ class ProxyCore:
         self._server_header = server_header
         # the start of our own Via in a response to us: the light path (_peeked_response) looks for it
         self._via_prefixes = tuple(loc.via_prefix for loc in self.locals)
+        # our Record-Route as we write it, up to its token: a Route entry sent back to us as we wrote it is
+        # recognised without parsing (each dialog's token differs, so a memo of parsed routes would miss)
+        self._rr_prefixes = tuple(loc.rr_prefix for loc in self.locals)
         self._txns: dict[tuple[object, ...], Txn] = {}
         self._client: dict[tuple[str, str], Txn] = {}
         self._tickets: dict[int, Txn] = {}
@@ -357,15 +362,27 @@ class ProxyCore:
         """The Route values and how many at the top are ours (to strip, §16.4)."""
         routes = [v for k, _n, v in req.headers if k == "route"]
         popped = 0
-        while popped < len(routes):
-            try:
-                uri = _route_uri.call(routes[popped])
-            except ParseError:
-                break
-            if not self._uri_is_me(uri):
-                break
+        while popped < len(routes) and self._is_our_route(routes[popped]):
             popped += 1
         return routes, popped
+
+    def _our_token(self, value: str) -> str | None:
+        """The token of a Route entry exactly as we wrote it (``<sip:host:port;lr;sgt=TOKEN>``), or None."""
+        if value[-1:] == ">":
+            for prefix in self._rr_prefixes:
+                if value.startswith(prefix):
+                    token = value[len(prefix):-1]
+                    return token if token.isalnum() else None
+        return None
+
+    def _is_our_route(self, value: str) -> bool:
+        if self._our_token(value) is not None:
+            return True
+        try:
+            uri = _route_uri.call(value)
+        except ParseError:
+            return False
+        return self._uri_is_me(uri)
 
     def _server_key(self, req: Request, method: str) -> tuple[object, ...]:
         via = req.vias[0]
@@ -752,10 +769,12 @@ class ProxyCore:
     def _token_of(self, our_routes: list[str]) -> str | None:
         """The route token in our own Route entries (the Record-Route we wrote, sent back to us)."""
         for value in our_routes:
-            try:
-                token = _route_uri.call(value).param(TOKEN_PARAM)
-            except ParseError:
-                continue
+            token = self._our_token(value)
+            if token is None:  # ours, but not as we wrote it (parameters reordered, another spelling)
+                try:
+                    token = _route_uri.call(value).param(TOKEN_PARAM)
+                except ParseError:
+                    continue
             if token:
                 return token
         return None

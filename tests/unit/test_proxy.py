@@ -633,6 +633,16 @@ def test_after_a_restart_a_bye_proves_its_dialog_by_the_route_token(policy_text,
     assert wire.statuses_to(UAS)[-1] == 200
 
 
+def test_our_route_in_another_spelling_still_proves_its_dialog(policy_text, clock) -> None:
+    wire = Wire()
+    record_route = call_up(_core_with_key(policy_text), clock, wire).get("record-route")
+    token = record_route.split("sgt=")[1].rstrip(">")
+    respelled = f"<sip:127.0.0.1:5060;sgt={token};lr;x=1>"  # a peer that reordered the parameters
+    after = _core_with_key(policy_text)
+    feed(after, _bye_from_callee(respelled), UAS, clock.advance(1), wire)
+    assert wire.last_to(UAC).method == "BYE" and after.stats.token_relays == 1
+
+
 @pytest.mark.parametrize("case", ["tampered token", "another secret", "to a third address", "from a third address",
                                   "no token"])
 def test_a_bad_route_token_is_refused_and_nothing_is_relayed(policy_text, clock, case) -> None:

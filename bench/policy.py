@@ -12,7 +12,8 @@ UAC_IP = "127.0.0.2"
 
 
 def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip: str = "127.0.0.1",
-                     probe_port: int = 5999) -> str:
+                     probe_port: int = 5999, redis_url: str | None = None) -> str:
+    """``redis_url``: share the channel counts through Redis (each worker process is a node of its own)."""
     lines = [
         "service:",
         f'  listen: ["udp:{listen_ip}:{sip_port}"]',
@@ -20,6 +21,7 @@ def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip
         f'  upstreams: {{uas: "sip:127.0.0.3:{uas_port}", probe: "sip:127.0.0.7:{probe_port}"}}',
         "  dialog_timeout_s: 600",
         "  sip_timers: {t1_ms: 500, t2_ms: 4000, t4_ms: 5000, timer_c_s: 180}",
+        *([f'  state: {{store: redis, url: "{redis_url}"}}'] if redis_url else []),
         # the trunk under test is one source: its new-request budget (default 300/s) out of the way of capacity
         "  edge: {trusted_requests_per_s: 1000000, trusted_burst: 2000000}",
         "  autodialer:",

@@ -1,6 +1,6 @@
 """Load benchmark: SIPp UAC -> {nothing | sipguard | Kamailio} -> SIPp UAS, in one run.
 
-    python -m bench.run [--targets direct,sipguard,sipguard-2w,kamailio] [--rates 500,1000,2000]
+    python -m bench.run [--targets direct,sipguard,sipguard-2w,sipguard-redis,kamailio] [--rates 500,1000,2000]
                         [--duration-s 20] [--hold-ms 1000] [--concurrent 10000] [--smoke]
                         [--sipp-transport u1|un] [--loopwatch] [--rounds N]
 
@@ -12,6 +12,8 @@ capacity.  For sipguard it then holds ``--concurrent`` calls and reports the mem
 per active dialog and the INVITE->200 of new calls while they are held.  It prints one
 table and the ratios sipguard/Kamailio and sipguard/direct; ``--json FILE`` saves it.
 
+``sipguard-redis`` shares its channel counts through a redis-server of its own (``-redis-Nw``: each worker
+is a node of its own in Redis, so ``sipguard-redis-2w`` is two nodes sharing one Redis).
 ``sipguard-Nw`` is sipguard with ``--workers N`` (one process per core, SO_REUSEPORT): the
 kernel spreads calls over the workers by source address and port, so it needs calls from
 several sockets: ``--sipp-transport un`` (one SIPp socket per call, for every target alike).
@@ -33,6 +35,7 @@ import csv
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -187,18 +190,43 @@ class Direct(Target):
 class Sipguard(Target):
     name = "sipguard"
 
-    def __init__(self, workdir: Path, uas_port: int, probe_port: int, workers: int = 1) -> None:
+    def __init__(self, workdir: Path, uas_port: int, probe_port: int, workers: int = 1, store: str = "memory") -> None:
         super().__init__(workdir, uas_port, probe_port)
         self.workers = workers
+        self.store = store
+        self.redis: subprocess.Popen[bytes] | None = None
         self.watch: str | None = None  # --loopwatch: the dump prefix of bench/loopwatch.py
-        if workers > 1:
-            self.name = f"sipguard-{workers}w"
+        self.name = "sipguard" + ("-redis" if store == "redis" else "") + (f"-{workers}w" if workers > 1 else "")
+
+    def _start_redis(self) -> str:
+        """A redis-server of this target's own (no persistence), on loopback: the shared channel store."""
+        port = free_tcp_port()
+        log = open(self.workdir / "redis.log", "wb")
+        self.redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no", "--dir", str(self.workdir)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return f"redis://127.0.0.1:{port}/0"
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        super().stop()
+        if self.redis is not None:
+            self.redis.kill()
+            self.redis.wait()
+            self.redis = None
 
     def start(self) -> None:
         self.port = free_port("127.0.0.1")
         self.admin = free_tcp_port()
         policy = self.workdir / "bench-policy.yaml"
-        policy.write_text(benchmark_policy(self.port, self.admin, self.uas_port, probe_port=self.probe_port))
+        redis_url = self._start_redis() if self.store == "redis" else None
+        policy.write_text(benchmark_policy(self.port, self.admin, self.uas_port, probe_port=self.probe_port,
+                                           redis_url=redis_url))
         log = open(self.workdir / "sipguard.log", "wb")
         command = [sys.executable, "-m", "sipguard"] if self.watch is None else [
             sys.executable, "-m", "bench.loopwatch", self.watch, "--"]
@@ -520,10 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     kinds: dict[str, Callable[[Path, int, int], Target]] = {"direct": Direct, "sipguard": Sipguard,
                                                              "kamailio": Kamailio, "kamailio-htable": KamailioHtable}
     for name in targets:
-        if name not in kinds and name.startswith("sipguard-") and name.endswith("w") and name[9:-1].isdigit():
-            kinds[name] = functools.partial(Sipguard, workers=int(name[9:-1]))
+        named = re.fullmatch(r"sipguard(-redis)?(?:-(\d+)w)?", name)
+        if name not in kinds and named is not None:
+            kinds[name] = functools.partial(Sipguard, workers=int(named.group(2) or 1),
+                                            store="redis" if named.group(1) else "memory")
         elif name not in kinds:
-            raise SystemExit(f"unknown target {name!r}: direct, sipguard, sipguard-Nw, kamailio, kamailio-htable")
+            raise SystemExit(f"unknown target {name!r}: direct, sipguard[-redis][-Nw], kamailio, kamailio-htable")
     report = Report(machine())
     print(f"machine: {report.machine}")
     print(f"calls held {args.hold_ms} ms, {args.duration_s:g} s per rate; latencies in ms, timed in the SIPp scenario;"

@@ -23,7 +23,7 @@ from ._compiled import native_core
 from .outcomes import Tally, Timings
 from .sip.proxy import ProxyCore
 
-__all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector", "Tally", "Timings"]
+__all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector", "StoreCollector", "Tally", "Timings"]
 
 
 class CoreCollector(Collector):
@@ -129,16 +129,35 @@ class GuardCollector(Collector):
         yield table
 
 
+class StoreCollector(Collector):
+    """The channel store: its errors, whether it is reachable, the nodes sharing it (docs/pair.md)."""
+
+    def __init__(self, read: Callable[[], tuple[str, int, bool, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        kind, errors, available, nodes = self._read()
+        yield CounterMetricFamily("sipguard_state_errors", "Calls to the shared channel store (Redis) that failed",
+                                  value=errors)
+        up = GaugeMetricFamily("sipguard_state_available", "1 while the channel store is reachable (0: each node "
+                               "admits its share of the limits)", labels=["store"])
+        up.add_metric([kind], 1 if available else 0)
+        yield up
+        yield GaugeMetricFamily("sipguard_state_nodes", "Nodes sharing the channel store, as last seen", value=nodes)
+
+
 class Metrics:
     """The server's own metrics, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry, core: Callable[[], ProxyCore],
                  channels: Callable[[], Iterable[tuple[str, int, int]]] = tuple,
-                 guards: Callable[[], tuple[list[tuple[str, int]], dict[str, int]]] = lambda: ([], {})) -> None:
+                 guards: Callable[[], tuple[list[tuple[str, int]], dict[str, int]]] = lambda: ([], {}),
+                 store: Callable[[], tuple[str, int, bool, int]] = lambda: ("memory", 0, True, 1)) -> None:
         self.registry = registry
         registry.register(CoreCollector(core))
         registry.register(ChannelsCollector(channels))
         registry.register(GuardCollector(guards))
+        registry.register(StoreCollector(store))
         self.decisions = Tally("sipguard_decisions", "Policy decisions, by rule and outcome", ["rule", "outcome"])
         self.dialogs_started = Tally("sipguard_dialogs_started", "Dialogs admitted, by direction", ["direction"])
         self.dialogs_ended = Tally("sipguard_dialogs_ended", "Dialogs ended, by reason", ["reason"])

@@ -9,8 +9,10 @@ compiled dispatch, with the per-call counters (``Tally``) and the decision-time 
 counters of emergency calls, fax, rewrites and detections) goes back to the server through
 ``record``, interpreted.
 
-The store stays behind its interpreted contract (state/base.py): a Redis-backed or shared store
-is one more implementation of it.
+The store stays behind its interpreted contract (state/base.py).  An in-process store settles a claim
+at once (``claim_now``); the Redis store's claim is a round trip, so the server awaits it (``settle_async``)
+and hands the answer back to ``claimed``, which the synchronous path uses too: the core hears of a settled
+claim the same way either way, never from inside the store.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from .policy.decision import Decision, Mode, Verdict
 from .policy.engine import Engine
-from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Settle
+from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, EndedByToken, Peer, Settle
 from .sip.message import Request
 from .sip.proxy import ProxyCore
 from .sip.pump import Pump
@@ -92,11 +94,14 @@ class Outcomes:
     record: ``record(decision, call_id, account)``, after the count, for the rest: the decision log and
         the prometheus_client counters.  A ``Decided`` is rare (the engine reports rejections, rewrites,
         flags and the emergency / fax / detection outcomes, not a plain allow), so it is handed on whole;
-    core, pump and the loop's clock: attached once the server has built them (``attach``).
+    core, pump and the loop's clock: attached once the server has built them (``attach``);
+    settle_async: for a store whose claim is awaited (Redis): the server's ``settle_async(action)``, which calls
+        ``claimed`` with the answer; None for an in-process store, settled here at once.
     """
 
     def __init__(self, engine: Engine, store: Any, decisions: Tally, started: Tally, ended: Tally,
-                 record: Callable[[Decision, str, str | None], None], channel_limit_status: int) -> None:
+                 record: Callable[[Decision, str, str | None], None], channel_limit_status: int,
+                 settle_async: Callable[[Settle], None] | None = None) -> None:
         self.engine = engine
         self.store = store
         self.decisions = decisions
@@ -107,6 +112,7 @@ class Outcomes:
         self.channel_limit_status = channel_limit_status
         self.core: ProxyCore | None = None
         self.pump: Pump | None = None
+        self.settle_async = settle_async
 
     def attach(self, core: ProxyCore, pump: Pump, clock: Callable[[], float]) -> None:
         self.core = core
@@ -131,6 +137,10 @@ class Outcomes:
                 self.store.release_now(claim)
             self.engine.dialer.ended(action.dialog_id, action.duration_s is not None, action.duration_s,
                                      self.clock())
+        elif isinstance(action, EndedByToken):
+            account = self.engine.account_of_tag(action.account_tag)
+            if account is not None:
+                self.store.release_key(account, action.call_key)
         elif isinstance(action, Decided):
             decision = action.decision
             if isinstance(decision, Decision):
@@ -144,19 +154,28 @@ class Outcomes:
         claim = action.claim
         if not isinstance(claim, ChannelClaim):
             raise TypeError(f"unknown claim {claim!r}")
-        store = self.store
-        granted: bool = store.claim_now(claim)
+        if self.settle_async is not None:
+            self.settle_async(action)
+            return
+        self.claimed(action.ticket, claim, self.store.claim_now(claim), -1)
+
+    def claimed(self, ticket: int, claim: ChannelClaim, granted: bool, active: int) -> None:
+        """A settled claim: record what the limit decided, and let the core go on with its INVITE.
+        ``active``: the account's count the store answered with; -1 to ask the store (only when needed)."""
         if not granted:
-            self._limit(claim, store.active_now(claim.account), f"channel limit of {claim.limit} reached", Mode.ENFORCE)
+            if active < 0:
+                active = self.store.active_now(claim.account)
+            self._limit(claim, active, f"channel limit of {claim.limit} reached", Mode.ENFORCE)
         elif not claim.enforce and not claim.emergency:
             # shadow mode: granted whatever the count, so say when it went over.  (An enforced grant
             # cannot exceed the limit, and an emergency call may: neither is recorded, nor counted here.)
-            active: int = store.active_now(claim.account)
+            if active < 0:
+                active = self.store.active_now(claim.account)
             if active > claim.limit:
                 self._limit(claim, active, f"over the channel limit of {claim.limit}", Mode.SHADOW)
         core, pump = self.core, self.pump
         assert core is not None and pump is not None, "attach() first"
-        more = core.settled(action.ticket, granted, self.clock())
+        more = core.settled(ticket, granted, self.clock())
         if more:
             pump.carry_out(more)
 

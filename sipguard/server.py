@@ -10,6 +10,7 @@ of that (settling claims, counting dialogs, timing decisions) runs compiled in
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hashlib
 import ipaddress
@@ -36,12 +37,13 @@ from .policy.loader import unreachable
 from ._compiled import native_core
 from .outcomes import Outcomes, TimedRouter
 from .policy.decision import Decision, Mode, Verdict
-from .sip.actions import Peer
+from .sip.actions import Peer, Settle
 from .sip.message import ip_literal
 from .sip.proxy import Local, ProxyCore
 from .sip.pump import Pump, SendTo
 from .sip.timers import TimerConfig
 from .state import InMemoryStore
+from .state.redis_store import RedisStore
 from .state.shared import SharedCounts, SharedStore
 from .transport import Transport, UdpListener, parse_listen
 
@@ -156,18 +158,20 @@ class Server:
         self.worker = worker
         self.policy = load(settings.policy_path)  # PolicyError propagates: nothing started yet
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry, lambda: self.core, self._channel_rows, self._state_rows)
+        self.metrics = Metrics(self.registry, lambda: self.core, self._channel_rows, self._state_rows,
+                               self._store_rows)
         self._decision_file: TextIO | None = None
         if decision_stream is None and settings.decision_log:
             self._decision_file = open(settings.decision_log, "a", encoding="utf-8")  # noqa: SIM115
             decision_stream = self._decision_file
         self.decisions = DecisionLog(decision_stream or sys.stderr)
-        self.store: InMemoryStore | SharedStore = (
-            InMemoryStore() if worker is None else SharedStore(worker.counts, worker.index))
+        self.store: InMemoryStore | SharedStore | RedisStore = self._make_store()
         self.engine = Engine(self.policy)  # owns the EdgeGuard and DialerDetector, handed on at reload
         m = self.metrics
         self.outcomes = Outcomes(self.engine, self.store, m.decisions, m.dialogs_started, m.dialogs_ended,
-                                 self._record, self.policy.service.reject.channel_limit)
+                                 self._record, self.policy.service.reject.channel_limit,
+                                 self._settle_async if isinstance(self.store, RedisStore) else None)
+        self._renewal: asyncio.Task[None] | None = None
         self.listeners: list[Transport] = []
         self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
@@ -178,6 +182,53 @@ class Server:
         self._admin: asyncio.base_events.Server | None = None
         self.admin_port: int | None = None
         self._stopped = asyncio.Event()
+
+    def _make_store(self) -> InMemoryStore | SharedStore | RedisStore:
+        """The channel store the policy names: memory (a table shared by the workers), or Redis (docs/pair.md)."""
+        state, worker = self.policy.service.state, self.worker
+        if state.store == "redis":
+            specs = self.settings.listen or self.policy.service.listen
+            node = state.node or f"{socket.gethostname()}:{specs[0].rpartition(':')[2]}"
+            if worker is not None:
+                node += f"/{worker.index}"
+            return RedisStore(state.url, node, prefix=state.prefix, lease_s=state.lease_s, timeout_ms=state.timeout_ms)
+        return InMemoryStore() if worker is None else SharedStore(worker.counts, worker.index)
+
+    # ------------------------------------------------------------------ the shared store
+    def _settle_async(self, action: Settle) -> None:
+        """A claim the shared store answers later (in its next batch): then handed to the core."""
+        assert isinstance(self.store, RedisStore)
+        self.store.claim_soon(action.claim, functools.partial(self._claimed, action))
+
+    def _claimed(self, action: Settle, granted: bool, active: int) -> None:
+        try:
+            self.outcomes.claimed(action.ticket, action.claim, granted, active)
+        except Exception:  # a bug: logged and counted, and the loop goes on (the INVITE times out upstream)
+            self._internal_error(None)
+        if self.store.outages:  # type: ignore[union-attr]
+            self._log_outages()
+
+    async def _renew(self, every_s: float) -> None:
+        """Every ``every_s``: this node's calls renewed in Redis (and put back after Redis lost them)."""
+        assert isinstance(self.store, RedisStore)
+        while True:
+            await asyncio.sleep(every_s)
+            await self.store.renew(list(self.engine.views))
+            self._log_outages()
+
+    def _log_outages(self) -> None:
+        store = self.store
+        if not isinstance(store, RedisStore):
+            return
+        for outage in store.outages:
+            if outage.ended:
+                log.warning("state: Redis at %s is back after %.1f s: this node's calls are in it again, and "
+                            "the shared limits hold", self.policy.service.state.url, outage.duration_s)
+            else:
+                log.error("state: Redis at %s cannot be reached (%s): each node admits its share of an account's "
+                          "limit (%d nodes known) until it is back; emergency calls pass",
+                          self.policy.service.state.url, outage.why, len(store.nodes))
+        store.outages.clear()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -256,6 +307,10 @@ class Server:
         tune_gc()
         self._full_gc = self._loop.call_later(GC_FULL_EVERY_S, self._collect_all)
         self._sweep = self._loop.call_later(EDGE_SWEEP_S, self._sweep_edge)
+        if isinstance(self.store, RedisStore):
+            await self.store.start(list(self.engine.views))
+            self._log_outages()
+            self._renewal = self._loop.create_task(self._renew(service.state.renew_s))
         who = "sipguard" if worker is None else f"sipguard worker {worker.index} (pid {os.getpid()})"
         shared_note = "" if not shared_locals else " (shared: " + ", ".join(l.hostport for l in shared_locals) + ")"
         log.info("%s listening on %s%s, admin on %s:%s (SIP core: %s)", who, ", ".join(l.hostport for l in locals_),
@@ -307,7 +362,12 @@ class Server:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
         self._close_listeners()
+        if isinstance(self.store, RedisStore):
+            await self.store.close()
         if self._admin is not None:
             self._admin.close()
             await self._admin.wait_closed()
@@ -365,6 +425,13 @@ class Server:
     def _channel_rows(self) -> list[tuple[str, int, int]]:
         return [(name, self.store.active_now(name), limit) for name, limit in self.engine.limits().items()]
 
+    def _store_rows(self) -> tuple[str, int, bool, int]:
+        """The channel store for the metrics: its kind, its errors, whether it is reachable, the nodes it knows."""
+        store = self.store
+        if isinstance(store, RedisStore):
+            return "redis", store.errors, store.available, len(store.nodes)
+        return "memory", 0, True, 1
+
     def _state_rows(self) -> tuple[list[tuple[str, int]], dict[str, int]]:
         engine = self.engine
         scores = [(name, engine.dialer.score_of(name)) for name in engine.views]
@@ -384,6 +451,17 @@ class Server:
             self.metrics.reloads.labels("refused").inc()
             log.error("policy reload refused: %s", err)
             return [str(err)]
+        # what is read at start only: a change is refused by name, not reported applied and ignored
+        overridden = {"listen": bool(self.settings.listen), "admin": bool(self.settings.admin),
+                      "advertise": bool(self.settings.advertise), "state": False}
+        restart = [key for key, fixed in overridden.items()
+                   if not fixed and getattr(policy.service, key) != getattr(self.policy.service, key)]
+        if restart:
+            self.metrics.reloads.labels("refused").inc()
+            problems = [f"{self.settings.policy_path}: service.{key}: changed, and needs a restart (it is read at "
+                        "start only); the running policy stays in force" for key in restart]
+            log.error("policy reload refused:\n%s", "\n".join(problems))
+            return problems
         self.policy = policy
         assert self._loop is not None
         self.engine = Engine(policy, self.engine.edge, self.engine.dialer, self._loop.time())

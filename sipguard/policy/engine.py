@@ -45,6 +45,7 @@ from typing import Final
 import phonenumbers
 
 from ..sip.actions import Admission, Peer, Reject
+from ..sip.dialog import account_tag
 from ..sip.errors import ParseError
 from ..sip.message import Request, ip_literal, parse_name_addr, parse_uri
 from ..sip.serializer import Edit, RemoveAll, SetHeader
@@ -142,6 +143,7 @@ class Engine:
                 {rule: a.mode(rule) for rule in RULES},
             )
         self.index = NumberIndex((b, a) for a in policy.accounts for b in a.numbers)
+        self._tags = {account_tag(a.name): a.name for a in policy.accounts}
         retry = str(service.edge.retry_after_s)
         self._over_budget = Reject(503, "Service Unavailable", (
             ("warning", '399 sipguard "too many new requests from this source; retry later"'),
@@ -173,6 +175,10 @@ class Engine:
     def account_for_number(self, e164: str | None) -> Account | None:
         found = self.index.find(e164)
         return found[1] if found is not None else None  # type: ignore[return-value]
+
+    def account_of_tag(self, tag: str) -> str | None:
+        """The account whose tag a route token carries (sip/dialog.py), if this policy has it."""
+        return self._tags.get(tag)
 
     def is_trusted(self, host: str) -> bool:
         """An upstream, or an address in an account's networks: never banned by the edge (a domain is no proof)."""

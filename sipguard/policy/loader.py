@@ -39,6 +39,7 @@ from .model import (
     Service,
     SipTimers,
     Site,
+    StateConfig,
     User,
 )
 
@@ -374,6 +375,8 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
                 if rng is not None:
                     allow.append(NumberBlock(rng[0], rng[1], None))
             kw[key] = InboundCallerId(mode, tuple(allow)) if mode is not None else None
+        elif key == "state":
+            kw[key] = _state(ctx, v, path)
         elif key == "route_secret":
             secret = ctx.string(v, path)
             if secret is not None and len(secret) < 16:
@@ -429,6 +432,41 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             any(key == "rewrite_from" and not isinstance(value, bool) for key, value in kw.items()):
         return None
     return Service(**kw)
+
+
+def _state(ctx: _Ctx, node: yaml.Node, path: str) -> StateConfig:
+    m = ctx.mapping(node, path, tuple(f.name for f in fields(StateConfig))) or {}
+    kw: dict[str, Any] = {}
+    for key, (_k, v) in m.items():
+        sub = f"{path}.{key}"
+        if key == "store":
+            store = ctx.string(v, sub)
+            if store not in ("memory", "redis"):
+                ctx.error(v, sub, "must be memory or redis")
+            else:
+                kw[key] = store
+        elif key == "url":
+            url = ctx.string(v, sub) or ""
+            if not re.fullmatch(r"(redis|rediss)://[^\s/]+(/\d+)?|unix://\S+", url):
+                ctx.error(v, sub, f"expected redis://HOST:PORT/DB, rediss://... or unix:///path, got {url!r}")
+            else:
+                kw[key] = url
+        elif key in ("prefix", "node"):
+            text = ctx.string(v, sub)
+            if text is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]+", text):
+                ctx.error(v, sub, f"letters, digits and _ . : - only, got {text!r}")
+            elif text is not None:
+                kw[key] = text
+        else:
+            value = ctx.number(v, sub, minimum=10 if key == "timeout_ms" else 0.1, integer=key == "timeout_ms")
+            if value is not None:
+                kw[key] = value
+    config = StateConfig(**kw)
+    if config.renew_s * 2 > config.lease_s:
+        where = m.get("renew_s", m.get("lease_s", (node, node)))[1]
+        ctx.error(where, f"{path}.renew_s", f"renew at least twice per lease: renew_s {config.renew_s:g} > "
+                  f"lease_s {config.lease_s:g} / 2 would let live calls expire between renewals")
+    return config
 
 
 def _edge(ctx: _Ctx, node: yaml.Node, path: str) -> EdgeConfig:

@@ -17,6 +17,7 @@ __all__ = [
     "Network",
     "RuleMode",
     "InboundCallerId",
+    "StateConfig",
     "Band",
     "RejectCodes",
     "SipTimers",
@@ -74,6 +75,20 @@ class NumberBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Where channel claims are kept: ``memory`` (one machine; its workers share a table) or ``redis``
+    (several machines share one set of limits: docs/pair.md)."""
+
+    store: str = "memory"  # memory | redis
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "sipguard"  # key prefix: PREFIX:{account}:calls, PREFIX:nodes
+    lease_s: float = 30.0  # a call's entry expires this long after its node last renewed it
+    renew_s: float = 10.0  # how often a node renews its calls (and puts them back after Redis lost them)
+    timeout_ms: int = 250  # a Redis call slower than this counts as an outage
+    node: str | None = None  # this node's name in Redis; default: host name and listen port
+
+
+@dataclass(frozen=True, slots=True)
 class InboundCallerId:
     """The Belgian anti-spoofing rule (Royal Decree of 12 May 2024): calls that enter through an
     international upstream may not present a number of ``service.country``, except the registered
@@ -110,6 +125,7 @@ class Service:
     autodialer: DialerConfig = DialerConfig()
     inbound_caller_id: InboundCallerId = InboundCallerId()
     route_secret: str | None = None  # signs the Record-Route token; default: derived from /etc/machine-id
+    state: StateConfig = StateConfig()
     # not keys of their own: read from the upstreams' long form ({uri, international})
     international: frozenset[str] = frozenset()  # names of the upstreams through which calls enter from abroad
 

@@ -9,7 +9,8 @@ from .._compiled import refuse_stale as _refuse_stale
 
 _refuse_stale(__path__[0])
 
-from .actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Reject, Router, Send, Settle
+from .actions import (Action, Admission, Decided, DialogEnded, DialogStarted, EndedByToken, Peer, Reject, Router, Send,
+                      Settle)
 from .errors import (
     BadExtension,
     LoopDetected,
@@ -27,7 +28,7 @@ from .serializer import serialize
 from .timers import TimerConfig
 
 __all__ = [
-    "Action", "Admission", "Decided", "DialogEnded", "DialogStarted", "Peer", "Reject", "Router", "Send",
+    "Action", "Admission", "Decided", "DialogEnded", "DialogStarted", "EndedByToken", "Peer", "Reject", "Router", "Send",
     "Settle", "BadExtension", "LoopDetected", "MessageTooLarge", "ParseError", "SipError", "TooManyHops",
     "UnsupportedUriScheme", "VersionNotSupported", "NameAddr", "Request", "Response", "SipUri", "Via",
     "parse_name_addr", "parse_uri", "parse", "CoreStats", "Local", "ProxyCore", "serialize", "TimerConfig",

@@ -20,6 +20,7 @@ __all__ = [
     "Settle",
     "DialogStarted",
     "DialogEnded",
+    "EndedByToken",
     "Decided",
     "Action",
     "Reject",
@@ -115,6 +116,19 @@ class DialogEnded:
 
 
 @dataclass(slots=True, init=False, unsafe_hash=True)
+class EndedByToken:
+    """A call admitted by another process (before a restart, or another node of a pair) ended with a BYE relayed
+    on the proof of its route token: release ``call_key`` of the account whose tag is ``account_tag``."""
+
+    call_key: Final[str]  # Call-ID;caller's tag, as the claim was made
+    account_tag: Final[str]
+
+    def __init__(self, call_key: str, account_tag: str) -> None:
+        self.call_key = call_key
+        self.account_tag = account_tag
+
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Decided:
     """A policy decision to log and count (the server decides what is logged)."""
 
@@ -128,7 +142,7 @@ class Decided:
         self.account = account
 
 
-Action = Send | Settle | DialogStarted | DialogEnded | Decided
+Action = Send | Settle | DialogStarted | DialogEnded | EndedByToken | Decided
 
 
 @dataclass(slots=True, init=False, unsafe_hash=True)

@@ -23,16 +23,39 @@ from typing import Final
 
 from .symbol import Symbol
 
-__all__ = ["DialogState", "Dialog", "DIALOG_TRANSITIONS", "TOKEN_PARAM", "route_token"]
+__all__ = ["DialogState", "Dialog", "DIALOG_TRANSITIONS", "TOKEN_PARAM", "account_tag", "route_token", "token_side"]
 
 TOKEN_PARAM: Final = "sgt"  # the Record-Route URI parameter that carries the token
+_MAC_LEN: Final = 20  # hex characters of the MAC; the account's tag follows
 
 
-def route_token(key: bytes, call_id: str, caller_host: str, callee_host: str) -> str:
-    """The token of a dialog: an 80-bit keyed BLAKE2s of its Call-ID and its two ends, in hex (``key``: at
-    most 32 bytes).  A third of HMAC-SHA256's cost, which set up OpenSSL contexts on every call."""
-    message = f"{call_id}\x00{caller_host}\x00{callee_host}".encode("utf-8", "surrogateescape")
-    return hashlib.blake2s(message, key=key, digest_size=10).hexdigest()
+def account_tag(account: str | None) -> str:
+    """An opaque tag of an account, 8 hex characters: the token carries it (not the name), so that a node that
+    holds no dialog for a BYE can still release the call's channel (state/redis_store.py)."""
+    if not account:
+        return "00000000"
+    return hashlib.blake2s(account.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+
+
+def route_token(key: bytes, call_id: str, caller_host: str, callee_host: str, tag: str) -> str:
+    """The token of a dialog: an 80-bit keyed BLAKE2s (``key``: 16 to 32 bytes) of its Call-ID, its two ends and
+    its account's tag, in hex, then the tag.  A third of HMAC-SHA256's cost, which set up OpenSSL contexts on
+    every call."""
+    message = f"{call_id}\x00{caller_host}\x00{callee_host}\x00{tag}".encode("utf-8", "surrogateescape")
+    return hashlib.blake2s(message, key=key, digest_size=10).hexdigest() + tag
+
+
+def token_side(key: bytes, token: str, call_id: str, source_host: str, target_host: str) -> str | None:
+    """Which end a request inside the dialog of ``token`` comes from (``caller`` or ``callee``) when it goes from
+    one end to the other; None when the token does not prove that."""
+    if len(token) != _MAC_LEN + 8:
+        return None
+    tag = token[_MAC_LEN:]
+    if token == route_token(key, call_id, source_host, target_host, tag):
+        return "caller"
+    if token == route_token(key, call_id, target_host, source_host, tag):
+        return "callee"
+    return None
 
 
 class DialogState(Symbol):

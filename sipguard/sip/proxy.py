@@ -28,8 +28,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from .actions import Action, Admission, Decided, DialogEnded, DialogStarted, Peer, Reject, Router, Send, Settle
-from .dialog import TOKEN_PARAM, Dialog, DialogState, route_token
+from .actions import (Action, Admission, Decided, DialogEnded, DialogStarted, EndedByToken, Peer, Reject, Router, Send,
+                      Settle)
+from .dialog import TOKEN_PARAM, Dialog, DialogState, account_tag, route_token, token_side
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
 from .memo import Memo
 from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri, tag_of
@@ -158,6 +159,7 @@ class ProxyCore:
         # our Record-Route as we write it, up to its token: a Route entry sent back to us as we wrote it is
         # recognised without parsing (each dialog's token differs, so a memo of parsed routes would miss)
         self._rr_prefixes = tuple(loc.rr_prefix for loc in self.locals)
+        self._account_tags: dict[str | None, str] = {}  # account -> its tag in the route token (dialog.py)
         self._txns: dict[tuple[object, ...], Txn] = {}
         self._client: dict[tuple[str, str], Txn] = {}
         self._tickets: dict[int, Txn] = {}
@@ -633,7 +635,10 @@ class ProxyCore:
         else:
             edits.extend(RemoveFirst("route") for _ in range(popped))
         if req.method in _DIALOG_CREATING:
-            token = route_token(self.route_key, req.call_id, txn.reply_to.host, target.host)
+            tag = self._account_tags.get(adm.account)
+            if tag is None:
+                tag = self._account_tags[adm.account] = account_tag(adm.account)
+            token = route_token(self.route_key, req.call_id, txn.reply_to.host, target.host, tag)
             edits.extend(self._record_route(txn.reply_to, local, token))
         edits.extend(adm.edits)
         txn.target = target
@@ -715,12 +720,13 @@ class ProxyCore:
             assert key is not None and reply_to is not None
             self._local_reply(req, key, reply_to, 478 if remaining or req.ruri else 404, now, out)
             return
+        side: str | None = None
         if dialog is not None:
             joined = dialog.joins(source.host, target.host)
         else:
-            key_ = self.route_key
-            joined = token in (route_token(key_, req.call_id, source.host, target.host),
-                               route_token(key_, req.call_id, target.host, source.host))
+            assert token is not None
+            side = token_side(self.route_key, token, req.call_id, source.host, target.host)
+            joined = side is not None
         if not joined:
             why = (f"in-dialog request from {source.host} to {_format_host(target.host)} leaves its dialog"
                    if dialog is not None else "in-dialog request whose route token does not match its Call-ID "
@@ -729,6 +735,9 @@ class ProxyCore:
             return
         if dialog is None:
             self.stats.token_relays += 1
+            if req.method == "BYE" and token is not None:  # a call another process admitted ends here
+                caller_tag = req.from_tag if side == "caller" else req.to_tag
+                out.append(EndedByToken(f"{req.call_id};{caller_tag or ''}", token[-8:]))
         if dialog is not None and req.body:
             for decision in self.router.in_dialog(req, dialog.account):
                 out.append(Decided(decision, req.call_id, dialog.account))

@@ -33,10 +33,10 @@ class InMemoryStore(SyncStore):
     def holds(self, claim: ChannelClaim) -> bool:
         return claim.call_key in self._calls.get(claim.account, ())
 
-    def release_now(self, claim: ChannelClaim) -> None:
-        calls = self._calls.get(claim.account)
+    def release_key(self, account: str, call_key: str) -> None:
+        calls = self._calls.get(account)
         if calls is not None:
-            calls.discard(claim.call_key)
+            calls.discard(call_key)
 
     def active_now(self, account: str) -> int:
         return len(self._calls.get(account, ()))

@@ -116,10 +116,12 @@ class SharedStore(SyncStore):
         self._own.hold(claim.account, claim.call_key)
         return True
 
-    def release_now(self, claim: ChannelClaim) -> None:
-        if self._own.holds(claim):
-            self._own.release_now(claim)
-            self.counts.publish(claim.account, self.worker, self._own.active_now(claim.account))
+    def release_key(self, account: str, call_key: str) -> None:
+        before = self._own.active_now(account)
+        self._own.release_key(account, call_key)
+        after = self._own.active_now(account)
+        if after != before:
+            self.counts.publish(account, self.worker, after)
 
     def active_now(self, account: str) -> int:
         return self.counts.total(account)

@@ -196,6 +196,52 @@ def sipguard(sipguard_factory) -> Sipguard:
     return sipguard_factory()
 
 
+class RedisServer:
+    """A real redis-server on 127.0.0.1 and a port of its own, started and stopped by the test (bounded waits);
+    no persistence: a restart comes back empty, as after a crash with nothing saved."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = require("redis-server")
+        self.workdir = workdir
+        self.port = free_tcp_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.workdir)], stdout=log, stderr=log)
+        assert until(lambda: self.ping(), 10), "redis-server did not come up"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *args: str) -> bytes:
+        """One command in Redis's inline form, its raw reply (tests: FLUSHALL, ZCARD...)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall((" ".join(args) + "\r\n").encode())
+            return s.recv(65536)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
 @dataclass
 class SippRun:
     returncode: int

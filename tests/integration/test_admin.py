@@ -72,3 +72,16 @@ async def test_health_metrics_and_reload(sipguard: Sipguard) -> None:
     assert await _options_status(sipguard, NEWCOMER, "still2") is None
     assert "the running policy stays in force" in sipguard.log.read_text()
     assert sipguard.http("/nothing-here")[0] == 404
+
+
+def test_a_reload_that_changes_what_is_read_at_start_only_is_refused_by_name(sipguard: Sipguard) -> None:
+    original = sipguard.policy.read_text()
+    sipguard.policy.write_text(original.replace("  dialog_timeout_s:", '  state: {store: redis, url: "redis://127.0.0.1:1/0"}\n'
+                                                                         "  dialog_timeout_s:"))
+    status, body = sipguard.http("/reload", "POST")
+    assert status == 400 and "service.state: changed, and needs a restart" in body
+    sipguard.policy.write_text(original.replace('listen: ["udp:127.0.0.1:', 'listen: ["udp:127.0.0.5:'))
+    status, body = sipguard.http("/reload", "POST")
+    assert status == 400 and "service.listen: changed, and needs a restart" in body
+    assert sipguard.metric('sipguard_policy_reloads_total{result="refused"}') == 2
+    assert sipguard.metric('sipguard_state_available{store="memory"}') == 1

@@ -134,7 +134,7 @@ def test_ipv6_caller_to_ipv4_callee_with_double_record_route(sipguard_factory, s
     assert sipp.wait(uas) == 0
     trace = "".join(p.read_text() for p in run.workdir.glob("*_messages.log"))
     # RFC 5658: one Record-Route per side, so each side's route set reaches its own family
-    token = r";lr;sgt=([0-9a-f]{20})>"
+    token = r";lr;sgt=([0-9a-f]{28})>"
     pair = re.search(rf"Record-Route: <sip:127\.0\.0\.1:{sg.sip_port}{token}\nRecord-Route: <sip:\[::1\]:{sg.sip_port}{token}",
                      trace)
     assert pair is not None and pair.group(1) == pair.group(2), trace[:2000]

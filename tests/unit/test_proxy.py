@@ -8,8 +8,8 @@ import pytest
 
 from helpers import UAC, UAS, Wire, as_request, feed, request, response_to, run_timers
 from sipguard.policy import Engine, load_text
-from sipguard.sip import (Decided, DialogEnded, DialogStarted, Local, Peer, ProxyCore, Request, Send, Settle, SipError,
-                          TimerConfig, parse)
+from sipguard.sip import (Decided, DialogEnded, DialogStarted, EndedByToken, Local, Peer, ProxyCore, Request, Send,
+                          Settle, SipError, TimerConfig, parse)
 from sipguard.sip.message import parse_name_addr
 
 ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
@@ -42,7 +42,7 @@ def test_invite_gets_100_trying_and_is_forwarded_with_via_rr_and_mf(core, clock)
     assert fwd.vias[1].branch == "z9hG4bK-uac-1"
     assert fwd.max_forwards == 69
     rr = fwd.get_all("record-route")
-    assert len(rr) == 1 and re.fullmatch(r"<sip:127\.0\.0\.1:5060;lr;sgt=[0-9a-f]{20}>", rr[0]), rr
+    assert len(rr) == 1 and re.fullmatch(r"<sip:127\.0\.0\.1:5060;lr;sgt=[0-9a-f]{28}>", rr[0]), rr
     assert fwd.uri == "sip:+3250123400@127.0.0.3:5063"  # Request-URI untouched
 
 
@@ -631,6 +631,28 @@ def test_after_a_restart_a_bye_proves_its_dialog_by_the_route_token(policy_text,
     # its 200 goes back to the callee
     feed(after, response_to(relayed, 200, "OK", to_tag=None), UAC, clock.advance(0.01), wire)
     assert wire.statuses_to(UAS)[-1] == 200
+
+
+@pytest.mark.parametrize("from_callee", [True, False])
+def test_a_bye_relayed_on_a_token_names_the_call_and_its_account_to_release(policy_text, clock, from_callee) -> None:
+    wire = Wire()
+    fwd = call_up(_core_with_key(policy_text), clock, wire)
+    record_route = fwd.get("record-route")
+    after = _core_with_key(policy_text)
+    if from_callee:
+        actions = feed(after, _bye_from_callee(record_route), UAS, clock.advance(1), wire)
+    else:
+        bye = request("BYE", ruri="sip:uas@127.0.0.3:5063", branch="z9hG4bK-cb2", to_tag="uas-tag", cseq=2,
+                      extra=[f"Route: {record_route}"])
+        actions = feed(after, bye, UAC, clock.advance(1), wire)
+    (ended,) = [a for a in actions if isinstance(a, EndedByToken)]
+    # the claim's key (the caller's From tag, whichever end hangs up) and the tag of account "a" (conftest policy)
+    assert ended.call_key == "call-1@127.0.0.2;ft1"
+    assert Engine(load_text(policy_text)).account_of_tag(ended.account_tag) == "a"
+    # an in-dialog request other than BYE ends nothing
+    info = request("INFO", ruri="sip:uas@127.0.0.3:5063", branch="z9hG4bK-i", to_tag="uas-tag", cseq=3,
+                   extra=[f"Route: {record_route}"])
+    assert not [a for a in feed(after, info, UAC, clock.advance(1), wire) if isinstance(a, EndedByToken)]
 
 
 def test_our_route_in_another_spelling_still_proves_its_dialog(policy_text, clock) -> None:

@@ -7,47 +7,43 @@
 The same source, compiled: mypyc turns the type-annotated modules of the SIP core and of the
 policy decision path into C extensions that sit beside the .py files and take precedence on
 import (BENCHMARKS.md has what it saves).  Interpreted still: ``errors.py`` (exception
-classes), the ``__init__`` modules (they refuse stale builds), and the policy model and loader
+classes), the ``__init__`` modules, and the policy model and loader
 (mypyc checks annotations at run time, and the loader builds the model from YAML values).
-Without a build, sipguard runs the same code as pure Python.  ``bash scripts/dev run|test``
-builds it when the sources changed.
+Without a build, or with one made from other sources (docs/compiled.md), sipguard runs the same code
+as pure Python.  ``bash scripts/dev run|test`` builds it when the sources changed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = {
-    ROOT / "sipguard" / "sip": ("grammar", "memo", "message", "parser", "serializer", "proxy", "pump", "transaction",
-                                "dialog", "timers", "actions"),
-    ROOT / "sipguard" / "policy": ("engine", "callerid", "numbers", "autodialer", "edge", "emergency", "decision"),
-    ROOT / "sipguard" / "state": ("claim",),
-    ROOT / "sipguard": ("outcomes",),
-}
-SOURCES = [package / f"{name}.py" for package, names in MODULES.items() for name in names]
+# the list of compiled modules and the stamp of their sources: sipguard/_compiled.py, read without importing
+# sipguard (whose import sets a stale build aside and says so)
+_spec = importlib.util.spec_from_file_location("_compiled", ROOT / "sipguard" / "_compiled.py")
+assert _spec is not None and _spec.loader is not None
+_compiled = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_compiled)
+STAMP, compiled_files, digest, sources = _compiled.STAMP, _compiled.compiled_files, _compiled.digest, _compiled.sources
+
 GROUP = "sipguard.sip.native"  # the shared library lands in a package: importable wherever it is installed
 
 
-def compiled() -> list[Path]:
-    return sorted(p for package in MODULES for p in package.glob("*.so"))
-
-
 def clean() -> None:
-    for path in compiled():
+    for path in compiled_files():
         path.unlink()
+    (ROOT / "sipguard" / STAMP).unlink(missing_ok=True)
 
 
 def stale() -> list[str]:
-    """Modules whose source is newer than their compiled form, or that are not compiled."""
-    out = []
-    for source in SOURCES:
-        sos = list(source.parent.glob(f"{source.stem}.*.so"))
-        if not sos or source.stat().st_mtime > sos[0].stat().st_mtime:
-            out.append(f"{source.parent.name}.{source.stem}")
-    return out
+    """Modules that are not compiled, or all of them when the build was made from other sources."""
+    stamp = ROOT / "sipguard" / STAMP
+    built = stamp.exists() and stamp.read_text().strip() == digest()
+    return [f"{s.parent.name}.{s.stem}" for s in sources()
+            if not built or not list(s.parent.glob(f"{s.stem}.*.so"))]
 
 
 def build() -> None:
@@ -56,14 +52,14 @@ def build() -> None:
 
     os.chdir(ROOT)
     clean()
+    stamp = digest()  # of the sources as they are when the build starts
     setup(
         name="sipguard-native",
         packages=[],
-        ext_modules=mypycify([str(p.relative_to(ROOT)) for p in SOURCES], group_name=GROUP, opt_level="3"),
+        ext_modules=mypycify([str(p.relative_to(ROOT)) for p in sources()], group_name=GROUP, opt_level="3"),
         script_args=["-q", "build_ext", "--inplace", "--force", "--build-temp", "build/native"],
     )
-    for path in compiled():  # copies keep the build's times: date them now, for the staleness check
-        os.utime(path)
+    (ROOT / "sipguard" / STAMP).write_text(stamp + "\n")
     left = stale()
     if left:
         raise SystemExit(f"native build incomplete: {', '.join(left)}")
@@ -73,13 +69,13 @@ def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
     if command == "build":
         build()
-        print(f"compiled: {len(compiled())} extension modules in sipguard/sip, sipguard/policy, sipguard/state and sipguard")
+        print(f"compiled: {len(compiled_files())} extension modules in sipguard/sip, sipguard/policy, sipguard/state and sipguard")
     elif command == "clean":
         clean()
         print("compiled modules removed: pure Python")
     elif command == "status":
         left = stale()
-        print("pure Python" if len(left) == len(SOURCES) else f"compiled, stale: {left}" if left else "compiled")
+        print("pure Python" if not compiled_files() else f"compiled, stale: {left}" if left else "compiled")
     else:
         print(__doc__, file=sys.stderr)
         return 2

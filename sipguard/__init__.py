@@ -1,8 +1,8 @@
 """sipguard: a SIP edge policy enforcer on asyncio."""
 
-from ._compiled import refuse_stale as _refuse_stale
+from ._compiled import check_build as _check_build
 
-_refuse_stale(__path__[0])  # sipguard/outcomes.py is compiled (scripts/native.py)
+_check_build()  # a compiled core built from other sources is set aside (docs/compiled.md)
 
 __version__ = "0.1.0"
 __all__ = ["__version__"]

@@ -15,6 +15,10 @@ class DecisionLog:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
+    def reopen(self, stream: TextIO) -> None:
+        """Write to ``stream`` from now on (the file opened again after logrotate renamed it)."""
+        self._stream = stream
+
     def write(self, decision: Decision, call_id: str, account: str | None) -> None:
         record = {
             "time": round(time.time(), 3),

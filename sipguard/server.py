@@ -21,7 +21,10 @@ import secrets
 import signal
 import socket
 import sys
+import time
+import urllib.parse
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TextIO
 
@@ -31,13 +34,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .config import Settings
 from .decisionlog import DecisionLog
 from .metrics import Metrics
-from .policy import Engine, Policy, PolicyError, load
+from .policy import Engine, Policy, PolicyError, Service, load
 from .policy.edge import EdgeEvent
 from .policy.loader import unreachable
+from . import __version__, systemd
 from ._compiled import native_core
 from .outcomes import Outcomes, TimedRouter
 from .policy.decision import Decision, Mode, Verdict
-from .sip.actions import Peer, Settle
+from .sip.actions import Peer, Reject, Settle
 from .sip.message import ip_literal
 from .sip.proxy import Local, ProxyCore
 from .sip.pump import Pump, SendTo
@@ -51,6 +55,7 @@ __all__ = ["Server", "WorkerSlot", "timer_config", "tune_gc"]
 
 log = logging.getLogger("sipguard")
 
+LIMIT_LOG_EVERY_S = 60  # an account at its channel limit: one log line per this many seconds
 EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logged
 MACHINE_ID = Path("/etc/machine-id")
 GC_YOUNG_THRESHOLD = 5_000  # tracked objects allocated (net) between collections of the youngest generation
@@ -95,6 +100,21 @@ def route_key(policy: Policy, machine_id: Path = MACHINE_ID, state_dir: Path | N
         return key, str(path)
     except OSError:
         return secrets.token_bytes(32), "random"
+
+
+def policy_changes(old: Policy, new: Policy) -> list[str]:
+    """What a reload changes, for its log line: accounts added, removed and changed, service keys changed."""
+    before, after = {a.name: a for a in old.accounts}, {a.name: a for a in new.accounts}
+    out = []
+    for what, names in (("accounts added", sorted(after.keys() - before.keys())),
+                        ("accounts removed", sorted(before.keys() - after.keys())),
+                        ("accounts changed", sorted(n for n in before.keys() & after.keys() if before[n] != after[n]))):
+        if names:
+            out.append(f"{what}: {', '.join(names)}")
+    keys = [f.name for f in fields(Service) if getattr(old.service, f.name) != getattr(new.service, f.name)]
+    if keys:
+        out.append(f"service: {', '.join(keys)}")
+    return out
 
 
 def _auto_address(family: int) -> str:
@@ -164,7 +184,8 @@ class Server:
         if decision_stream is None and settings.decision_log:
             self._decision_file = open(settings.decision_log, "a", encoding="utf-8")  # noqa: SIM115
             decision_stream = self._decision_file
-        self.decisions = DecisionLog(decision_stream or sys.stderr)
+        # without a file, decisions go to stdout: JSON lines of their own, apart from the log on stderr
+        self.decisions = DecisionLog(decision_stream or sys.stdout)
         self.store: InMemoryStore | SharedStore | RedisStore = self._make_store()
         self.engine = Engine(self.policy)  # owns the EdgeGuard and DialerDetector, handed on at reload
         m = self.metrics
@@ -182,6 +203,9 @@ class Server:
         self._admin: asyncio.base_events.Server | None = None
         self.admin_port: int | None = None
         self._stopped = asyncio.Event()
+        self._drain: asyncio.Task[None] | None = None  # the drain, once a stop signal came
+        self._watchdog: asyncio.TimerHandle | None = None  # systemd's, when the unit sets WatchdogSec
+        self._limits_logged: dict[str, float] = {}  # account -> when its channel limit was last logged
 
     def _make_store(self) -> InMemoryStore | SharedStore | RedisStore:
         """The channel store the policy names: memory (a table shared by the workers), or Redis (docs/pair.md)."""
@@ -302,6 +326,7 @@ class Server:
         self.admin_port = self._admin.sockets[0].getsockname()[1]
         try:
             self._loop.add_signal_handler(signal.SIGHUP, self._sighup)
+            self._loop.add_signal_handler(signal.SIGUSR1, self.reopen_decision_log)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
         tune_gc()
@@ -313,8 +338,20 @@ class Server:
             self._renewal = self._loop.create_task(self._renew(service.state.renew_s))
         who = "sipguard" if worker is None else f"sipguard worker {worker.index} (pid {os.getpid()})"
         shared_note = "" if not shared_locals else " (shared: " + ", ".join(l.hostport for l in shared_locals) + ")"
-        log.info("%s listening on %s%s, admin on %s:%s (SIP core: %s)", who, ", ".join(l.hostport for l in locals_),
-                 shared_note, admin_host, self.admin_port, "compiled" if native_core() else "pure Python")
+        if worker is None:  # under systemd (Type=notify): ready, and the watchdog fed while the loop runs
+            systemd.notify(f"READY=1\nSTATUS=listening on {', '.join(l.hostport for l in locals_)}")
+            period = systemd.watchdog_period_s()
+            if period is not None:
+                self._watchdog = self._loop.call_later(period, self._feed_watchdog, period)
+        log.info("%s %s listening on %s%s, admin on %s:%s; policy %s (%d accounts); SIP core: %s; channel store: %s",
+                 who, __version__, ", ".join(l.hostport for l in locals_), shared_note, admin_host, self.admin_port,
+                 self.settings.policy_path, len(self.policy.accounts), "compiled" if native_core() else "pure Python",
+                 service.state.store)
+
+    def _feed_watchdog(self, period: float) -> None:
+        systemd.notify("WATCHDOG=1")
+        assert self._loop is not None
+        self._watchdog = self._loop.call_later(period, self._feed_watchdog, period)
 
     def _sweep_edge(self) -> None:
         """Once a second: end the bans whose time is up, and log what the edge did."""
@@ -346,14 +383,54 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, self._stopped.set)
+                loop.add_signal_handler(sig, self.stop_soon)
             except (NotImplementedError, RuntimeError):
                 pass
         await self._stopped.wait()
         await self.stop()
 
+    def stop_soon(self) -> None:
+        """SIGTERM: the first one drains (docs/service.md), a second one stops at once."""
+        assert self._loop is not None
+        if self._drain is None:
+            self._drain = self._loop.create_task(self._drain_then_stop())
+        elif not self._stopped.is_set():
+            log.warning("stopping now (a second signal): %d calls in progress are left to the next process",
+                        self.core.dialog_count)
+            self._stopped.set()
+
+    async def _drain_then_stop(self) -> None:
+        """No new calls (503 with Retry-After, emergency calls excepted; OPTIONS to sipguard 503, so that
+        dispatchers and SRV clients move away); the calls in progress go on until they end or
+        ``service.drain_timeout_s``; then stop."""
+        assert self._loop is not None
+        service = self.policy.service
+        unavailable = Reject(503, "Service Unavailable", (
+            ("warning", '399 sipguard "this server is stopping; use another"'),
+            ("retry-after", str(service.edge.retry_after_s))))
+        self.engine.draining = self.core.unavailable = unavailable
+        if self.worker is None:
+            systemd.notify(f"STOPPING=1\nSTATUS=draining {self.core.dialog_count} calls")
+        deadline = self._loop.time() + service.drain_timeout_s
+        log.info("stopping: new calls get 503; waiting for %d calls in progress to end (at most %g s)",
+                 self.core.dialog_count, service.drain_timeout_s)
+        while self.core.dialog_count and self._loop.time() < deadline and not self._stopped.is_set():
+            await asyncio.sleep(0.05)
+        if self.core.dialog_count and not self._stopped.is_set():
+            log.warning("stopping: drain_timeout_s (%g s) reached with %d calls in progress; their in-dialog "
+                        "requests are left to the next process (route tokens)", service.drain_timeout_s,
+                        self.core.dialog_count)
+        elif not self._stopped.is_set():
+            log.info("stopping: the last call ended")
+        self._stopped.set()
+
     async def stop(self) -> None:
         self._stopped.set()
+        if self._drain is not None and not self._drain.done():
+            self._drain.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.pump is not None:
             self.pump.close()
         if self._full_gc is not None:
@@ -375,6 +452,7 @@ class Server:
         if self._decision_file is not None:
             self._decision_file.close()
             self._decision_file = None
+        log.info("%s stopped", "sipguard" if self.worker is None else f"sipguard worker {self.worker.index}")
 
     def _close_listeners(self) -> None:
         for listener in self.listeners:
@@ -417,10 +495,24 @@ class Server:
             m.fax_calls.labels(account or "").inc()
         elif decision.rule == "autodialer":
             m.autodialer_detections.labels(str(dict(decision.evidence).get("level"))).inc()
+        elif decision.rule == "channel_limit":
+            self._limit_hit(decision, account)
         if decision.verdict is Verdict.REWRITE and decision.mode is Mode.ENFORCE:
             m.clid_rewrites.labels(decision.rule).inc()
         if decision.logged:
             self.decisions.write(decision, call_id, account)
+
+    def _limit_hit(self, decision: Decision, account: str | None) -> None:
+        """One log line when an account reaches its channel limit; its next refusals within a minute are only
+        counted (and in the decision log)."""
+        now = time.monotonic()
+        name = account or ""
+        if now - self._limits_logged.get(name, -LIMIT_LOG_EVERY_S) < LIMIT_LOG_EVERY_S:
+            return
+        self._limits_logged[name] = now
+        what = "a call let through (shadow mode)" if decision.mode is Mode.SHADOW else "a call refused"
+        log.warning("channels: account %s: %s, %s; the next ones within %d s are only counted", name,
+                    decision.reason, what, LIMIT_LOG_EVERY_S)
 
     def _channel_rows(self) -> list[tuple[str, int, int]]:
         return [(name, self.store.active_now(name), limit) for name, limit in self.engine.limits().items()]
@@ -453,7 +545,8 @@ class Server:
             return [str(err)]
         # what is read at start only: a change is refused by name, not reported applied and ignored
         overridden = {"listen": bool(self.settings.listen), "admin": bool(self.settings.admin),
-                      "advertise": bool(self.settings.advertise), "state": False}
+                      "advertise": bool(self.settings.advertise), "state": False, "sip_timers": False,
+                      "max_message_bytes": False}
         restart = [key for key, fixed in overridden.items()
                    if not fixed and getattr(policy.service, key) != getattr(self.policy.service, key)]
         if restart:
@@ -462,9 +555,12 @@ class Server:
                         "start only); the running policy stays in force" for key in restart]
             log.error("policy reload refused:\n%s", "\n".join(problems))
             return problems
+        changes = policy_changes(self.policy, policy)
         self.policy = policy
         assert self._loop is not None
+        draining = self.engine.draining
         self.engine = Engine(policy, self.engine.edge, self.engine.dialer, self._loop.time())
+        self.engine.draining = draining
         self.core.set_router(self.router())
         key, key_source = route_key(policy)
         if key_source != "random":  # a random key is kept: a new one would orphan the tokens of calls up now
@@ -472,11 +568,22 @@ class Server:
         self.outcomes.reconfigure(self.engine, policy.service.reject.channel_limit)
         self.core.set_dialog_timeout(policy.service.dialog_timeout_s)
         self.metrics.reloads.labels("applied").inc()
-        log.info("policy reloaded from %s", self.settings.policy_path)
+        log.info("policy reloaded from %s: %s", self.settings.policy_path, "; ".join(changes) or "no change")
         return []
 
     def _sighup(self) -> None:
         self.reload()
+
+    def reopen_decision_log(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): the decision log file opened again by its name, so that lines go
+        to the new file once the old one was renamed."""
+        if self._decision_file is None or not self.settings.decision_log:
+            return
+        fresh = open(self.settings.decision_log, "a", encoding="utf-8")  # noqa: SIM115
+        self._decision_file.close()
+        self._decision_file = fresh
+        self.decisions.reopen(fresh)
+        log.info("decision log reopened: %s", self.settings.decision_log)
 
     # ------------------------------------------------------------------ admin HTTP
     def _bans_json(self) -> bytes:
@@ -487,6 +594,30 @@ class Server:
                  "remaining_s": round(ban.until - now, 1), "dropped": ban.dropped}
                 for host, ban in self.engine.edge.bans(now)]
         return (json.dumps({"bans": rows}, indent=1) + "\n").encode()
+
+    def _accounts_json(self) -> bytes:
+        """GET /accounts: per account its limit, the calls up (shared count: every worker and node), the calls
+        this process holds."""
+        held: dict[str, int] = {}
+        for dialog in self.core.dialogs():
+            if dialog.account is not None:
+                held[dialog.account] = held.get(dialog.account, 0) + 1
+        rows = [{"account": name, "kind": view.account.kind, "limit": view.limit.limit,
+                 "active": self.store.active_now(name), "held_here": held.get(name, 0)}
+                for name, view in self.engine.views.items()]
+        return (json.dumps({"accounts": rows}, indent=1) + "\n").encode()
+
+    def _calls_json(self, account: str | None) -> bytes:
+        """GET /calls[?account=NAME]: the calls this process holds (answered or still ringing)."""
+        assert self._loop is not None
+        wall = time.time() - self._loop.time()  # loop time -> Unix time
+        rows = [{"call_id": d.call_id, "account": d.account, "direction": d.direction, "state": str(d.state.value),
+                 "caller": d.caller_host, "callee": d.callee_host, "started": round(wall + d.started_at, 3),
+                 "answered": round(wall + d.answered_at, 3) if d.answered_at is not None else None,
+                 "worker": self.worker.index if self.worker is not None else None}
+                for d in self.core.dialogs() if account in (None, d.account)]
+        rows.sort(key=lambda r: r["started"])  # type: ignore[arg-type,return-value]
+        return (json.dumps({"calls": rows}, indent=1) + "\n").encode()
 
     def _lift_ban(self, address: str) -> tuple[str, str, bytes]:
         """POST /bans/<address>/delete: lift a ban before its time."""
@@ -507,13 +638,18 @@ class Server:
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split(" ")
             method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            path = path.split("?", 1)[0]
+            path, _q, query = path.partition("?")
             if method == "GET" and path == "/metrics":
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
             elif method == "GET" and path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif method == "GET" and path == "/bans":
                 status, ctype, body = "200 OK", "application/json", self._bans_json()
+            elif method == "GET" and path == "/accounts":
+                status, ctype, body = "200 OK", "application/json", self._accounts_json()
+            elif method == "GET" and path == "/calls":
+                wanted = urllib.parse.parse_qs(query).get("account", [None])[0]
+                status, ctype, body = "200 OK", "application/json", self._calls_json(wanted)
             elif method == "POST" and path.startswith("/bans/") and path.endswith("/delete"):
                 status, ctype, body = self._lift_ban(path[len("/bans/"):-len("/delete")])
             elif method == "POST" and path == "/reload":

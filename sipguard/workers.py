@@ -17,10 +17,16 @@ call from one socket (a PBX trunk, SIPp ``-t u1``) is served by one worker.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from . import systemd
 from .config import Settings
 from .policy import load
 from .state.shared import SharedCounts
@@ -29,12 +35,86 @@ __all__ = ["run_workers"]
 
 log = logging.getLogger("sipguard")
 
+
+class MachineAdmin(ThreadingHTTPServer):
+    """The admin address with ``--workers``: one answer for the machine, from the workers' own admin ports
+    (admin port + 1 + index).  GET /healthz (every worker healthy), /accounts (the shared counts, the calls
+    each worker holds added up), /calls and /bans (every worker's); POST /reload goes to worker 0, which has
+    the supervisor reload them all.  /metrics stays per worker (each worker's admin port)."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, workers: int) -> None:
+        self.worker_urls = [f"http://{host if ':' not in host else f'[{host}]'}:{port + 1 + i}" for i in range(workers)]
+        super().__init__((host, port), _MachineHandler)
+
+    def ask(self, index: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+        req = urllib.request.Request(self.worker_urls[index] + path, method=method, data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=3) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as err:
+            return int(err.code), bytes(err.read())
+        except OSError as err:
+            return 503, f"worker {index}: {err}\n".encode()
+
+    def merged(self, path: str) -> tuple[int, dict[str, object]]:
+        answers = [self.ask(i, path) for i in range(len(self.worker_urls))]
+        if any(status != 200 for status, _body in answers):
+            return 503, {"error": "; ".join(body.decode(errors="replace").strip() for s, body in answers if s != 200)}
+        parts = [json.loads(body) for _status, body in answers]
+        key = path.split("?", 1)[0].strip("/")
+        if key == "accounts":
+            rows: dict[str, dict[str, object]] = {}
+            for part in parts:
+                for row in part["accounts"]:
+                    seen = rows.setdefault(row["account"], {**row, "held_here": 0})
+                    seen["active"] = max(int(seen["active"]), int(row["active"]))  # type: ignore[call-overload]
+                    seen["held_here"] = int(seen["held_here"]) + int(row["held_here"])  # type: ignore[call-overload]
+            return 200, {"accounts": list(rows.values())}
+        return 200, {key: [row for part in parts for row in part[key]]}
+
+
+class _MachineHandler(BaseHTTPRequestHandler):
+    server: MachineAdmin
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - no access log on stderr
+        pass
+
+    def _answer(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            sick = [i for i in range(len(self.server.worker_urls)) if self.server.ask(i, "/healthz")[0] != 200]
+            self._answer(200 if not sick else 503, b"ok\n" if not sick else f"workers not healthy: {sick}\n".encode(),
+                         "text/plain")
+        elif path in ("/accounts", "/calls", "/bans"):
+            status, data = self.server.merged(self.path)
+            self._answer(status, (json.dumps(data, indent=1) + "\n").encode())
+        else:
+            self._answer(404, b"not found (with --workers, /metrics is on each worker's admin port: admin port + 1 "
+                              b"+ index)\n", "text/plain")
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path == "/reload":
+            status, body = self.server.ask(0, "/reload", "POST")
+            self._answer(status, body, "text/plain")
+        else:
+            self._answer(404, b"not found\n", "text/plain")
+
 def _worker_main(settings: Settings, index: int, counts: SharedCounts, ready_fd: int) -> int:
     from .server import Server, WorkerSlot
 
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the server's handler (reopen the decision log)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     if settings.use_uvloop:
         try:
             import uvloop
@@ -62,9 +142,11 @@ def run_workers(settings: Settings, count: int) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT.  Raises PolicyError before forking if the policy is bad."""
     policy = load(settings.policy_path)
     counts = SharedCounts(count, rows=max(4096, 4 * len(policy.accounts)))
-    watched = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+    watched = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     children: dict[int, tuple[int, int]] = {}  # pid -> (worker index, read end of its ready pipe)
+    admin_host, _sep, admin_port = (settings.admin or policy.service.admin).rpartition(":")
+    machine = MachineAdmin(admin_host.strip("[]"), int(admin_port), count)  # bound before any fork: fails first
 
     def spawn(index: int) -> None:
         ready_r, ready_w = os.pipe()
@@ -73,6 +155,7 @@ def run_workers(settings: Settings, count: int) -> int:
             code = 1
             try:
                 os.close(ready_r)
+                machine.socket.close()
                 code = _worker_main(settings, index, counts, ready_w)
             finally:
                 os._exit(code)
@@ -82,15 +165,33 @@ def run_workers(settings: Settings, count: int) -> int:
 
     for index in range(count):
         spawn(index)
-    log.info("sipguard supervisor %d: %d workers", os.getpid(), count)
+    threading.Thread(target=machine.serve_forever, name="admin", daemon=True).start()
+    log.info("sipguard supervisor %d: %d workers; the machine's admin on %s:%s", os.getpid(), count, admin_host,
+             admin_port)
     status = 0
     stopping = False
+    ready = False  # told systemd (READY=1) once every worker answered
+    period = systemd.watchdog_period_s()
     while children:
-        sig = signal.sigwait(watched)
-        if sig == signal.SIGHUP:
+        # a short wait while the workers start (readiness), the watchdog's period once they run, else for good
+        info = signal.sigtimedwait(watched, 0.1 if not ready else period or 3600.0)
+        if not stopping and (not ready or info is None):
+            healthy = all(machine.ask(i, "/healthz")[0] == 200 for i in range(count))
+            if healthy and not ready:
+                ready = True
+                systemd.notify(f"READY=1\nSTATUS={count} workers")
+            elif healthy and period is not None:
+                systemd.notify("WATCHDOG=1")  # every worker's loop answered: the machine runs
+        if info is None:
+            continue
+        sig = info.si_signo
+        if sig in (signal.SIGHUP, signal.SIGUSR1):  # reload; reopen the decision log
             for pid in children:
-                os.kill(pid, signal.SIGHUP)
-        elif sig in (signal.SIGTERM, signal.SIGINT) and not stopping:
+                os.kill(pid, sig)
+        elif sig in (signal.SIGTERM, signal.SIGINT):
+            # the first: every worker drains; a second: every worker stops at once (docs/service.md)
+            if not stopping:
+                systemd.notify("STOPPING=1")
             stopping = True
             for pid in children:
                 os.kill(pid, signal.SIGTERM)
@@ -120,4 +221,6 @@ def run_workers(settings: Settings, count: int) -> int:
                 continue
             log.error("worker %d ended (exit %d); its channels are released and it is restarted", index, code)
             spawn(index)
+    machine.shutdown()
+    machine.server_close()
     return status

@@ -4,10 +4,6 @@ The decision path (engine and the rules) may run compiled (``scripts/native.py b
 the model and the loader stay interpreted.
 """
 
-from .._compiled import refuse_stale as _refuse_stale
-
-_refuse_stale(__path__[0])
-
 from .decision import Decision, Mode, Verdict
 from .engine import Engine
 from .loader import PolicyError, Problem, load, load_text

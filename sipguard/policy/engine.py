@@ -148,6 +148,8 @@ class Engine:
         self._over_budget = Reject(503, "Service Unavailable", (
             ("warning", '399 sipguard "too many new requests from this source; retry later"'),
             ("retry-after", retry)))
+        # set while the process drains on its way out (docs/service.md): new requests get it
+        self.draining: Reject | None = None
 
     # ------------------------------------------------------------------ lookups
     def limits(self) -> dict[str, int]:
@@ -208,6 +210,8 @@ class Engine:
         if account is None and not upstream:
             return self._unknown_source(request, source)
         emergency = request.method == "INVITE" and self.is_emergency(request)
+        if self.draining is not None and not emergency:
+            return self._drain_refusal(request, host, account)
         if (trusted or upstream) and not emergency:
             budget = self.edge.new_request(host, now)
             if budget != WITHIN:
@@ -250,6 +254,14 @@ class Engine:
                                                       f"source {source.host} belongs to no account"))
         warning = f'399 sipguard "source {source.host} belongs to no account"'
         return Admission(reject=Reject(code, "Forbidden", (("warning", warning),)), decisions=decisions)
+
+    def _drain_refusal(self, request: Request, host: str, account: Account | None) -> Admission:
+        """503 while the process stops: the caller (or its SRV client) tries another server; emergency calls are
+        still admitted."""
+        decision = Decision(Verdict.REJECT, "service", "stopping: new requests go to another server",
+                            account.name if account else None,
+                            (("source", host), ("method", request.method)), status=503)
+        return Admission(reject=self.draining, account=account.name if account else None, decisions=(decision,))
 
     def _budget_refusal(self, request: Request, host: str, account: Account | None, first: bool) -> Admission:
         """503 for a trusted source over its budget; the first refusal of a stretch is logged, every one counted."""
@@ -435,19 +447,24 @@ class Engine:
             ("caller_id_action", "rewritten" if outcome.rewritten else "kept"),
         )
         if outcome.rewritten and outcome.caller_id:
-            reason = (f"emergency call: caller ID {outcome.presented} is not at the caller's address; "
-                      f"asserted {outcome.caller_id}")
+            presented = f"caller ID {outcome.presented} is not at the caller's address" if outcome.presented \
+                else "no caller ID presented"
+            reason = f"emergency call: {presented}; asserted {outcome.caller_id}"
             verdict = Verdict.REWRITE
             if mode is not _SHADOW:  # never off: the law wants the right address
                 edits.extend(self._identity_edits(request, outcome.caller_id))
+        elif outcome.caller_id:
+            reason = f"emergency call: caller ID {outcome.caller_id} kept"
+            verdict = Verdict.ALLOW
         else:
-            reason = "emergency call: caller ID kept"
+            reason = "emergency call without a caller ID (the account has none to assert)"
             verdict = Verdict.ALLOW
         if not verified:
             reason += "; location unverified"
             verdict = Verdict.FLAG if verdict is Verdict.ALLOW else verdict
+        # every emergency call has its decision-log line, allowed or not: the audit trail of 112 calls
         decisions.append(Decision(verdict, "emergency", reason, account.name, evidence,
-                                  Mode.SHADOW if mode is _SHADOW else Mode.ENFORCE))
+                                  Mode.SHADOW if mode is _SHADOW else Mode.ENFORCE, logged=True))
 
     def _autodialer(self, request: Request, source: Peer, account: Account, mode: RuleMode, now: float,
                     decisions: list[Decision]) -> Reject | None:

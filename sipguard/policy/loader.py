@@ -402,6 +402,8 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             kw[key] = value
         elif key == "dialog_timeout_s":
             kw[key] = ctx.number(v, path, minimum=1)
+        elif key == "drain_timeout_s":
+            kw[key] = ctx.number(v, path, minimum=0)
         elif key == "max_message_bytes":
             kw[key] = ctx.number(v, path, minimum=1024, integer=True)
         elif key == "reject":

@@ -117,6 +117,7 @@ class Service:
     channel_bands: tuple[Band, ...] = (Band(2, 2), Band(5, 1), Band(10, 0.5), Band(None, 0.25))
     channel_rounding: str = "floor"
     dialog_timeout_s: float = 7200.0
+    drain_timeout_s: float = 60.0  # on SIGTERM: how long calls in progress may go on before the process exits
     reject: RejectCodes = RejectCodes()
     sip_timers: SipTimers = SipTimers()
     max_message_bytes: int = 16384

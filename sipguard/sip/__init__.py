@@ -1,13 +1,8 @@
 """The sans-I/O SIP core: messages, parser, serializer, transactions, dialogs, proxy.
 
-The modules may be compiled with mypyc (``scripts/native.py build``): then C extensions sit
-beside the sources and are imported instead.  A compiled module older than its source would
-run old code, so importing the package refuses that (rebuild, or ``scripts/native.py clean``).
+The modules may be compiled with mypyc (docs/compiled.md): then C extensions sit beside the sources and
+are imported instead.
 """
-
-from .._compiled import refuse_stale as _refuse_stale
-
-_refuse_stale(__path__[0])
 
 from .actions import (Action, Admission, Decided, DialogEnded, DialogStarted, EndedByToken, Peer, Reject, Router, Send,
                       Settle)

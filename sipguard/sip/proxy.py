@@ -167,6 +167,7 @@ class ProxyCore:
         self._timers = TimerWheel()
         self._counter = 0
         self.stats = CoreStats()
+        self.unavailable: Reject | None = None  # while stopping: the answer to an OPTIONS addressed to sipguard
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -496,7 +497,7 @@ class ProxyCore:
         mf = req.max_forwards
         if mf is not None and mf <= 0:
             if method == "OPTIONS" and req.ruri is not None and self._addressed_to_me(req):
-                self._local_reply(req, key, reply_to, 200, now, out, (("allow", _ALLOW),))
+                self._options_reply(req, key, reply_to, now, out, (("allow", _ALLOW),))
                 return
             raise TooManyHops("Max-Forwards is 0")
         proxy_require = req.get_all("proxy-require")
@@ -518,7 +519,7 @@ class ProxyCore:
             return
 
         if method == "OPTIONS" and not remaining and self._addressed_to_me(req):
-            self._local_reply(req, key, reply_to, 200, now, out, (("allow", _ALLOW), ("accept", "application/sdp")))
+            self._options_reply(req, key, reply_to, now, out, (("allow", _ALLOW), ("accept", "application/sdp")))
             return
 
         adm = self.router.admit(req, source, now, tuple(remaining))
@@ -578,6 +579,16 @@ class ProxyCore:
         data = self._build_reply(req, status, reason or _REASONS.get(status, "Error"), extra)
         self.stats.replies[status] += 1
         self._server_final(txn, data, status, now, out)
+
+    def _options_reply(self, req: Request, key: tuple[object, ...], reply_to: Peer, now: float, out: list[Action],
+                       extra: tuple[tuple[str, str], ...]) -> None:
+        """An OPTIONS addressed to sipguard (a keep-alive, a dispatcher's probe): 200, or while stopping the
+        503 that tells the prober to move away."""
+        down = self.unavailable
+        if down is None:
+            self._local_reply(req, key, reply_to, 200, now, out, extra)
+        else:
+            self._local_reply(req, key, reply_to, down.status, now, out, down.headers, down.reason)
 
     def _route_target(self, route_value: str) -> Peer | None:
         try:

@@ -163,10 +163,12 @@ def test_emergency_caller_id_follows_the_callers_site(sipguard_factory, sipp: Si
                    *("-key", "caller", "+3228807244", "-key", "extra", "X-Test: roaming"))
     assert run.returncode == 0, run.stdout[-2000:] + run.errors
     assert sipp.wait(uas) == 0
-    flagged = [d for d in sg.decisions() if d["rule"] == "emergency"]
-    assert [(d["evidence"]["location"], d["evidence"]["caller_id_action"]) for d in flagged] == [
-        ("verified", "rewritten"), ("unverified", "kept")]
-    assert flagged[0]["evidence"]["caller_id"] == "+3228807240" and flagged[0]["evidence"]["site"] == "a"
+    # every emergency call has its decision-log line, the untouched one too (the audit trail of 112 calls)
+    logged = [d for d in sg.decisions() if d["rule"] == "emergency"]
+    assert [(d["evidence"]["location"], d["evidence"]["caller_id_action"], d["verdict"]) for d in logged] == [
+        ("verified", "rewritten", "rewrite"), ("verified", "kept", "allow"), ("unverified", "kept", "flag")]
+    assert logged[0]["evidence"]["caller_id"] == "+3228807240" and logged[0]["evidence"]["site"] == "a"
+    assert "None" not in " ".join(d["reason"] for d in logged)
     m = sg.metrics()
     assert m['sipguard_emergency_calls_total{caller_id="rewritten",location="verified"}'] == 1
     assert m['sipguard_emergency_calls_total{caller_id="kept",location="verified"}'] == 1

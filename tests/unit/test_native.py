@@ -8,13 +8,16 @@ silently fell back to pure Python (or stale .so files left in place) fails here.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import sipguard
 import sipguard.sip as sip
-from sipguard._compiled import native_core
+from sipguard._compiled import compiled_files, native_core
 from sipguard.policy import engine
 from sipguard.sip import parser, proxy
 
@@ -36,18 +39,37 @@ def test_the_core_in_use_is_the_one_expected(core, registry) -> None:
     assert registry.get_sample_value("sipguard_build_info", {"version": sipguard.__version__, "core": expected}) == 1
 
 
-def test_a_compiled_module_older_than_its_source_is_refused(tmp_path: Path) -> None:
-    """Importing the package with a stale .so raises (it would run old code)."""
-    import shutil
-    import subprocess
-    import sys
-
+def _import_copy(tmp_path: Path, edit: str) -> subprocess.CompletedProcess[str]:
+    """A copy of the package (with its build; without one, a garbage .so that must never be imported) where
+    ``edit`` was done to sip/timers.py, imported."""
     copy = tmp_path / "sipguard"
     shutil.copytree(Path(sip.__file__).parents[1], copy, ignore=shutil.ignore_patterns("__pycache__"))
-    fake = copy / "sip" / "timers.cpython-311-x86_64-linux-gnu.so"
-    if not fake.exists():
-        fake.write_bytes(b"")  # never imported: the check refuses before any submodule loads
-    os.utime(fake, (1, 1))  # older than timers.py
-    proc = subprocess.run([sys.executable, "-c", "import sipguard.sip"], cwd=tmp_path, capture_output=True, text=True,
+    timers = copy / "sip" / "timers.py"
+    if not compiled_files():
+        (copy / "sip" / "timers.cpython-311-x86_64-linux-gnu.so").write_bytes(b"not a shared library")
+    if edit == "touch":
+        os.utime(timers)
+    elif edit == "change":
+        timers.write_text(timers.read_text() + "\n# changed after the build\n")
+    code = ("import sipguard.sip.timers as t, sipguard._compiled as c; from sipguard.sip import parse; "
+            "print(t.__file__.rsplit('.', 1)[1], c.native_core())")
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert proc.returncode != 0 and "is older than timers.py" in proc.stderr
+
+
+def test_a_build_from_other_sources_is_set_aside_not_an_import_error(tmp_path: Path) -> None:
+    """After a pull or an edit, the compiled modules would run old code: sipguard says so once and imports the
+    sources (pure Python) instead of failing."""
+    proc = _import_copy(tmp_path, "change")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["py", "False"]
+    assert proc.stderr.count("built from other sources") == 1, proc.stderr
+
+
+def test_a_touched_source_keeps_the_compiled_core(tmp_path: Path) -> None:
+    """``touch`` (a checkout that rewrites a file unchanged) is not a change: the build still matches."""
+    if not compiled_files():
+        pytest.skip("no compiled core in place (the pure-Python pass)")
+    proc = _import_copy(tmp_path, "touch")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["so", "True"] and proc.stderr == ""

@@ -8,8 +8,8 @@ import pytest
 
 from helpers import UAC, UAS, Wire, as_request, feed, request, response_to, run_timers
 from sipguard.policy import Engine, load_text
-from sipguard.sip import (Decided, DialogEnded, DialogStarted, EndedByToken, Local, Peer, ProxyCore, Request, Send,
-                          Settle, SipError, TimerConfig, parse)
+from sipguard.sip import (Decided, DialogEnded, DialogStarted, EndedByToken, Local, Peer, ProxyCore, Reject, Request,
+                          Send, Settle, SipError, TimerConfig, parse)
 from sipguard.sip.message import parse_name_addr
 
 ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
@@ -72,6 +72,28 @@ def test_options_with_max_forwards_zero_to_itself_still_gets_200(core, clock) ->
     wire = Wire()
     feed(core, request("OPTIONS", ruri="sip:127.0.0.1:5060", max_forwards=0), UAC, clock.now, wire)
     assert wire.statuses_to(UAC) == [200]
+
+
+STOPPING = Reject(503, "Service Unavailable", (("retry-after", "5"),))
+
+
+def test_while_stopping_new_calls_and_options_get_503_but_calls_up_and_emergency_calls_go_on(core, clock) -> None:
+    """The drain (docs/service.md): what a stopping sipguard refuses, and what it still carries."""
+    wire = Wire()
+    up = call_up(core, clock, wire)
+    core.router.draining = core.unavailable = STOPPING
+    feed(core, request(call_id="new-1", branch="z9hG4bK-new-1"), UAC, clock.advance(0.1), wire)
+    refused = parse(wire.to(UAC)[-1].data)
+    assert refused.status == 503 and refused.get("retry-after") == "5"
+    feed(core, request("OPTIONS", ruri="sip:127.0.0.1:5060", call_id="probe", branch="z9hG4bK-probe"), UAC,
+         clock.advance(0.01), wire)
+    assert wire.statuses_to(UAC)[-1] == 503
+    feed(core, request(ruri="sip:112@127.0.0.1:5060", call_id="sos-1", branch="z9hG4bK-sos-1"), UAC,
+         clock.advance(0.01), wire)
+    assert wire.last_to(UAS).call_id == "sos-1"  # an emergency call is never refused for the stop
+    feed(core, in_dialog("BYE", "z9hG4bK-bye-1", 2), UAC, clock.advance(0.01), wire)
+    bye = wire.last_to(UAS)
+    assert bye.method == "BYE" and bye.call_id == up.call_id  # the call up ends as usual
 
 
 def test_rport_and_received_are_set_on_the_forwarded_via(core, clock) -> None:

@@ -13,6 +13,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+PACKAGE = ROOT / "sipguard"
 _spec = importlib.util.spec_from_file_location("_compiled", ROOT / "sipguard" / "_compiled.py")
 assert _spec is not None and _spec.loader is not None
 _compiled = importlib.util.module_from_spec(_spec)
@@ -34,7 +35,7 @@ class BuildCompiledCore(build_ext):
             self.extensions = []
             return
         target = ROOT if self.inplace else Path(self.build_lib)
-        (target / "sipguard" / _compiled.STAMP).write_text(_compiled.digest(ROOT) + "\n")
+        (target / "sipguard" / _compiled.STAMP).write_text(_compiled.digest(PACKAGE) + "\n")
 
 
 def _extensions() -> list[object]:
@@ -44,9 +45,9 @@ def _extensions() -> list[object]:
         from mypyc.build import mypycify
 
         os.chdir(ROOT)
-        return list(mypycify([str(p.relative_to(ROOT)) for p in _compiled.sources(ROOT)],
+        return list(mypycify([str(p.relative_to(ROOT)) for p in _compiled.sources(PACKAGE)],
                              group_name="sipguard.sip.native", opt_level="3"))
-    except Exception as err:  # mypy missing, or the sources do not type-check
+    except (Exception, SystemExit) as err:  # mypy missing, or the sources do not type-check (mypyc exits)
         _say(f"mypyc could not compile the core ({err}); installing it as pure Python")
         return []
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import logging
 import sys
 
 from . import __version__
 from .config import Settings
-from .policy import PolicyError, load
+from .policy import Policy, PolicyError, load
+from .policy.channels import ChannelLimit, channel_limit
 
 __all__ = ["main"]
 
@@ -80,32 +82,108 @@ def _check(args: argparse.Namespace) -> int:
     return status
 
 
-def _channels(args: argparse.Namespace) -> int:
-    from .policy.channels import channel_limit
-
+def _load_for(path: str) -> Policy | None:
+    """A policy for a command that reads it (its problems printed, one per line), or None."""
     try:
-        policy = load(args.file)
+        return load(path)
     except PolicyError as err:
         for problem in err.problems:
             print(problem)
-        return 1
     except OSError as err:
-        print(f"{args.file}: {err.strerror}")
+        print(f"{path}: {err.strerror}")
+    return None
+
+
+def _limits(policy: Policy) -> dict[str, ChannelLimit]:
+    service = policy.service
+    return {a.name: channel_limit(a, service.channel_bands, service.channel_rounding) for a in policy.accounts}
+
+
+def _channels(args: argparse.Namespace) -> int:
+    if args.compare:
+        old, new = args.compare
+        return _compare(old, new, args.format)
+    if args.file is None:
+        print("sipguard channels: a policy file (or --compare OLD NEW)", file=sys.stderr)
+        return 2
+    policy = _load_for(args.file)
+    if policy is None:
         return 1
-    accounts = [a for a in policy.accounts if args.account in (None, a.name)]
-    if not accounts:
+    limits = {name: lim for name, lim in _limits(policy).items() if args.account in (None, name)}
+    if not limits:
         print(f"no account named {args.account!r} in {args.file}")
         return 1
-    service = policy.service
-    for account in accounts:
-        limit = channel_limit(account, service.channel_bands, service.channel_rounding)
-        print(f"{account.name} ({account.kind}): {limit.limit} channels, {limit.users} billable users")
-        print(f"  how: {limit.explanation}")
-        for entry in limit.entries:
-            mark = f"{entry.users} user{'s' if entry.users != 1 else ''}"
-            print(f"  {mark:>8}  {entry.name} [{entry.kind}]: {entry.reason}")
-        print()
+    kinds = {a.name: a.kind for a in policy.accounts}
+    if args.format == "text":
+        for name, limit in limits.items():
+            print(f"{name} ({kinds[name]}): {limit.limit} channels, {limit.users} billable users")
+            print(f"  how: {limit.explanation}")
+            for entry in limit.entries:
+                mark = f"{entry.users} user{'s' if entry.users != 1 else ''}"
+                print(f"  {mark:>8}  {entry.name} [{entry.kind}]: {entry.reason}")
+            print()
+        return 0
+    rows = [{"account": name, "kind": kinds[name], "billable_users": limit.users, "channels": limit.limit,
+             "users_by_kind": _by_kind(limit), "computation": limit.explanation} for name, limit in limits.items()]
+    if args.format == "json":
+        print(json.dumps({"policy": args.file, "accounts": rows}, indent=1, ensure_ascii=False))
+    else:
+        kinds_seen = sorted({k for row in rows for k in row["users_by_kind"]})  # type: ignore[attr-defined]
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["account", "kind", "billable_users", "channels", *(f"users_{k}" for k in kinds_seen),
+                      "computation"])
+        for row in rows:
+            by_kind: dict[str, int] = row["users_by_kind"]  # type: ignore[assignment]
+            out.writerow([row["account"], row["kind"], row["billable_users"], row["channels"],
+                          *(by_kind.get(k, 0) for k in kinds_seen), row["computation"]])
     return 0
+
+
+def _by_kind(limit: ChannelLimit) -> dict[str, int]:
+    """Billable users per kind of entry (person, shared_room, door_phone...)."""
+    out: dict[str, int] = {}
+    for entry in limit.entries:
+        out[entry.kind] = out.get(entry.kind, 0) + entry.users
+    return out
+
+
+MAX_QUARTERLY_REDUCTION = 0.10  # terms BT4a: users may be reduced by at most 10% per quarter (README, "Billing")
+
+
+def _compare(old_path: str, new_path: str, fmt: str) -> int:
+    """Per account the change in billable users from OLD to NEW; a reduction over 10% is flagged (terms BT4a)
+    and makes the exit status 1."""
+    old, new = _load_for(old_path), _load_for(new_path)
+    if old is None or new is None:
+        return 2
+    before, after = _limits(old), _limits(new)
+    rows = []
+    for name in sorted(before.keys() | after.keys()):
+        b = before[name].users if name in before else None
+        a = after[name].users if name in after else None
+        change = None if b is None or a is None or b == 0 else (a - b) / b
+        flagged = change is not None and change < -MAX_QUARTERLY_REDUCTION - 1e-9
+        rows.append({"account": name, "users_before": b, "users_after": a,
+                     "channels_before": before[name].limit if name in before else None,
+                     "channels_after": after[name].limit if name in after else None,
+                     "change": None if change is None else round(change, 4),
+                     "status": "added" if b is None else "removed" if a is None else
+                     "reduction over 10%" if flagged else "ok"})
+    if fmt == "json":
+        print(json.dumps({"old": old_path, "new": new_path, "accounts": rows}, indent=1))
+    elif fmt == "csv":
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(list(rows[0]) if rows else ["account"])
+        for row in rows:
+            out.writerow(["" if v is None else v for v in row.values()])
+    else:
+        for row in rows:
+            shown = "" if row["change"] is None else f" ({row['change']:+.1%})"
+            mark = "  <-- " + str(row["status"]) if row["status"] == "reduction over 10%" else \
+                f"  ({row['status']})" if row["status"] in ("added", "removed") else ""
+            print(f"{row['account']}: {row['users_before'] if row['users_before'] is not None else '-'} -> "
+                  f"{row['users_after'] if row['users_after'] is not None else '-'} billable users{shown}{mark}")
+    return 1 if any(r["status"] == "reduction over 10%" for r in rows) else 0
 
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -198,10 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate policy files without starting", parents=[common])
     check.add_argument("files", nargs="+")
     check.set_defaults(func=_check)
-    channels = sub.add_parser("channels", help="who counts as a user, and the channel limit per account",
-                              parents=[common])
-    channels.add_argument("file")
+    channels = sub.add_parser("channels", help="who counts as a user, and the channel limit per account; "
+                              "exports for billing; --compare two policies", parents=[common])
+    channels.add_argument("file", nargs="?")
     channels.add_argument("account", nargs="?")
+    channels.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    channels.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                          help="per account the change in billable users; a reduction over 10%% is flagged "
+                               "(terms BT4a) and the exit status is 1")
     channels.set_defaults(func=_channels)
     status = sub.add_parser("status", help="what a running sipguard holds: accounts, calls up, bans", parents=[common])
     status.add_argument("--admin", help="HOST:PORT of the admin listener (default: the policy's service.admin)")

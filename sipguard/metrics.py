@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, PlatformCollector, \
+    ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -94,19 +95,29 @@ class _OwnCollector(Collector):
 
 
 class ChannelsCollector(Collector):
-    """Active channels and the limit per account, read from the store and the policy at scrape time."""
+    """Channels per account, read from the store and the policy at scrape time.
 
-    def __init__(self, read: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+    ``sipguard_channels_active`` counts the calls this process holds, so that ``sum()`` over the workers and
+    the nodes of a pair is the account's count; ``sipguard_channels_in_use`` is the account's count as the
+    channel store has it (the same on every worker and node: ``max()`` it), what the limit is checked
+    against; ``sipguard_channels_limit`` the limit (``max()`` it too)."""
+
+    def __init__(self, read: Callable[[], Iterable[tuple[str, int, int, int]]]) -> None:
         self._read = read
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        active = GaugeMetricFamily("sipguard_channels_active", "Calls holding a channel, per account",
+        active = GaugeMetricFamily("sipguard_channels_active", "Calls holding a channel that this process relays, "
+                                   "per account (sum over workers and nodes)", labels=["account"])
+        in_use = GaugeMetricFamily("sipguard_channels_in_use", "The account's calls holding a channel, as the "
+                                   "channel store counts them across workers and nodes (max over them)",
                                    labels=["account"])
         limit = GaugeMetricFamily("sipguard_channels_limit", "Channel limit per account", labels=["account"])
-        for account, n_active, n_limit in self._read():
-            active.add_metric([account], n_active)
+        for account, n_here, n_store, n_limit in self._read():
+            active.add_metric([account], n_here)
+            in_use.add_metric([account], n_store)
             limit.add_metric([account], n_limit)
         yield active
+        yield in_use
         yield limit
 
 
@@ -150,7 +161,7 @@ class Metrics:
     """The server's own metrics, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry, core: Callable[[], ProxyCore],
-                 channels: Callable[[], Iterable[tuple[str, int, int]]] = tuple,
+                 channels: Callable[[], Iterable[tuple[str, int, int, int]]] = tuple,
                  guards: Callable[[], tuple[list[tuple[str, int]], dict[str, int]]] = lambda: ([], {}),
                  store: Callable[[], tuple[str, int, bool, int]] = lambda: ("memory", 0, True, 1)) -> None:
         self.registry = registry
@@ -167,6 +178,17 @@ class Metrics:
                                          self.decision_seconds)))
         self.reloads = Counter("sipguard_policy_reloads", "Policy reloads, by result", ["result"],
                                registry=registry)
+        self.reload_ok = Gauge("sipguard_policy_last_reload_success", "1 if the last policy load (start or reload) "
+                               "was applied, 0 if it was refused (the policy before it stays in force)",
+                               registry=registry)
+        self.reload_ok.set(1)
+        self.reload_time = Gauge("sipguard_policy_last_reload_timestamp_seconds", "When the policy was last loaded "
+                                 "or a reload refused (Unix time)", registry=registry)
+        self.reload_time.set_to_current_time()
+        # the standard process and interpreter series (a custom registry has none of its own)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.emergency_calls = Counter("sipguard_emergency_calls", "Emergency calls, by location and caller ID",
                                        ["location", "caller_id"], registry=registry)
         self.fax_calls = Counter("sipguard_fax_calls", "Calls offering T.38 fax, per account", ["account"],
@@ -186,3 +208,9 @@ class Metrics:
         build.labels(__version__, "native" if native_core() else "python").set(1)
         self.internal_errors = Counter("sipguard_internal_errors", "Bugs caught by the transport guard",
                                        registry=registry)
+
+    def reloaded(self, applied: bool) -> None:
+        """A reload applied or refused: counted, and the last one's result and time."""
+        self.reloads.labels("applied" if applied else "refused").inc()
+        self.reload_ok.set(1 if applied else 0)
+        self.reload_time.set_to_current_time()

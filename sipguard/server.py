@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import gzip
 import hashlib
 import ipaddress
 import json
@@ -28,8 +29,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TextIO
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from .config import Settings
 from .decisionlog import DecisionLog
@@ -514,8 +515,10 @@ class Server:
         log.warning("channels: account %s: %s, %s; the next ones within %d s are only counted", name,
                     decision.reason, what, LIMIT_LOG_EVERY_S)
 
-    def _channel_rows(self) -> list[tuple[str, int, int]]:
-        return [(name, self.store.active_now(name), limit) for name, limit in self.engine.limits().items()]
+    def _channel_rows(self) -> list[tuple[str, int, int, int]]:
+        store = self.store
+        return [(name, store.held_here(name), store.active_now(name), limit)
+                for name, limit in self.engine.limits().items()]
 
     def _store_rows(self) -> tuple[str, int, bool, int]:
         """The channel store for the metrics: its kind, its errors, whether it is reachable, the nodes it knows."""
@@ -535,12 +538,12 @@ class Server:
         try:
             policy = load(self.settings.policy_path)
         except PolicyError as err:
-            self.metrics.reloads.labels("refused").inc()
+            self.metrics.reloaded(False)
             problems = [str(p) for p in err.problems]
             log.error("policy reload refused; the running policy stays in force:\n%s", "\n".join(problems))
             return problems
         except OSError as err:
-            self.metrics.reloads.labels("refused").inc()
+            self.metrics.reloaded(False)
             log.error("policy reload refused: %s", err)
             return [str(err)]
         # what is read at start only: a change is refused by name, not reported applied and ignored
@@ -550,7 +553,7 @@ class Server:
         restart = [key for key, fixed in overridden.items()
                    if not fixed and getattr(policy.service, key) != getattr(self.policy.service, key)]
         if restart:
-            self.metrics.reloads.labels("refused").inc()
+            self.metrics.reloaded(False)
             problems = [f"{self.settings.policy_path}: service.{key}: changed, and needs a restart (it is read at "
                         "start only); the running policy stays in force" for key in restart]
             log.error("policy reload refused:\n%s", "\n".join(problems))
@@ -567,7 +570,7 @@ class Server:
             self.core.route_key = key
         self.outcomes.reconfigure(self.engine, policy.service.reject.channel_limit)
         self.core.set_dialog_timeout(policy.service.dialog_timeout_s)
-        self.metrics.reloads.labels("applied").inc()
+        self.metrics.reloaded(True)
         log.info("policy reloaded from %s: %s", self.settings.policy_path, "; ".join(changes) or "no change")
         return []
 
@@ -639,8 +642,15 @@ class Server:
             parts = request_line.split(" ")
             method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
             path, _q, query = path.partition("?")
+            headers = {k.strip().lower(): v.strip() for k, _s, v in (
+                line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line)}
+            extra = ""
             if method == "GET" and path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+                # OpenMetrics when Prometheus asks for it, gzip when the client takes it (prometheus_client's way)
+                encoder, ctype = choose_encoder(headers.get("accept", ""))
+                status, body = "200 OK", encoder(self.registry)
+                if "gzip" in headers.get("accept-encoding", ""):
+                    body, extra = gzip.compress(body), "Content-Encoding: gzip\r\n"
             elif method == "GET" and path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif method == "GET" and path == "/bans":
@@ -664,7 +674,7 @@ class Server:
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}"
                 f"Connection: close\r\n\r\n".encode() + body
             )
             await writer.drain()

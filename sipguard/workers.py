@@ -1,4 +1,4 @@
-"""Several worker processes on one address: one per core (SPEC §7), sharing channel counts.
+"""Several worker processes on one address: one per core (README, "One process per core"), sharing channel counts.
 
 Owns: forking the workers, forwarding SIGHUP (reload) and SIGTERM/SIGINT (stop) to them,
 restarting a worker that dies (after zeroing its column of the shared channel table, so

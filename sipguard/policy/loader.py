@@ -8,6 +8,7 @@ them at once.  Unknown keys are errors: a typo must not silently disable a rule.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
 import yaml
 
 from ..sip.actions import Peer
@@ -56,7 +58,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.key}: {self.message}"
+        return f"{self.file}:{self.line}: {self.key + ': ' if self.key else ''}{self.message}"
 
 
 class PolicyError(Exception):
@@ -72,6 +74,12 @@ class _Ctx:
         self.file = file
         self.problems: list[Problem] = []
         self.blocks: list[tuple[str, str, str, yaml.Node, str]] = []  # first, last, account, node, key
+        self.misspelt: set[str] = set()  # keys a misspelling stood for: not also reported missing
+
+    def missing(self, node: yaml.Node, key: str) -> None:
+        """A required key that is not there (unless a misspelling of it was reported already)."""
+        if key not in self.misspelt:
+            self.error(node, key, "missing")
 
     def error(self, node: yaml.Node | None, key: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -90,7 +98,12 @@ class _Ctx:
                 continue
             sub = f"{key}.{name}" if key else name
             if allowed is not None and name not in allowed:
-                self.error(knode, sub, f"unknown key (expected one of: {', '.join(allowed)})")
+                close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+                if close:
+                    self.misspelt.add(f"{key}.{close[0]}" if key else close[0])
+                    self.error(knode, sub, f"unknown key: did you mean {close[0]!r}?")
+                else:
+                    self.error(knode, sub, f"unknown key (expected one of: {', '.join(allowed)})")
                 continue
             if name in out:
                 self.error(knode, sub, "given twice")
@@ -146,9 +159,16 @@ class _Ctx:
             if s is None:
                 continue
             try:
-                out.append(ipaddress.ip_network(s, strict=False))
+                network = ipaddress.ip_network(s, strict=False)
             except ValueError:
                 self.error(item, f"{key}[{i}]", f"not an IP network: {s!r}")
+                continue
+            if str(network) != s and network.network_address != ipaddress.ip_interface(s).ip:
+                # 192.0.2.5/28 would silently mean 192.0.2.0/28: say it, the author may have meant another block
+                self.error(item, f"{key}[{i}]", f"host bits set: {s!r} is the network {str(network)!r}; "
+                           "write that, or the address as /32 (/128)")
+                continue
+            out.append(network)
         return tuple(out)
 
     def mode(self, node: yaml.Node, key: str) -> RuleMode | None:
@@ -206,6 +226,19 @@ class _Ctx:
             self.error(node, key, why)
 
 
+def _country(ctx: _Ctx, node: yaml.Node, path: str) -> str | None:
+    """An ISO 3166 alpha-2 code that phonenumbers knows.  YAML 1.1 reads a bare NO (Norway) as false: say so."""
+    if isinstance(node, yaml.ScalarNode) and isinstance(ctx.scalar(node, path), bool):
+        ctx.error(node, path, f"{node.value} is read by YAML as {str(ctx.scalar(node, path)).lower()}: write the "
+                  f"country code in quotes: country: \"{node.value.upper()}\"")
+        return None
+    code = ctx.string(node, path)
+    if code is not None and code.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        ctx.error(node, path, f"not an ISO 3166 country code with a numbering plan: {code!r} (e.g. BE, NL, FR)")
+        return None
+    return code
+
+
 def unreachable(peer: Peer, listen: tuple[str, ...]) -> str | None:
     """Why no listen address can send to ``peer`` (a transport not served, no address of its family), or None.
     The loader refuses such a policy, and the server a command line whose --listen leaves one unreachable."""
@@ -254,8 +287,7 @@ def _load_many(sources: list[tuple[str, str]]) -> Policy:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            problems.append(Problem(name, (mark.line + 1) if mark else 1, "", f"YAML syntax: {err}"))
+            problems.append(_yaml_problem(name, err))
             continue
         if root is None:
             continue
@@ -273,6 +305,7 @@ def _load_many(sources: list[tuple[str, str]]) -> Policy:
         problems.extend(ctx.problems)
     if not service_seen and not problems:
         problems.append(Problem(sources[0][0] if sources else "<policy>", 1, "service", "missing"))
+    service_ok = service is not None  # else the accounts are not checked against a service that is not there
     if service is None:
         service = Service()
     seen_names: set[str] = set()
@@ -281,14 +314,29 @@ def _load_many(sources: list[tuple[str, str]]) -> Policy:
         if acc_name in seen_names:
             ctx.error(knode, f"accounts.{acc_name}", "account defined twice")
         seen_names.add(acc_name)
-        acc = _account(ctx, acc_name, vnode, service)
+        acc = _account(ctx, acc_name, vnode, service, service_ok)
         problems.extend(ctx.problems[before:])
         if acc is not None:
             accounts.append(acc)
     problems.extend(_overlaps([ctx for ctx, *_rest in account_nodes]))
     if problems:
-        raise PolicyError(problems)
+        order = {name: i for i, (name, _text) in enumerate(sources)}
+        raise PolicyError(sorted(problems, key=lambda p: (order.get(p.file, 0), p.line)))
     return Policy(service, tuple(accounts), tuple(name for name, _t in sources))
+
+
+def _yaml_problem(name: str, err: yaml.YAMLError) -> Problem:
+    """One line, at the line of the mistake: for a bracket or a quote never closed, where it was opened (the
+    parser only gives up further down); else where the parser stopped."""
+    problem = str(getattr(err, "problem", "") or err).strip()
+    context = str(getattr(err, "context", "") or "")
+    mark = getattr(err, "problem_mark", None)
+    opened = getattr(err, "context_mark", None)
+    if opened is not None and any(w in context for w in ("flow", "quoted", "block mapping", "block collection")):
+        mark = opened
+        problem = f"{problem} ({context} opened here)"
+    line = mark.line + 1 if mark is not None else 1
+    return Problem(name, line, "", f"YAML syntax: {' '.join(problem.split())}")
 
 
 def _overlaps(ctxs: list[_Ctx]) -> list[Problem]:
@@ -333,8 +381,10 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             if not listen:
                 ctx.error(v, path, "must name at least one address")
             kw[key] = listen
-        elif key in ("advertise", "country"):
+        elif key == "advertise":
             kw[key] = ctx.string(v, path)
+        elif key == "country":
+            kw[key] = _country(ctx, v, path)
         elif key == "admin":
             s = ctx.string(v, path)
             if s is not None and not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):\d{1,5}", s):
@@ -349,7 +399,7 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
                 if isinstance(v2, yaml.MappingNode):  # the long form: {uri, international}
                     um = ctx.mapping(v2, sub, ("uri", "international")) or {}
                     if "uri" not in um:
-                        ctx.error(v2, f"{sub}.uri", "missing")
+                        ctx.missing(v2, f"{sub}.uri")
                         continue
                     uri_node = um["uri"][1]
                     if "international" in um:
@@ -538,7 +588,7 @@ def _bands(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[Band, ...]:
         if m is None:
             continue
         if "per_user" not in m:
-            ctx.error(item, f"{bp}.per_user", "missing")
+            ctx.missing(item, f"{bp}.per_user")
             continue
         per_user = ctx.number(m["per_user"][1], f"{bp}.per_user")
         up_to = None
@@ -562,7 +612,7 @@ _ACCOUNT_KEYS = ("kind", "match", "upstream", "deliver_to", "channels", "users",
                  "default_number", "on_caller_id_mismatch")
 
 
-def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account | None:
+def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service, service_ok: bool = True) -> Account | None:
     path = f"accounts.{name}"
     before = len(ctx.problems)
     m = ctx.mapping(node, path, _ACCOUNT_KEYS)
@@ -585,10 +635,10 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service) -> Account
         ctx.error(node, f"{path}.match", "an account needs match.sources or match.domains")
     upstream = ""
     if "upstream" not in m:
-        ctx.error(node, f"{path}.upstream", "missing")
+        ctx.missing(node, f"{path}.upstream")
     else:
         upstream = ctx.string(m["upstream"][1], f"{path}.upstream") or ""
-        if upstream not in service.upstreams:
+        if service_ok and upstream not in service.upstreams:
             ctx.error(m["upstream"][1], f"{path}.upstream", f"no upstream named {upstream!r} in service.upstreams")
     deliver_to = ctx.sip_peer(m["deliver_to"][1], f"{path}.deliver_to") if "deliver_to" in m else None
     if deliver_to is not None:
@@ -690,7 +740,7 @@ def _users(ctx: _Ctx, node: yaml.Node, path: str, sites: dict[str, Site]) -> lis
         if m is None:
             continue
         if "name" not in m:
-            ctx.error(item, f"{ip}.name", "missing")
+            ctx.missing(item, f"{ip}.name")
             continue
         uname = ctx.string(m["name"][1], f"{ip}.name") or ""
         kind = ctx.string(m["kind"][1], f"{ip}.kind") if "kind" in m else "person"
@@ -715,7 +765,7 @@ def _devices(ctx: _Ctx, node: yaml.Node, path: str, sites: dict[str, Site]) -> l
             continue
         dname = ctx.string(m["name"][1], f"{ip}.name") if "name" in m else None
         if dname is None:
-            ctx.error(item, f"{ip}.name", "missing")
+            ctx.missing(item, f"{ip}.name")
             continue
         dtype = ctx.string(m["type"][1], f"{ip}.type") if "type" in m else None
         if dtype in REFUSED_DEVICE_TYPES:

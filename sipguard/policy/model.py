@@ -1,6 +1,6 @@
 """The policy as frozen values: what the YAML files say, validated.
 
-YAML key names are the field names (SPEC §5 is the public interface).
+YAML key names are the field names (README, "Policy files": the public interface).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class RuleMode(Symbol):
 RULES = ("channel_limit", "caller_id", "emergency", "autodialer")  # the rules an account switches (Account.mode)
 USER_KINDS = ("person", "shared_room", "meeting_room", "admin_no_service", "supervisor_no_service")
 DEVICE_TYPES = ("door_phone", "fax", "emergency_phone", "pager", "buzzer", "flasher", "other")
-# SPEC §4.5: alarm-system and lift emergency lines may not be carried by law
+# alarm-system and lift emergency lines may not be carried by law (README, "Lines that may not be carried")
 REFUSED_DEVICE_TYPES = ("alarm", "lift")
 
 

@@ -34,7 +34,11 @@ class StateStore(Protocol):
         ...
 
     def active_now(self, account: str) -> int:
-        """How many calls the account holds, as the store knows it now."""
+        """How many calls the account holds, as the store knows it now (every worker, every node)."""
+        ...
+
+    def held_here(self, account: str) -> int:
+        """How many of them this process holds (summed over the workers and nodes: the account's count)."""
         ...
 
 
@@ -49,6 +53,9 @@ class SyncStore:
 
     def active_now(self, account: str) -> int:
         raise NotImplementedError
+
+    def held_here(self, account: str) -> int:
+        return self.active_now(account)
 
     def release_now(self, claim: ChannelClaim) -> None:
         self.release_key(claim.account, claim.call_key)

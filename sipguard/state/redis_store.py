@@ -188,6 +188,9 @@ class RedisStore:
     def release_now(self, claim: ChannelClaim) -> None:
         self.release_key(claim.account, claim.call_key)
 
+    def held_here(self, account: str) -> int:
+        return len(self.own.get(account, ()))
+
     def active_now(self, account: str) -> int:
         """The account's count across the nodes as Redis last said it (claims and renewals update it); while
         Redis is away, the calls this node holds."""

@@ -8,7 +8,7 @@ its own column; a claim sums the row under the lock, so the account's limit hold
 across workers exactly.  When a worker dies, the supervisor zeroes its column: its
 calls died with it, and no channel stays held.
 
-Leaves to Redis (SPEC §7): sharing between machines.
+Leaves to Redis (docs/pair.md): sharing between machines.
 """
 
 from __future__ import annotations
@@ -125,3 +125,6 @@ class SharedStore(SyncStore):
 
     def active_now(self, account: str) -> int:
         return self.counts.total(account)
+
+    def held_here(self, account: str) -> int:
+        return self._own.active_now(account)

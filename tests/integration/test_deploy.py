@@ -170,8 +170,8 @@ def test_the_compose_file_mounts_the_policy_the_image_reads_and_waits_for_the_dr
     assert policy.service.state.url.startswith("redis://redis:")
     assert int(sg["stop_grace_period"].rstrip("s")) > policy.service.drain_timeout_s
     promtool = require("promtool")
-    proc = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "prometheus" / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -32,7 +32,8 @@ accounts:
     numbers: [{{range: "+3228807240-+3228807249", site: hq}}]
     sites: {{hq: {{address: "Rue de la Loi 16, 1000 Brussels", emergency_caller_id: "+3228807240"}}}}
 """
-ACTIVE = 'sipguard_channels_active{account="acme"}'
+ACTIVE = 'sipguard_channels_in_use{account="acme"}'  # the shared count, the same on every node
+HELD = 'sipguard_channels_active{account="acme"}'  # the calls a node holds: summed over the nodes, the count
 
 
 def _node(factory, redis: RedisServer, uas_port: int, lease_s: float = 3) -> Sipguard:
@@ -68,6 +69,7 @@ def test_two_nodes_share_one_limit(sipguard_factory, sipp: Sipp, redis_server: R
             assert refused.status == 486 and "channel limit of 4" in refused.headers.get("warning", "")
         # both nodes report the shared count
         assert a.wait_metric(ACTIVE, 4) == 4 and b.wait_metric(ACTIVE, 4) == 4
+        assert a.metric(HELD) == 2 and b.metric(HELD) == 2
         # a BYE on node a: node b admits
         assert via_a.hangup(held_a.pop()) == 200
         # the release reaches Redis within a round trip (docs/pair.md); then node b admits

@@ -99,9 +99,11 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
     held1 = [phone1.call(CALLEE) for _ in range(2)]
     assert [c.status for c in held0 + held1] == [200] * 4
     assert until(lambda: w0.metric("sipguard_dialogs") == 2 and w1.metric("sipguard_dialogs") == 2)
-    # each worker sees the account's calls on both
-    assert w0.metric('sipguard_channels_active{account="limited"}') == 4
-    assert w1.metric('sipguard_channels_active{account="limited"}') == 4
+    # each worker sees the account's four calls in use, and holds two of them (a sum over the workers is right)
+    assert w0.metric('sipguard_channels_in_use{account="limited"}') == 4
+    assert w1.metric('sipguard_channels_in_use{account="limited"}') == 4
+    assert w0.metric('sipguard_channels_active{account="limited"}') == 2
+    assert w1.metric('sipguard_channels_active{account="limited"}') == 2
     # the next call is refused whichever worker it reaches: 486 with the Warning naming the limit
     for port in (_source_port_for(sg, 0, {port0, port1}), _source_port_for(sg, 1, {port0, port1})):
         run = sipp.uac("limit/uac_rejected.xml", sg.sip_port, "-s", CALLEE, "-m", "1", "-key", "caller",
@@ -110,7 +112,7 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
     # worker 1's calls end: worker 0 admits again
     assert [phone1.hangup(c) for c in held1] == [200, 200]
     phone1.close()
-    assert until(lambda: w0.metric('sipguard_channels_active{account="limited"}') == 2)
+    assert until(lambda: w0.metric('sipguard_channels_in_use{account="limited"}') == 2)
     run = sipp.uac("basic/uac.xml", sg.sip_port, "-s", CALLEE, "-m", "1", "-d", "100",
                    port=_source_port_for(sg, 0, {port0, port1}))
     assert run.returncode == 0, run.stdout[-2000:] + run.errors
@@ -118,7 +120,7 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
     pid0 = int(re.search(r"sipguard worker 0 \(pid (\d+)\)", sg.log.read_text()).group(1))  # type: ignore[union-attr]
     os.kill(pid0, signal.SIGKILL)
     assert until(lambda: sg.log.read_text().count("sipguard worker 0 (pid") == 2)
-    assert until(lambda: w1.metric('sipguard_channels_active{account="limited"}') == 0)
+    assert until(lambda: w1.metric('sipguard_channels_in_use{account="limited"}') == 0)
     assert until(lambda: w0.http("/healthz")[0] == 200)
     assert sg.alive()
     phone0.close()

@@ -1,4 +1,4 @@
-"""Channels held by calls (SPEC §4.1) through the core, the engine and the in-memory store."""
+"""Channels held by calls (README, "The policies") through the core, the engine and the in-memory store."""
 
 from __future__ import annotations
 

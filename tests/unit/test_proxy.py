@@ -1,4 +1,4 @@
-"""Every proxy rule of SPEC §2 on the pure core, driven with a manual clock."""
+"""Every proxy rule (README, "SIP behaviour") on the pure core, driven with a manual clock."""
 
 from __future__ import annotations
 

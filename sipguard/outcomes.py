@@ -3,9 +3,9 @@
 Every call hands the server a policy decision to time (``TimedRouter.admit``), a channel claim to
 settle (``Settle``), a dialog that starts and one that ends (``DialogStarted``, ``DialogEnded``),
 and, for every rule that rejects, rewrites or flags, a ``Decided``.  Interpreted, that glue cost
-about 36,000 instructions per call in ``bench.call`` (BENCHMARKS.md, "Latest"): here it is one
-compiled dispatch, with the per-call counters (``Tally``) and the decision-time histogram
-(``Timings``) as compiled classes too.  What is rare (the decision log, the prometheus_client
+about 36,000 instructions per call in ``bench.call`` (measured when it was compiled: ``git log -p
+BENCHMARKS.md``): here it is one compiled dispatch, with the per-call counters (``Tally``) and the
+decision-time histogram (``Timings``) as compiled classes too.  What is rare (the decision log, the prometheus_client
 counters of emergency calls, fax, rewrites and detections) goes back to the server through
 ``record``, interpreted.
 

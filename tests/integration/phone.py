@@ -96,6 +96,24 @@ class Phone:
         uri = parse_uri(parse_name_addr(call.route[0]).uri if call.route else call.target)
         return uri.hostport()
 
+    def serve(self, timeout_s: float, until_method: str = "BYE") -> list[Request]:
+        """Answer the requests that come in (200) until one of ``until_method`` did, or ``timeout_s``; them."""
+        seen: list[Request] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except socket.timeout:
+                break
+            msg = parse(data)
+            if isinstance(msg, Request):
+                self._answer(msg, addr)
+                seen.append(msg)
+                if msg.method == until_method:
+                    break
+        return seen
+
     def request(self, lines: list[str], method: str, timeout_s: float = 5.0) -> Response:
         """Send a hand-made request (its own Via and all) and wait for its final response."""
         return self._transaction(lines, method, timeout_s)

@@ -57,6 +57,15 @@ def test_whole_call_benchmark_smoke_run() -> None:
     assert median > 0, proc.stdout
 
 
+def test_claims_benchmark_smoke_run() -> None:
+    require("redis-server")
+    proc = subprocess.run([sys.executable, "-m", "bench.claims", "--claims", "300", "--in-flight", "1,8"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["1", "8"] and all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), proc.stdout
+
+
 def test_in_dialog_benchmark_smoke_run() -> None:
     # the script itself checks that every ACK and BYE was relayed (it raises otherwise)
     proc = subprocess.run([sys.executable, "-m", "bench.indialog", "--dialogs", "200"], cwd=ROOT,

@@ -160,3 +160,21 @@ def test_a_node_taking_over_an_address_ends_the_calls_of_the_one_before(sipguard
     assert b.metric("sipguard_token_relays_total") == 1
     assert until(lambda: _zcard(redis_server) == 0, 5), "node b did not release the call in Redis"
     assert b.wait_metric(ACTIVE, 0) == 0
+
+
+def test_the_callees_bye_after_a_takeover_is_relayed_and_releases_the_channel(sipguard_factory, sipp: Sipp,
+                                                                              redis_server: RedisServer) -> None:
+    """The issue's failover case the other way round: the UAS hangs up a call node a admitted, after node b
+    took over a's address; b relays the BYE to the caller on the token, and the count goes down."""
+    a = _node(sipguard_factory, redis_server, 0, lease_s=30)
+    uas = sipp.uas("basic/uas_hangs_up.xml", a.uas_port, "-m", "1", "-d", "4000")  # type: ignore[attr-defined]
+    with Phone(UAC_IP, ("127.0.0.1", a.sip_port)) as phone:
+        (call,) = _calls(phone, 1)
+        assert _zcard(redis_server) == 1
+        b = sipguard_factory.restart(a)  # within the UAS's 4 s pause
+        byes = phone.serve(15)  # the UAS's BYE, through b, answered 200 by the phone
+        assert [r.method for r in byes] == ["BYE"] and byes[0].call_id == call.call_id
+    assert sipp.wait(uas) == 0, "the UAS did not get the 200 to its BYE"
+    assert b.metric("sipguard_token_relays_total") == 1
+    assert until(lambda: _zcard(redis_server) == 0, 5), "node b did not release the call in Redis"
+    assert b.wait_metric(ACTIVE, 0) == 0

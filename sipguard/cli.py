@@ -44,6 +44,9 @@ def _run(args: argparse.Namespace) -> int:
         except PolicyError as err:
             print(f"sipguard: the policy is not valid:\n{err}", file=sys.stderr)
             return 2
+        except OSError as err:  # the address or the admin port taken
+            print(f"sipguard: {err.strerror or err}", file=sys.stderr)
+            return 1
 
     async def main() -> None:
         server = Server(settings)

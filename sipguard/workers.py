@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -138,9 +139,28 @@ def _worker_main(settings: Settings, index: int, counts: SharedCounts, ready_fd:
     return 0
 
 
+def _claim_addresses(specs: tuple[str, ...]) -> list[socket.socket]:
+    """One abstract Unix socket per listen address, named after it: the workers share the address with
+    SO_REUSEPORT, which would let a second sipguard share it too, silently taking half the calls; the name
+    can be bound once per host (network namespace), so the second one fails here.  OSError says which."""
+    held: list[socket.socket] = []
+    for spec in specs:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(f"\0sipguard {spec}")
+        except OSError as err:
+            sock.close()
+            for other in held:
+                other.close()
+            raise OSError(err.errno, f"{spec} is served by another sipguard on this host already") from None
+        held.append(sock)
+    return held
+
+
 def run_workers(settings: Settings, count: int) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT.  Raises PolicyError before forking if the policy is bad."""
     policy = load(settings.policy_path)
+    claims = _claim_addresses(settings.listen or policy.service.listen)  # held until the supervisor exits
     counts = SharedCounts(count, rows=max(4096, 4 * len(policy.accounts)))
     watched = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
@@ -156,6 +176,8 @@ def run_workers(settings: Settings, count: int) -> int:
             try:
                 os.close(ready_r)
                 machine.socket.close()
+                for claim in claims:
+                    claim.close()
                 code = _worker_main(settings, index, counts, ready_w)
             finally:
                 os._exit(code)
@@ -223,4 +245,6 @@ def run_workers(settings: Settings, count: int) -> int:
             spawn(index)
     machine.shutdown()
     machine.server_close()
+    for claim in claims:
+        claim.close()
     return status

@@ -11,12 +11,14 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from helpers import request
 
-from .conftest import UAC_IP, Sipguard, Sipp, free_udp_port, office_users, until
+from .conftest import ROOT, UAC_IP, Sipguard, Sipp, free_tcp_port, free_udp_port, office_users, until
 from .phone import Phone
 
 pytestmark = pytest.mark.integration
@@ -173,3 +175,18 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path) -> None:
         blocker.close()
     assert proc.returncode == 1
     assert "worker 1 could not start" in proc.stderr and "Address already in use" in proc.stderr
+
+
+def test_a_second_sipguard_with_workers_on_the_same_address_fails_to_start(sipguard_factory, tmp_path) -> None:
+    """SO_REUSEPORT would let it share the port and silently take half the calls: it must refuse instead."""
+    sg = sipguard_factory(POLICY, workers=2, users=office_users(2))
+    second = tmp_path / "second.yaml"
+    other_admin = free_tcp_port()
+    second.write_text(sg.policy.read_text().replace(f'admin: "127.0.0.1:{sg.admin_port - 1}"',
+                                                     f'admin: "127.0.0.1:{other_admin}"'))
+    assert f"127.0.0.1:{other_admin}" in second.read_text()
+    proc = subprocess.run([sys.executable, "-m", "sipguard", "run", "--policy", str(second), "--workers", "2"],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert proc.returncode == 1
+    assert f"udp:127.0.0.1:{sg.sip_port} is served by another sipguard on this host already" in proc.stderr
+    assert sg.alive() and all(w.http("/healthz")[0] == 200 for w in _workers(sg))

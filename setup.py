@@ -46,7 +46,7 @@ def _extensions() -> list[object]:
 
         os.chdir(ROOT)
         return list(mypycify([str(p.relative_to(ROOT)) for p in _compiled.sources(PACKAGE)],
-                             group_name="sipguard.sip.native", opt_level="3"))
+                             group_name=_compiled.GROUP, opt_level="3"))
     except (Exception, SystemExit) as err:  # mypy missing, or the sources do not type-check (mypyc exits)
         _say(f"mypyc could not compile the core ({err}); installing it as pure Python")
         return []

@@ -27,9 +27,8 @@ _spec = importlib.util.spec_from_file_location("_compiled", ROOT / "sipguard" / 
 assert _spec is not None and _spec.loader is not None
 _compiled = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_compiled)
-STAMP, compiled_files, digest, sources = _compiled.STAMP, _compiled.compiled_files, _compiled.digest, _compiled.sources
-
-GROUP = "sipguard.sip.native"  # the shared library lands in a package: importable wherever it is installed
+STAMP, GROUP, compiled_files, digest, sources = (_compiled.STAMP, _compiled.GROUP, _compiled.compiled_files,
+                                                 _compiled.digest, _compiled.sources)
 
 
 def clean() -> None:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MODULES", "STAMP", "sources", "digest", "check_build", "is_compiled", "native_core"]
+__all__ = ["MODULES", "STAMP", "GROUP", "sources", "digest", "check_build", "is_compiled", "native_core"]
 
 ROOT = Path(__file__).resolve().parent  # the sipguard package
 # package (relative to the sipguard package) -> its compiled modules
@@ -32,6 +32,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "": ("outcomes",),
 }
 STAMP = "_native_stamp.txt"
+GROUP = "sipguard.sip.native"  # mypyc's shared library of the group: in a package, importable wherever installed
 
 
 def sources(root: Path = ROOT) -> list[Path]:

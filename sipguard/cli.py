@@ -70,18 +70,11 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
-        try:
-            policy = load(path)
-        except PolicyError as err:
-            for problem in err.problems:
-                print(problem)
+        policy = _load_for(path)
+        if policy is None:
             status = 1
-            continue
-        except OSError as err:
-            print(f"{path}: {err.strerror}")
-            status = 1
-            continue
-        print(f"{path}: OK ({len(policy.accounts)} accounts)")
+        else:
+            print(f"{path}: OK ({len(policy.accounts)} accounts)")
     return status
 
 

@@ -506,7 +506,8 @@ class Server:
     def _limit_hit(self, decision: Decision, account: str | None) -> None:
         """One log line when an account reaches its channel limit; its next refusals within a minute are only
         counted (and in the decision log)."""
-        now = time.monotonic()
+        assert self._loop is not None
+        now = self._loop.time()
         name = account or ""
         if now - self._limits_logged.get(name, -LIMIT_LOG_EVERY_S) < LIMIT_LOG_EVERY_S:
             return
@@ -600,13 +601,10 @@ class Server:
 
     def _accounts_json(self) -> bytes:
         """GET /accounts: per account its limit, the calls up (shared count: every worker and node), the calls
-        this process holds."""
-        held: dict[str, int] = {}
-        for dialog in self.core.dialogs():
-            if dialog.account is not None:
-                held[dialog.account] = held.get(dialog.account, 0) + 1
+        this process holds (as the metrics count them: sipguard_channels_in_use, sipguard_channels_active)."""
+        store = self.store
         rows = [{"account": name, "kind": view.account.kind, "limit": view.limit.limit,
-                 "active": self.store.active_now(name), "held_here": held.get(name, 0)}
+                 "active": store.active_now(name), "held_here": store.held_here(name)}
                 for name, view in self.engine.views.items()]
         return (json.dumps({"accounts": rows}, indent=1) + "\n").encode()
 

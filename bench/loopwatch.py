@@ -4,10 +4,13 @@
     python -m bench.loopwatch --report PREFIX                              (the summary)
 
 ``bench.run --loopwatch`` starts sipguard this way and prints the summary after the run.
-The watch wraps, from outside, the two ways work enters a worker's event loop -- the receiver
-of each UDP listener and the pump's loop timer -- and records for each callback its start
+The watch wraps, from outside, the ways work enters a worker's event loop -- the receiver
+of each UDP listener, the reader of the datagrams other workers hand over (``--workers``), and
+the pump's loop timer -- and records for each callback its start
 (the monotonic clock), its wall time, the thread's CPU time in it, and what it was (INVITE,
-ACK, BYE, another request, a response, the timer).  sipguard itself is not changed.  Each
+ACK, BYE, another request, a response, the hand-off reader, the timer).  A datagram read from the
+shared listen socket for another worker counts as read there (its kind); the owner's work on it is
+the hand-off reader's.  sipguard itself is not changed.  Each
 worker writes ``PREFIX.<pid>.json`` when it stops.
 
 The summary, per worker: CPU µs per callback by kind (p50 / p90 / p99), the share of the time
@@ -37,7 +40,8 @@ GAP_S = 30e-6  # callbacks closer than this belong to one busy period
 KINDS = {b"INV": "INVITE", b"ACK": "ACK", b"BYE": "BYE", b"SIP": "response"}
 TIMER = "timer"
 OTHER = "other request"
-_NAMES = [*KINDS.values(), OTHER, TIMER]
+HANDED = "handed"  # datagrams other workers handed over (one callback reads up to 64)
+_NAMES = [*KINDS.values(), OTHER, TIMER, HANDED]
 _CODE = {name: i for i, name in enumerate(_NAMES)}
 
 
@@ -119,6 +123,17 @@ def install(prefix: str) -> None:
         pump.call_at = watch_call_at(pump.call_at, recorder())
         return pump
 
+    read_inbox = server_mod.Server._read_inbox
+
+    def patched_read_inbox(self: server_mod.Server) -> None:
+        rec = recorder()
+        c0 = time.thread_time()
+        t0 = time.perf_counter()
+        try:
+            read_inbox(self)
+        finally:
+            rec.add(t0, time.perf_counter() - t0, time.thread_time() - c0, _CODE[HANDED])
+
     stop = server_mod.Server.stop
 
     async def patched_stop(self: server_mod.Server) -> None:
@@ -130,6 +145,7 @@ def install(prefix: str) -> None:
     udp.UdpListener.set_receiver = patched_set_receiver  # type: ignore[method-assign]
     server_mod.Server.make_pump = patched_make_pump  # type: ignore[method-assign]
     server_mod.Server.stop = patched_stop  # type: ignore[method-assign]
+    server_mod.Server._read_inbox = patched_read_inbox  # type: ignore[method-assign]
 
 
 def _pct(values: Sequence[float], q: float) -> float:

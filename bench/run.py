@@ -14,9 +14,11 @@ table and the ratios sipguard/Kamailio and sipguard/direct; ``--json FILE`` save
 
 ``sipguard-redis`` shares its channel counts through a redis-server of its own (``-redis-Nw``: each worker
 is a node of its own in Redis, so ``sipguard-redis-2w`` is two nodes sharing one Redis).
-``sipguard-Nw`` is sipguard with ``--workers N`` (one process per core, SO_REUSEPORT): the
-kernel spreads calls over the workers by source address and port, so it needs calls from
-several sockets: ``--sipp-transport un`` (one SIPp socket per call, for every target alike).
+``sipguard-Nw`` is sipguard with ``--workers N`` (one process per core; every worker reads the
+listen socket and hands each call to the worker its Call-ID hashes to), so calls from one socket
+(``--sipp-transport u1``, the default: a trunk) spread over the workers; ``un`` (one SIPp socket per
+call, for every target alike) is the socket-per-call shape beside it.  Past capacity:
+``python -m bench.overload``.
 
 ``--rounds N`` passes over the targets N times, alternating them, and prints per target and rate
 the median and range of the CPU per call and of the latency added (the capacity is then the rate
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--probe-rate", type=float, default=20.0, help="µs latency probe calls/s (0: off)")
     parser.add_argument("--sipp-transport", choices=("u1", "un"), default="u1",
-                        help="SIPp UDP sockets: u1 one for all calls, un one per call (needed by sipguard-Nw)")
+                        help="SIPp UDP sockets: u1 one for all calls (a trunk), un one per call")
     parser.add_argument("--rounds", type=int, default=1,
                         help="pass over the targets this many times, alternating them (noisy machines: read the medians)")
     parser.add_argument("--loopwatch", action="store_true",

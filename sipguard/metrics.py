@@ -157,14 +157,36 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("sipguard_state_nodes", "Nodes sharing the channel store, as last seen", value=nodes)
 
 
+class OverloadCollector(Collector):
+    """Overload control (docs/overload.md) and, with ``--workers``, the hand-off between workers."""
+
+    def __init__(self, read: Callable[[], tuple[int, bool, float, int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        shed, active, delay_s, handed, lost = self._read()
+        yield CounterMetricFamily("sipguard_overload_shed", "New INVITEs answered 503 because this process was "
+                                  "overloaded", value=shed)
+        yield GaugeMetricFamily("sipguard_overload_active", "1 while this process sheds new INVITEs (overloaded)",
+                                value=1 if active else 0)
+        yield GaugeMetricFamily("sipguard_overload_queue_delay_seconds", "How long the oldest datagram waiting in "
+                                "this process's receive queues had waited, at the last sample", value=delay_s)
+        yield CounterMetricFamily("sipguard_worker_handoffs", "Datagrams read from the shared listen socket and "
+                                  "handed to the worker that owns their call", value=handed)
+        yield CounterMetricFamily("sipguard_worker_handoffs_lost", "Hand-offs the owner's queue refused (the peer "
+                                  "retransmits)", value=lost)
+
+
 class Metrics:
     """The server's own metrics, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry, core: Callable[[], ProxyCore],
                  channels: Callable[[], Iterable[tuple[str, int, int, int]]] = tuple,
                  guards: Callable[[], tuple[list[tuple[str, int]], dict[str, int]]] = lambda: ([], {}),
-                 store: Callable[[], tuple[str, int, bool, int]] = lambda: ("memory", 0, True, 1)) -> None:
+                 store: Callable[[], tuple[str, int, bool, int]] = lambda: ("memory", 0, True, 1),
+                 overload: Callable[[], tuple[int, bool, float, int, int]] = lambda: (0, False, 0.0, 0, 0)) -> None:
         self.registry = registry
+        registry.register(OverloadCollector(overload))
         registry.register(CoreCollector(core))
         registry.register(ChannelsCollector(channels))
         registry.register(GuardCollector(guards))

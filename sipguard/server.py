@@ -45,18 +45,21 @@ from .policy.decision import Decision, Mode, Verdict
 from .sip.actions import Peer, Reject, Settle
 from .sip.message import ip_literal
 from .sip.proxy import Local, ProxyCore
-from .sip.pump import Pump, SendTo
+from .sip.pump import Dispatch, Pump, SendTo
+from .sip.shed import TICK_S as OVERLOAD_TICK_S, WINDOW_S as OVERLOAD_WINDOW_S, Shedder
 from .sip.timers import TimerConfig
 from .state import InMemoryStore
 from .state.redis_store import RedisStore
 from .state.shared import SharedCounts, SharedStore
 from .transport import Transport, UdpListener, parse_listen
+from .transport.udp import SO_TIMESTAMPNS, head_age
 
 __all__ = ["Server", "WorkerSlot", "timer_config", "tune_gc"]
 
 log = logging.getLogger("sipguard")
 
 LIMIT_LOG_EVERY_S = 60  # an account at its channel limit: one log line per this many seconds
+RECV_MAX = 65536 + 64  # a hand-off: the largest UDP datagram and the line naming its peer
 EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logged
 MACHINE_ID = Path("/etc/machine-id")
 GC_YOUNG_THRESHOLD = 5_000  # tracked objects allocated (net) between collections of the youngest generation
@@ -157,13 +160,18 @@ def tune_gc() -> None:
 
 
 class WorkerSlot:
-    """Which worker this process is, and the channel table the workers share (workers.py)."""
+    """Which worker this process is, the channel table the workers share, and the sockets the supervisor
+    bound for them (workers.py): the listen sockets by spec, this worker's inbox, every worker's outbox."""
 
-    __slots__ = ("index", "counts")
+    __slots__ = ("index", "counts", "listen", "inbox", "outboxes")
 
-    def __init__(self, index: int, counts: SharedCounts) -> None:
+    def __init__(self, index: int, counts: SharedCounts, listen: dict[str, socket.socket], inbox: socket.socket,
+                 outboxes: list[socket.socket]) -> None:
         self.index = index
         self.counts = counts
+        self.listen = listen
+        self.inbox = inbox
+        self.outboxes = outboxes
 
     def private_port(self, port: int) -> int:
         """The worker's own port beside a shared one (0 stays 0: any free port)."""
@@ -180,7 +188,7 @@ class Server:
         self.policy = load(settings.policy_path)  # PolicyError propagates: nothing started yet
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, lambda: self.core, self._channel_rows, self._state_rows,
-                               self._store_rows)
+                               self._store_rows, self._overload_row)
         self._decision_file: TextIO | None = None
         if decision_stream is None and settings.decision_log:
             self._decision_file = open(settings.decision_log, "a", encoding="utf-8")  # noqa: SIM115
@@ -195,6 +203,15 @@ class Server:
                                  self._settle_async if isinstance(self.store, RedisStore) else None)
         self._renewal: asyncio.Task[None] | None = None
         self.listeners: list[Transport] = []
+        self.shared_listeners: list[UdpListener] = []  # with --workers: the listen sockets every worker reads
+        self.dispatch: Dispatch | None = None
+        overload = self.policy.service.overload
+        self.shedder = Shedder()
+        self.shedder.configure(overload.queue_delay_ms / 1000, overload.retry_after_s)
+        # a test hook (docs/overload.md): while the file this names exists, every new non-emergency INVITE is shed
+        self._force_overload = os.environ.get("SIPGUARD_FORCE_OVERLOAD") or None
+        self._overload_timer: asyncio.TimerHandle | None = None
+        self._overload_due = 0.0
         self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
         self.pump: Pump = None  # type: ignore[assignment]  # set in start()
@@ -279,14 +296,13 @@ class Server:
                 if worker is None:
                     listener = UdpListener(host, port)
                 else:
-                    if port == 0:
-                        raise ValueError(f"{spec}: workers share a fixed port; port 0 is not allowed with --workers")
-                    # workers: new requests arrive on the shared address (SO_REUSEPORT spreads them by
-                    # source); Via and Record-Route name the worker's own port, so that responses and
-                    # in-dialog requests come back to the worker that holds the transaction and dialog
-                    shared = UdpListener(host, port, reuse_port=True)
+                    # workers: new requests arrive on the shared address, bound by the supervisor and read by
+                    # every worker, each datagram dispatched by its Call-ID (workers.py); Via and Record-Route
+                    # name the worker's own port, so that responses and in-dialog requests come back to the
+                    # worker that holds the transaction and dialog
+                    shared = UdpListener(host, port, sock=worker.listen[spec])
                     await shared.start()
-                    self.listeners.append(shared)
+                    self.shared_listeners.append(shared)
                     listener = UdpListener(host, worker.private_port(port))
                 await listener.start()
                 self.listeners.append(listener)
@@ -320,6 +336,17 @@ class Server:
         self.pump = self.make_pump({key: sending.sender() for key, sending in self._by_family.items()})
         for receiving in self.listeners:
             receiving.set_receiver(self.pump.datagram_received)
+        if worker is not None:
+            dispatch = Dispatch(self.pump, worker.index,
+                                [None if i == worker.index else box.send for i, box in enumerate(worker.outboxes)],
+                                self.engine.is_trusted)
+            self.dispatch = dispatch
+            for shared in self.shared_listeners:
+                shared.set_receiver(dispatch.datagram_received)
+            worker.inbox.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._loop.add_reader(worker.inbox.fileno(), self._read_inbox)
+        self._overload_due = self._loop.time() + OVERLOAD_TICK_S
+        self._overload_timer = self._loop.call_at(self._overload_due, self._overload_tick)
         admin = self.settings.admin or service.admin
         admin_host, _sep, admin_port = admin.rpartition(":")
         admin_port_no = int(admin_port) if worker is None else worker.private_port(int(admin_port))
@@ -348,6 +375,51 @@ class Server:
                  who, __version__, ", ".join(l.hostport for l in locals_), shared_note, admin_host, self.admin_port,
                  self.settings.policy_path, len(self.policy.accounts), "compiled" if native_core() else "pure Python",
                  service.state.store)
+
+    def _read_inbox(self) -> None:
+        """Datagrams another worker read from the shared socket and handed to this one (sip/pump.py)."""
+        assert self.worker is not None and self.dispatch is not None
+        recv, handed_over = self.worker.inbox.recv, self.dispatch.handed_over
+        for _ in range(64):  # then back to the loop: the other sockets get their turn
+            try:
+                message = recv(RECV_MAX)
+            except OSError:  # BlockingIOError: read them all
+                return
+            handed_over(message)
+
+    def _overload_tick(self) -> None:
+        """Every TICK_S: the age of the oldest datagram waiting for this process, and the loop's own lateness,
+        to the overload control (sip/shed.py); its start and end logged once each."""
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        delay = max(0.0, now - self._overload_due)  # the loop's lateness: busy elsewhere all that time
+        now_ns = time.time_ns()
+        for listener in (*self.listeners, *self.shared_listeners):
+            if isinstance(listener, UdpListener):
+                delay = max(delay, listener.head_age(now_ns))
+        if self.worker is not None:
+            delay = max(delay, head_age(self.worker.inbox, now_ns))
+        shedder = self.shedder
+        if self._force_overload is not None:
+            shedder.forced = os.path.exists(self._force_overload)
+        event = shedder.tick(now, delay)
+        if event == "start":
+            log.warning("overload: the oldest datagram waiting has waited %.0f ms (threshold %d ms, "
+                        "service.overload.queue_delay_ms): new INVITEs over %d per %.1f s are answered 503 with "
+                        "Retry-After, shared fairly among sources; emergency calls and every request of a call "
+                        "already up still pass", delay * 1000, self.policy.service.overload.queue_delay_ms,
+                        shedder.budget, OVERLOAD_WINDOW_S)
+        elif event == "end":
+            log.warning("overload ended after %.1f s: %d new INVITEs were answered 503", now - shedder.started,
+                        shedder.shed - shedder.shed_at_start)
+        self._overload_due = now + OVERLOAD_TICK_S
+        self._overload_timer = loop.call_at(self._overload_due, self._overload_tick)
+
+    def _overload_row(self) -> tuple[int, bool, float, int, int]:
+        dispatch = self.dispatch
+        return (self.shedder.shed, self.shedder.active, self.shedder.delay_s,
+                dispatch.handed if dispatch is not None else 0, dispatch.lost if dispatch is not None else 0)
 
     def _feed_watchdog(self, period: float) -> None:
         systemd.notify("WATCHDOG=1")
@@ -443,6 +515,11 @@ class Server:
         if self._renewal is not None:
             self._renewal.cancel()
             self._renewal = None
+        if self._overload_timer is not None:
+            self._overload_timer.cancel()
+            self._overload_timer = None
+        if self.worker is not None and self._loop is not None:
+            self._loop.remove_reader(self.worker.inbox.fileno())
         self._close_listeners()
         if isinstance(self.store, RedisStore):
             await self.store.close()
@@ -456,9 +533,10 @@ class Server:
         log.info("%s stopped", "sipguard" if self.worker is None else f"sipguard worker {self.worker.index}")
 
     def _close_listeners(self) -> None:
-        for listener in self.listeners:
+        for listener in (*self.listeners, *self.shared_listeners):
             listener.close()
         self.listeners.clear()
+        self.shared_listeners.clear()
         self._by_family.clear()
 
     # ------------------------------------------------------------------ hot path
@@ -466,7 +544,9 @@ class Server:
         """The compiled datagram path (sip/pump.py) over ``self.core``; ``senders`` by (transport, family)."""
         loop = self._loop
         assert loop is not None
-        pump = Pump(self.core, senders, self.outcomes.on_action, self._internal_error, loop.call_at, loop.time)
+        self.shedder.emergency = self.engine.emergency.datagram
+        pump = Pump(self.core, senders, self.outcomes.on_action, self._internal_error, loop.call_at, loop.time,
+                    shedder=self.shedder)
         self.outcomes.attach(self.core, pump, loop.time)
         return pump
 
@@ -565,6 +645,10 @@ class Server:
         draining = self.engine.draining
         self.engine = Engine(policy, self.engine.edge, self.engine.dialer, self._loop.time())
         self.engine.draining = draining
+        self.shedder.emergency = self.engine.emergency.datagram
+        if self.dispatch is not None:
+            self.dispatch.trusted = self.engine.is_trusted
+        self.shedder.configure(policy.service.overload.queue_delay_ms / 1000, policy.service.overload.retry_after_s)
         self.core.set_router(self.router())
         key, key_source = route_key(policy)
         if key_source != "random":  # a random key is kept: a new one would orphan the tokens of calls up now

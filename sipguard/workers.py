@@ -6,12 +6,15 @@ its calls' channels are free again), and giving up when a worker cannot start.
 Leaves to each worker (a ``Server`` with a ``WorkerSlot``): its sockets, its admin
 endpoint, its transactions and dialogs.
 
-How traffic reaches the right worker: every worker binds the shared listen address with
-SO_REUSEPORT, and the kernel hands each datagram to one of them by its source and
-destination (so a retransmission, a CANCEL or an ACK for a non-2xx reaches the worker
-that saw the INVITE); Via and Record-Route name the worker's own port (listen port + 1 +
-index), so responses and in-dialog requests come back to it.  A peer that sends every
-call from one socket (a PBX trunk, SIPp ``-t u1``) is served by one worker.
+How traffic reaches the right worker: the supervisor binds each listen address once, and every
+worker inherits that socket and reads it; a datagram whose Call-ID hashes to another worker is
+handed to it over a local socket (a Unix datagram pair per worker, also made before the fork),
+with the peer it came from (sip/pump.py ``Dispatch``).  So the calls of a peer that sends them all
+from one socket (a PBX trunk, a carrier, SIPp ``-t u1``) are spread over every worker, and an
+INVITE's retransmissions, its CANCEL and the ACK of a non-2xx reach the worker that holds it.  Via
+and Record-Route name the worker's own port (listen port + 1 + index), so responses and in-dialog
+requests come back to it directly.  A socket bound once (no SO_REUSEPORT) also means that a second
+sipguard cannot share the address: it fails to bind.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from . import systemd
 from .config import Settings
 from .policy import load
 from .state.shared import SharedCounts
+from .transport.udp import RCVBUF_BYTES, bind_udp, parse_listen
 
 __all__ = ["run_workers"]
 
@@ -109,7 +113,44 @@ class _MachineHandler(BaseHTTPRequestHandler):
         else:
             self._answer(404, b"not found\n", "text/plain")
 
-def _worker_main(settings: Settings, index: int, counts: SharedCounts, ready_fd: int) -> int:
+class Sockets:
+    """What the supervisor binds before forking and every worker inherits: the listen sockets (by listen
+    spec) and, per worker, a Unix datagram pair (``inboxes[i]`` read by worker i, ``outboxes[i]`` written by
+    the others to hand it a datagram)."""
+
+    def __init__(self, specs: tuple[str, ...], workers: int) -> None:
+        self.listen: dict[str, socket.socket] = {}
+        self.inboxes: list[socket.socket] = []
+        self.outboxes: list[socket.socket] = []
+        try:
+            for spec in specs:
+                transport, host, port = parse_listen(spec)
+                if transport != "udp":
+                    raise ValueError(f"{spec}: only udp listeners are implemented so far")
+                if port == 0:
+                    raise ValueError(f"{spec}: workers share a fixed port; port 0 is not allowed with --workers")
+                self.listen[spec] = bind_udp(host, port)
+            for _ in range(workers):
+                inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                for end in (inbox, outbox):
+                    end.setblocking(False)
+                    try:
+                        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+                        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF_BYTES)
+                    except OSError:
+                        pass
+                self.inboxes.append(inbox)
+                self.outboxes.append(outbox)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for sock in [*self.listen.values(), *self.inboxes, *self.outboxes]:
+            sock.close()
+
+
+def _worker_main(settings: Settings, index: int, counts: SharedCounts, sockets: Sockets, ready_fd: int) -> int:
     from .server import Server, WorkerSlot
 
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -125,7 +166,8 @@ def _worker_main(settings: Settings, index: int, counts: SharedCounts, ready_fd:
             pass
 
     async def main() -> None:
-        server = Server(settings, worker=WorkerSlot(index, counts))
+        server = Server(settings, worker=WorkerSlot(index, counts, sockets.listen, sockets.inboxes[index],
+                                                    sockets.outboxes))
         await server.start()
         os.write(ready_fd, b"1")  # the supervisor tells "could not start" from "died later" by this
         os.close(ready_fd)
@@ -140,9 +182,9 @@ def _worker_main(settings: Settings, index: int, counts: SharedCounts, ready_fd:
 
 
 def _claim_addresses(specs: tuple[str, ...]) -> list[socket.socket]:
-    """One abstract Unix socket per listen address, named after it: the workers share the address with
-    SO_REUSEPORT, which would let a second sipguard share it too, silently taking half the calls; the name
-    can be bound once per host (network namespace), so the second one fails here.  OSError says which."""
+    """One abstract Unix socket per listen address, named after it, held by the supervisor: the name can be
+    bound once per host (network namespace), so a second sipguard with ``--workers`` says plainly that the
+    address is served by another sipguard (binding the address itself would only say "in use")."""
     held: list[socket.socket] = []
     for spec in specs:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -160,7 +202,14 @@ def _claim_addresses(specs: tuple[str, ...]) -> list[socket.socket]:
 def run_workers(settings: Settings, count: int) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT.  Raises PolicyError before forking if the policy is bad."""
     policy = load(settings.policy_path)
-    claims = _claim_addresses(settings.listen or policy.service.listen)  # held until the supervisor exits
+    specs = settings.listen or policy.service.listen
+    claims = _claim_addresses(specs)  # held until the supervisor exits
+    try:
+        sockets = Sockets(specs, count)
+    except BaseException:
+        for claim in claims:
+            claim.close()
+        raise
     counts = SharedCounts(count, rows=max(4096, 4 * len(policy.accounts)))
     watched = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
@@ -178,7 +227,7 @@ def run_workers(settings: Settings, count: int) -> int:
                 machine.socket.close()
                 for claim in claims:
                     claim.close()
-                code = _worker_main(settings, index, counts, ready_w)
+                code = _worker_main(settings, index, counts, sockets, ready_w)
             finally:
                 os._exit(code)
         os.close(ready_w)
@@ -247,4 +296,5 @@ def run_workers(settings: Settings, count: int) -> int:
     machine.server_close()
     for claim in claims:
         claim.close()
+    sockets.close()
     return status

@@ -33,6 +33,7 @@ from .model import (
     Band,
     Device,
     InboundCallerId,
+    OverloadConfig,
     Network,
     NumberBlock,
     Policy,
@@ -467,6 +468,14 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             kw[key] = RejectCodes(**{k: int(c) for k, c in rk.items() if c is not None})
         elif key == "edge":
             kw[key] = _edge(ctx, v, path)
+        elif key == "overload":
+            om = ctx.mapping(v, path, tuple(f.name for f in fields(OverloadConfig))) or {}
+            ok: dict[str, Any] = {}
+            for okey, (_k2, v2) in om.items():
+                val = ctx.number(v2, f"{path}.{okey}", minimum=1, integer=True)
+                if val is not None:
+                    ok[okey] = val
+            kw[key] = OverloadConfig(**ok)
         elif key == "autodialer":
             kw[key] = _autodialer(ctx, v, path)
         elif key == "sip_timers":

@@ -89,6 +89,14 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OverloadConfig:
+    """Overload control (docs/overload.md): past this queueing delay, excess new INVITEs are answered 503."""
+
+    queue_delay_ms: int = 20  # the oldest waiting datagram has waited longer (two samples in a row): overloaded
+    retry_after_s: int = 2  # the Retry-After of the 503
+
+
+@dataclass(frozen=True, slots=True)
 class InboundCallerId:
     """The Belgian anti-spoofing rule (Royal Decree of 12 May 2024): calls that enter through an
     international upstream may not present a number of ``service.country``, except the registered
@@ -127,6 +135,7 @@ class Service:
     inbound_caller_id: InboundCallerId = InboundCallerId()
     route_secret: str | None = None  # signs the Record-Route token; default: derived from /etc/machine-id
     state: StateConfig = StateConfig()
+    overload: OverloadConfig = OverloadConfig()
     # not keys of their own: read from the upstreams' long form ({uri, international})
     international: frozenset[str] = frozenset()  # names of the upstreams through which calls enter from abroad
 

@@ -19,16 +19,23 @@ transport error the core hears of (``ProxyCore.send_failed``: 503 upstream, the 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from .actions import Action, Peer, Send
 from .proxy import ProxyCore
+from .raw import owner_of
+from .shed import Shedder
 from .timers import TICK_S
 
-__all__ = ["Pump", "SendTo", "TICK_S"]
+__all__ = ["Pump", "Dispatch", "SendTo", "TICK_S"]
 
 SendTo = Callable[[bytes, tuple[str, int]], Any]
+_I: Final = 73  # b"I"[0]: a datagram that may be an INVITE
+_A: Final = 65  # b"A"[0]: ... an ACK
+_INVITE: Final = b"INVITE "
+_ACK: Final = b"ACK "
 
 
 class Pump:
@@ -39,14 +46,16 @@ class Pump:
     on_error: called when the core raised (a bug: the server logs and counts it), with the peer
         whose datagram it was, or None in a timer;
     call_at: the loop's ``call_at(when, callback)``, returning a handle with ``cancel()``;
-    clock: the loop's ``time``.
+    clock: the loop's ``time``;
+    shedder: the overload control (sip/shed.py), which sees every INVITE and ACK before the core does.
     """
 
     def __init__(self, core: ProxyCore, sendto: dict[tuple[str, int], SendTo],
                  on_action: Callable[[Action], None], on_error: Callable[[Peer | None], None],
                  call_at: Callable[[float, Callable[[], None]], Any], clock: Callable[[], float],
-                 tick_s: float = TICK_S) -> None:
+                 tick_s: float = TICK_S, shedder: Shedder | None = None) -> None:
         self.core = core
+        self.shedder = shedder if shedder is not None else Shedder()
         self.sendto = sendto
         self.on_action = on_action
         self.on_error = on_error
@@ -61,6 +70,15 @@ class Pump:
         self.receive(data, Peer("udp", addr[0], addr[1]))
 
     def receive(self, data: bytes, peer: Peer) -> None:
+        if data:
+            first = data[0]
+            if first == _I and data.startswith(_INVITE):
+                shed = self.shedder.consider(data, peer.host, peer.port)
+                if shed is not None:  # answered 503 here, the core never sees it (sip/shed.py)
+                    self.send_raw(shed[0], Peer(peer.transport, peer.host, shed[1]))
+                    return
+            elif first == _A and data.startswith(_ACK) and self.shedder.absorbs(data):
+                return
         try:
             actions = self.core.receive(data, peer, self.clock())
             if actions:
@@ -69,6 +87,15 @@ class Pump:
                 self.rearm()  # an absorbed message may still set a timer (an ACK: Timer I)
         except Exception:  # the one guard: a bug must not stop the service
             self.on_error(peer)
+
+    def send_raw(self, data: bytes, dest: Peer) -> None:
+        """A datagram no transaction keeps: lost when it cannot be sent (the peer retransmits its request)."""
+        send = self.sendto.get((dest.transport, 6 if ":" in dest.host else 4))
+        if send is not None:
+            try:
+                send(data, (dest.host, dest.port))
+            except OSError:
+                self.core.stats.drops["send_buffer_full"] += 1
 
     def carry_out(self, actions: list[Action]) -> None:
         sendto = self.sendto
@@ -130,3 +157,60 @@ class Pump:
             self.handle.cancel()
             self.handle = None
         self.armed_at = -1.0
+
+
+class Dispatch:
+    """With ``--workers``: the receiver of the listen socket every worker reads (workers.py).
+
+    A datagram whose Call-ID hashes to this worker (``owner_of``) goes through its pump; any other is
+    handed to its owner over the owner's local socket, framed as ``HOST PORT\\n`` and the datagram, so
+    that the owner sees the peer it came from.  Every datagram of a transaction that comes to the
+    listen address (an INVITE, its retransmissions, its CANCEL and the ACK of a non-2xx) carries the
+    same Call-ID, so it reaches the worker that holds the transaction; responses and in-dialog requests
+    come to the owner's own port (its Via and Record-Route) and are not dispatched at all.
+
+    A source that belongs to no account and is no upstream is dispatched by its address instead: one
+    worker sees all its packets, so the edge's bucket and ban for it (policy/edge.py) are whole.
+
+    handoff: per worker index, the ``send`` of its local socket (None for this worker);
+    trusted: whether a source address is an account's or an upstream (the policy's; set again on reload).
+    """
+
+    def __init__(self, pump: Pump, index: int, handoff: list[Callable[[bytes], Any] | None],
+                 trusted: Callable[[str], bool]) -> None:
+        self.pump = pump
+        self.index = index
+        self.workers = len(handoff)
+        self.handoff = handoff
+        self.trusted = trusted
+        self.handed = 0  # datagrams handed to another worker
+        self.lost = 0  # ... that its local socket refused (its queue full: the peer retransmits)
+
+    # asyncio's DatagramProtocol.datagram_received, for the shared listen socket
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        host: str = addr[0]
+        if self.trusted(host):
+            owner = owner_of(data, self.workers)
+        else:
+            owner = zlib.crc32(host.encode()) % self.workers
+        if owner == self.index:
+            self.pump.receive(data, Peer("udp", host, addr[1]))
+            return
+        send = self.handoff[owner]
+        if send is None:
+            return
+        try:
+            send(b"%s %d\n" % (host.encode(), addr[1]) + data)
+            self.handed += 1
+        except OSError:
+            self.lost += 1
+
+    def handed_over(self, message: bytes) -> None:
+        """One message from another worker's ``datagram_received``: the datagram and the peer it came from."""
+        nl = message.find(b"\n")
+        if nl < 0:
+            return
+        host, _sep, port = message[:nl].partition(b" ")
+        if not port.isdigit():
+            return
+        self.pump.receive(message[nl + 1:], Peer("udp", host.decode("ascii", "replace"), int(port)))

@@ -8,15 +8,17 @@ the address; TCP/TLS listeners will offer the same.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from ..sip.pump import SendTo
 
-__all__ = ["UdpListener", "parse_listen"]
+__all__ = ["UdpListener", "parse_listen", "bind_udp"]
 
 RCVBUF_BYTES = 4 * 1024 * 1024
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux (asm-generic); the kernel stamps each datagram
 
 
 def parse_listen(spec: str) -> tuple[str, str, int]:
@@ -46,13 +48,59 @@ class _Protocol(asyncio.DatagramProtocol):
         self.listener.errors += 1
 
 
-class UdpListener:
-    """A bound UDP socket.  ``receiver(data, addr)`` is called for each datagram (``set_receiver``)."""
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to ``host:port``, non-blocking, with large buffers.  No SO_REUSEADDR nor
+    SO_REUSEPORT: on Linux either would let a second process bind the same address and take its datagrams,
+    so a second sipguard on an address in use fails here (EADDRINUSE) instead."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF_BYTES)
+        except OSError:
+            pass
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        where = f"[{host}]" if ":" in host else host
+        raise OSError(err.errno, f"udp:{where}:{port}: {err.strerror}"
+                      + (" (another process, a sipguard perhaps, serves it)" if err.errno == errno.EADDRINUSE else "")
+                      ) from None
+    return sock
 
-    def __init__(self, host: str, port: int, receiver: Receiver = _drop, *, reuse_port: bool = False) -> None:
+
+_TS_SPACE = socket.CMSG_SPACE(16)
+
+
+def head_age(sock: socket.socket, now_ns: int) -> float:
+    """How long the datagram at the head of ``sock``'s receive queue has waited (seconds; 0: the queue is
+    empty).  ``now_ns``: ``time.time_ns()``; the socket must have SO_TIMESTAMPNS set."""
+    try:
+        _data, ancdata, _flags, _addr = sock.recvmsg(1, _TS_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # BlockingIOError: nothing waits
+        return 0.0
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            sec = int.from_bytes(value[:8], "little")
+            nsec = int.from_bytes(value[8:16], "little")
+            return max(0.0, (now_ns - sec * 1_000_000_000 - nsec) / 1e9)
+    return 0.0
+
+
+class UdpListener:
+    """A bound UDP socket.  ``receiver(data, addr)`` is called for each datagram (``set_receiver``).
+
+    sock: a socket bound already (the shared listen socket the workers inherit from the supervisor);
+    default: bound by ``start``."""
+
+    def __init__(self, host: str, port: int, receiver: Receiver = _drop, *, sock: socket.socket | None = None) -> None:
         self.host = host
         self.port = port
-        self.reuse_port = reuse_port  # several worker processes on one address: the kernel spreads by 4-tuple
+        self.sock = sock
         self.receiver = receiver
         self.errors = 0
         self._transport: asyncio.DatagramTransport | None = None
@@ -76,24 +124,12 @@ class UdpListener:
         return 6 if ":" in self.host else 4
 
     async def start(self) -> None:
-        family = socket.AF_INET6 if self.family == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = self.sock if self.sock is not None else bind_udp(self.host, self.port)
+        self.sock = sock
         try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF_BYTES)
-            except OSError:
-                pass
-            sock.bind((self.host, self.port))
-            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # the queue's age (head_age)
         except OSError:
-            sock.close()
-            raise
+            pass
         if self.port == 0:
             self.port = sock.getsockname()[1]
         loop = asyncio.get_running_loop()
@@ -101,6 +137,11 @@ class UdpListener:
         self._transport = transport
         self._protocol = protocol
         self._sendto = sock.sendto
+
+    def head_age(self, now_ns: int) -> float:
+        """How long the oldest datagram waiting in the socket's receive queue has waited, in seconds (0: none
+        waits).  Read with MSG_PEEK from its kernel receive time (SO_TIMESTAMPNS): the overload signal."""
+        return head_age(self.sock, now_ns) if self.sock is not None else 0.0
 
     def close(self) -> None:
         if self._transport is not None:

@@ -132,7 +132,7 @@ def sipguard_factory(tmp_path: Path) -> Iterator:
     procs: list[Sipguard] = []
 
     def start(policy_text: str | None = None, *, uas_port: int | None = None, dialog_timeout_s: int = 60,
-              workers: int = 1, **fmt: object) -> Sipguard:
+              workers: int = 1, env: dict[str, str] | None = None, **fmt: object) -> Sipguard:
         sip_port = free_udp_port()
         admin_port = free_tcp_port()
         uas_port = uas_port or free_udp_port(UAS_IP)
@@ -141,15 +141,16 @@ def sipguard_factory(tmp_path: Path) -> Iterator:
                                                   dialog_timeout_s=dialog_timeout_s, **fmt)
         policy = tmp_path / f"policy-{sip_port}.yaml"
         policy.write_text(text)
-        return launch(policy, sip_port, admin_port, uas_port, workers)
+        return launch(policy, sip_port, admin_port, uas_port, workers, env)
 
-    def launch(policy: Path, sip_port: int, admin_port: int, uas_port: int, workers: int = 1) -> Sipguard:
+    def launch(policy: Path, sip_port: int, admin_port: int, uas_port: int, workers: int = 1,
+               env: dict[str, str] | None = None) -> Sipguard:
         decision_log = tmp_path / f"decisions-{sip_port}.jsonl"
         log = tmp_path / f"sipguard-{sip_port}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "sipguard", "run", "--policy", str(policy), "--decision-log", str(decision_log),
              "--workers", str(workers)],
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
         )
         # with workers, worker i serves admin on admin port + 1 + i: ``sg`` speaks to worker 0
         sg = Sipguard(proc, sip_port, admin_port if workers == 1 else admin_port + 1, policy, decision_log, log)

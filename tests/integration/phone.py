@@ -57,10 +57,11 @@ class Phone:
 
     # ------------------------------------------------------------------ calls
     def call(self, callee: str, caller: str = "+3228807241", *, request_uri: str | None = None,
-             extra: list[str] | None = None, display: str | None = None, timeout_s: float = 10.0) -> Call:
+             extra: list[str] | None = None, display: str | None = None, timeout_s: float = 10.0,
+             call_id: str | None = None) -> Call:
         """Place a call and wait (bounded) for its final response; a 2xx is ACKed and the call stays up."""
         n = next(_ids)
-        call = Call(f"phone-{n}-{time.monotonic_ns()}@{self.ip}", f"ft{n}", callee, caller,
+        call = Call(call_id or f"phone-{n}-{time.monotonic_ns()}@{self.ip}", f"ft{n}", callee, caller,
                     request_uri or f"sip:{callee}@{self.proxy[0]}:{self.proxy[1]}")
         branch = f"z9hG4bK-ph{n}-{time.monotonic_ns()}"
         shown = f"{display} " if display else ""

@@ -22,7 +22,7 @@ def test_load_benchmark_smoke_run(tmp_path: Path) -> None:
     require("kamailio")
     out = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--json", str(out), "--targets",
-                           "direct,sipguard,sipguard-2w,kamailio,kamailio-htable", "--sipp-transport", "un"], cwd=ROOT,
+                           "direct,sipguard,sipguard-2w,kamailio,kamailio-htable"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -36,7 +36,7 @@ def test_load_benchmark_smoke_run(tmp_path: Path) -> None:
     assert report["held"]["concurrent"] == 200 and report["held"]["kb_per_dialog"] > 0
     assert "ratio sipguard/kamailio" in proc.stdout and "ratio sipguard-2w/kamailio" in proc.stdout
     assert "ratio sipguard-2w/kamailio-htable" in proc.stdout
-    assert "SIPp transport un" in proc.stdout
+    assert "SIPp transport u1" in proc.stdout  # every call from one socket, as a trunk sends them
     assert "sipguard at 50/s adds INVITE->200 p50" in proc.stdout
 
 
@@ -80,7 +80,7 @@ def test_loopwatch_smoke_run(tmp_path: Path) -> None:
     require("sipp")
     out = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--json", str(out), "--targets", "sipguard-2w",
-                           "--sipp-transport", "un", "--loopwatch", "--probe-rate", "0"], cwd=ROOT,
+                           "--loopwatch", "--probe-rate", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     step = json.loads(out.read_text())["steps"][0]
@@ -93,11 +93,12 @@ def test_loopwatch_smoke_run(tmp_path: Path) -> None:
         assert "loop busy" in block and "busy periods" in block and "callbacks per ms" in block, block
         for line in block.splitlines():
             parts = line.split()
-            if len(parts) > 2 and parts[0] in ("INVITE", "ACK", "BYE", "response"):
+            if len(parts) > 2 and parts[0] in ("INVITE", "ACK", "BYE", "response", "handed"):
                 counts[parts[0]] = counts.get(parts[0], 0) + int(parts[1])
     # every datagram of the 100 calls, once: INVITE, ACK and BYE each 100 times, responses 180/200/200 at least
     assert counts["INVITE"] == counts["ACK"] == counts["BYE"] == 100, text
     assert counts["response"] >= 300, text
+    assert counts["handed"] > 0, text  # one socket: the INVITEs of the other worker's calls handed over
 
 
 @pytest.mark.parametrize("variant", ["kamailio", "kamailio-htable"])
@@ -147,3 +148,18 @@ def test_rounds_alternate_the_targets_and_report_medians(tmp_path: Path) -> None
     line = next(x for x in proc.stdout.splitlines() if x.startswith("sipguard-2w at 50/s over 2 of 2 rounds:"))
     assert "failed 0/0" in line and "CPU s/1k" in line and "adds p99" in line, line
     assert "adds INVITE->200" in proc.stdout and "(round 2)" in proc.stdout
+
+
+def test_overload_benchmark_smoke_run(tmp_path: Path) -> None:
+    """bench.overload --smoke: the offered load, the 112 calls beside it and the load after, from one socket."""
+    require("sipp")
+    out = tmp_path / "overload.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.overload", "--smoke", "--targets", "sipguard-2w", "--json",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [o] = json.loads(out.read_text())
+    # 100/s is far under capacity: 2 x 100 for 3 s all completed, nothing shed or failed, every 112 call through
+    assert (o["capacity"], o["offered"], o["calls"], o["completed"]) == (100, 200, 600, 600), o
+    assert o["shed"] == o["failed"] == o["after_failed"] == 0 and o["last_shed_after_drop_s"] is None, o
+    assert o["emergency_sent"] == 30 and o["emergency_failed"] == 0, o
+    assert o["cpu_cores"] > 0 and "sipguard-2w" in proc.stdout

@@ -102,7 +102,7 @@ def test_prometheus_scrapes_two_workers_evaluates_every_rule_and_panel_and_fires
             assert until(lambda: all(r.get("lastEvaluation", "").startswith("20") for g in prom.api("rules")["groups"]
                                      for r in g["rules"]), 20)
             rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
-            assert len(rules) == 15 and {r["health"] for r in rules} == {"ok"}, [r for r in rules if r["health"] != "ok"]
+            assert len(rules) == 16 and {r["health"] for r in rules} == {"ok"}, [r for r in rules if r["health"] != "ok"]
             # every dashboard panel's expression evaluates
             dashboard = json.loads((ROOT / "deploy" / "grafana" / "sipguard.json").read_text())
             exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]

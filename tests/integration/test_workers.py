@@ -1,20 +1,25 @@
 """Several worker processes on one address (``sipguard run --workers N``), with real SIPp calls.
 
-Calls spread over the workers by source (SO_REUSEPORT), each call's responses and in-dialog
-requests come back to the worker that admitted it (its own port in Via and Record-Route), and
-an account's channel limit holds across workers; a worker that dies gives its channels back.
+Calls from one socket (a trunk) spread over the workers by Call-ID (every worker reads the listen
+socket and hands a datagram to the worker its Call-ID hashes to), each call's responses and
+in-dialog requests come back to the worker that admitted it (its own port in Via and Record-Route),
+and an account's channel limit holds across workers; a worker that dies gives its channels back.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
+import zlib
 
 import pytest
+
 
 from helpers import request
 
@@ -45,16 +50,22 @@ def _workers(sg: Sipguard) -> list[Sipguard]:
     return sg.workers  # type: ignore[attr-defined,no-any-return]
 
 
-def test_calls_spread_over_two_workers_and_complete(sipguard_factory, sipp: Sipp) -> None:
+@pytest.mark.parametrize("transport", ["u1", "un"])
+def test_calls_spread_over_two_workers_and_complete(sipguard_factory, sipp: Sipp, transport: str) -> None:
+    """u1: every call from one SIPp socket, as a PBX trunk or a carrier sends them; un: a socket per call."""
     sg = sipguard_factory(POLICY, workers=2, users=office_users(400))
     uas = sipp.uas("basic/uas.xml", sg.uas_port, "-t", "un", "-max_socket", "1024")  # type: ignore[attr-defined]
-    # one SIPp socket per call: sources differ, so the kernel spreads the calls over the workers
-    run = sipp.uac("basic/uac.xml", sg.sip_port, "-t", "un", "-max_socket", "1024", "-s", CALLEE,
+    run = sipp.uac("basic/uac.xml", sg.sip_port, "-t", transport, "-max_socket", "1024", "-s", CALLEE,
                    "-m", "300", "-r", "100", "-d", "200")
     assert run.returncode == 0 and run.stat("Successful call") == 300, run.stdout[-2000:] + run.errors
     invites = [w.metric('sipguard_requests_total{method="INVITE"}') for w in _workers(sg)]
     byes = [w.metric('sipguard_requests_total{method="BYE"}') for w in _workers(sg)]
-    assert sum(invites) == 300 and min(invites) > 0, invites
+    started = [w.metric('sipguard_dialogs_started_total{direction="outbound"}') for w in _workers(sg)]
+    # both workers admitted calls (the Call-ID hash splits 300 calls about evenly: far from 0 either way)
+    assert sum(invites) == 300 and min(invites) > 60, invites
+    assert started == invites
+    handed = [w.metric("sipguard_worker_handoffs_total") for w in _workers(sg)]
+    assert sum(handed) > 0 and sum(w.metric("sipguard_worker_handoffs_lost_total") for w in _workers(sg)) == 0
     # every BYE went to the worker that admitted its call: as many BYEs as INVITEs on each
     assert byes == invites, (byes, invites)
     assert all(until(lambda w=w: w.metric("sipguard_dialogs") == 0) for w in _workers(sg))
@@ -62,29 +73,15 @@ def test_calls_spread_over_two_workers_and_complete(sipguard_factory, sipp: Sipp
     uas.kill()
 
 
-def _source_port_for(sg: Sipguard, worker: int, taken: set[int]) -> int:
-    """A UDP source port on the UAC's address whose packets the kernel gives to ``worker``.
+_serial = itertools.count()
 
-    Found by asking: an OPTIONS to sipguard itself from a candidate port, and which worker
-    counted it.  SO_REUSEPORT picks by a hash of the addresses and ports, so this is stable.
-    """
-    workers = _workers(sg)
-    for attempt in range(64):
-        port = free_udp_port(UAC_IP)
-        if port in taken:
-            continue
-        before = [w.metric('sipguard_requests_total{method="OPTIONS"}') for w in workers]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((UAC_IP, port))
-            s.settimeout(2)
-            s.sendto(request("OPTIONS", ruri=f"sip:127.0.0.1:{sg.sip_port}", call_id=f"probe-{attempt}",
-                             branch=f"z9hG4bK-probe-{attempt}", via_host=f"{UAC_IP}:{port}"),
-                     ("127.0.0.1", sg.sip_port))
-            s.recvfrom(65535)  # answered (200): counted by now
-        after = [w.metric('sipguard_requests_total{method="OPTIONS"}') for w in workers]
-        if after[worker] > before[worker]:
-            return port
-    raise AssertionError(f"no source port reaches worker {worker}")
+
+def _call_id_for(worker: int, workers: int = 2) -> str:
+    """A Call-ID whose calls the worker ``worker`` owns: the CRC-32 of the Call-ID, modulo the workers."""
+    while True:
+        call_id = f"w{worker}-{next(_serial)}-{time.monotonic_ns()}@{UAC_IP}"
+        if zlib.crc32(call_id.encode()) % workers == worker:
+            return call_id
 
 
 def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_back(
@@ -92,13 +89,11 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
     sg = sipguard_factory(POLICY, workers=2, users=office_users(2))  # two people: 4 channels
     w0, w1 = _workers(sg)
     uas = sipp.uas("basic/uas.xml", sg.uas_port)  # type: ignore[attr-defined]
-    port0 = _source_port_for(sg, 0, set())
-    port1 = _source_port_for(sg, 1, {port0})
     proxy = ("127.0.0.1", sg.sip_port)
-    phone0, phone1 = Phone(UAC_IP, proxy, port0), Phone(UAC_IP, proxy, port1)
+    trunk = Phone(UAC_IP, proxy)  # every call from one socket, as a trunk: the Call-ID decides the worker
     # two calls admitted by each worker, held until hung up: the account's four channels
-    held0 = [phone0.call(CALLEE) for _ in range(2)]
-    held1 = [phone1.call(CALLEE) for _ in range(2)]
+    held0 = [trunk.call(CALLEE, call_id=_call_id_for(0)) for _ in range(2)]
+    held1 = [trunk.call(CALLEE, call_id=_call_id_for(1)) for _ in range(2)]
     assert [c.status for c in held0 + held1] == [200] * 4
     assert until(lambda: w0.metric("sipguard_dialogs") == 2 and w1.metric("sipguard_dialogs") == 2)
     # each worker sees the account's four calls in use, and holds two of them (a sum over the workers is right)
@@ -107,17 +102,16 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
     assert w0.metric('sipguard_channels_active{account="limited"}') == 2
     assert w1.metric('sipguard_channels_active{account="limited"}') == 2
     # the next call is refused whichever worker it reaches: 486 with the Warning naming the limit
-    for port in (_source_port_for(sg, 0, {port0, port1}), _source_port_for(sg, 1, {port0, port1})):
-        run = sipp.uac("limit/uac_rejected.xml", sg.sip_port, "-s", CALLEE, "-m", "1", "-key", "caller",
-                       "+3228807241", "-key", "extra", "X-Test: over the limit", port=port)
-        assert run.returncode == 0, run.stdout[-2000:] + run.errors
+    for worker in (w0, w1):
+        before = worker.metric('sipguard_decisions_total{outcome="reject",rule="channel_limit"}')
+        refused = trunk.call(CALLEE, call_id=_call_id_for(_workers(sg).index(worker)))
+        assert refused.status == 486 and "channel limit" in refused.headers.get("warning", ""), refused.headers
+        assert worker.metric('sipguard_decisions_total{outcome="reject",rule="channel_limit"}') == before + 1
     # worker 1's calls end: worker 0 admits again
-    assert [phone1.hangup(c) for c in held1] == [200, 200]
-    phone1.close()
+    assert [trunk.hangup(c) for c in held1] == [200, 200]
     assert until(lambda: w0.metric('sipguard_channels_in_use{account="limited"}') == 2)
-    run = sipp.uac("basic/uac.xml", sg.sip_port, "-s", CALLEE, "-m", "1", "-d", "100",
-                   port=_source_port_for(sg, 0, {port0, port1}))
-    assert run.returncode == 0, run.stdout[-2000:] + run.errors
+    again = trunk.call(CALLEE, call_id=_call_id_for(0))
+    assert again.status == 200 and trunk.hangup(again) == 200
     # worker 0 dies with two calls held: the supervisor frees its channels and starts it again
     pid0 = int(re.search(r"sipguard worker 0 \(pid (\d+)\)", sg.log.read_text()).group(1))  # type: ignore[union-attr]
     os.kill(pid0, signal.SIGKILL)
@@ -125,7 +119,7 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
     assert until(lambda: w1.metric('sipguard_channels_in_use{account="limited"}') == 0)
     assert until(lambda: w0.http("/healthz")[0] == 200)
     assert sg.alive()
-    phone0.close()
+    trunk.close()
     uas.kill()
 
 
@@ -190,3 +184,31 @@ def test_a_second_sipguard_with_workers_on_the_same_address_fails_to_start(sipgu
     assert proc.returncode == 1
     assert f"udp:127.0.0.1:{sg.sip_port} is served by another sipguard on this host already" in proc.stderr
     assert sg.alive() and all(w.http("/healthz")[0] == 200 for w in _workers(sg))
+
+
+def test_an_unknown_sources_flood_meets_one_worker_and_leaks_at_most_its_burst(sipguard_factory) -> None:
+    """Calls of trusted sources are spread by Call-ID; a source of no account is dispatched by its address, so
+    one worker's bucket sees its whole flood: banned after the burst (20), as with one process."""
+    sg = sipguard_factory(POLICY, workers=2, users=office_users(2))
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind(("127.0.0.8", 0))
+    flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    via = f"127.0.0.8:{flood.getsockname()[1]}"
+    for i in range(2000):  # every INVITE a new Call-ID: spread by Call-ID, they would meet two buckets
+        flood.sendto(request(call_id=f"flood-{i}", branch=f"z9hG4bK-fl{i}", via_host=via), ("127.0.0.1", sg.sip_port))
+        if i % 200 == 199:
+            time.sleep(0.01)
+    answered: set[bytes] = set()  # the Call-IDs answered 403 (each answer retransmitted until ACKed: once each)
+    flood.settimeout(1.0)
+    while True:
+        try:
+            data, _ = flood.recvfrom(65535)
+        except socket.timeout:
+            break
+        if data.startswith(b"SIP/2.0 403 "):
+            answered.add(data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0])
+    flood.close()
+    assert 0 < len(answered) <= 20, len(answered)
+    floods = [w.metric('sipguard_drops_total{reason="flood"}') for w in _workers(sg)]
+    banned = [w.metric('sipguard_drops_total{reason="banned"}') for w in _workers(sg)]
+    assert sorted(floods) == [0, 1] and banned[floods.index(0)] == 0 and sum(banned) >= 1900, (floods, banned)

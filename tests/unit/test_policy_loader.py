@@ -30,6 +30,7 @@ def test_example_policy_loads_with_every_key() -> None:
     assert service.reject.inbound_spoofing == 403 and service.route_secret is None
     assert (service.edge.trusted_requests_per_s, service.edge.packets_per_s, service.edge.burst) == (300, 20, 20)
     assert service.state.store == "memory" and service.state.lease_s == 30 and service.state.renew_s == 10
+    assert (service.overload.queue_delay_ms, service.overload.retry_after_s) == (20, 2)
 
 
 def _problems(text: str) -> list[tuple[int, str, str]]:
@@ -77,10 +78,13 @@ def test_service_errors() -> None:
     - {up_to: 2, per_user: 1}
   reject: {channel_limit: 200}
   dialog_timeout_s: -1
+  overload: {queue_delay_ms: 0, retry_after: 2}
 """)
     keys = {key for _l, key, _m in problems}
     assert {"service.listen[0]", "service.upstreams.pbx", "service.channel_bands[1].up_to",
-            "service.reject.channel_limit", "service.dialog_timeout_s"} <= keys
+            "service.reject.channel_limit", "service.dialog_timeout_s", "service.overload.queue_delay_ms",
+            "service.overload.retry_after"} <= keys
+    assert any("did you mean 'retry_after_s'" in m for _l, key, m in problems if key == "service.overload.retry_after")
 
 
 def test_yaml_syntax_error_names_the_line() -> None:

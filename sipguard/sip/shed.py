@@ -1,0 +1,178 @@
+"""Overload control: past capacity, excess new INVITEs are answered 503 at the cheapest point, fairly.
+
+What is measured, the thresholds and what an operator sees: docs/overload.md.  In short: the server
+samples every ``TICK_S`` how long the oldest datagram has waited in this process's receive queues
+(and the loop's own lateness) and calls ``tick``.  Over ``queue_delay_s`` twice in a row, the process
+is *overloaded*: each ``WINDOW_S`` it lets through a budget of new INVITEs, which shrinks while the
+queue stays long and grows again once it is short (AIMD), shared max-min fairly among the sources
+that sent INVITEs in the previous window, so one noisy trunk does not get every other source refused.
+The rest are answered here, before the parser, statelessly: ``503`` with ``Retry-After`` and a To tag
+that marks them (``TAG_PREFIX``), so their ACKs are absorbed here too.  Never shed: anything but an
+initial INVITE (responses, ACK, BYE, CANCEL, re-INVITEs and every in-dialog request), an INVITE to an
+emergency service, and the retransmission of an INVITE that was let through (its Call-ID is known for
+two ``KNOWN_S`` generations).  The state ends once nothing was shed for ``CALM_S`` and the queue is short.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Final
+
+from .raw import call_id_of, read_head, reply_port, stateless_reply
+
+__all__ = ["Shedder", "TICK_S", "WINDOW_S", "fair_share", "TAG_PREFIX"]
+
+TICK_S: Final = 0.02  # how often the server samples the queues
+WINDOW_S: Final = 0.1  # how often the budget and the fair share are set again
+KNOWN_S: Final = 4.0  # Call-IDs let through are remembered for one to two of these (INVITE retransmissions)
+CALM_S: Final = 2.0  # nothing shed for this long, queue short: the overload has ended
+TAG_PREFIX: Final = b"sgov-"  # the To tag of a shed INVITE's 503 (and so of its ACK)
+_DECREASE: Final = 0.8  # the budget while the queue stays over the threshold, per window
+_INCREASE: Final = 1.0 / 16  # ... and its growth per window while the queue is under half of it
+_ON_ENTRY: Final = 0.5  # the first budget, of what went through in the window before
+_ENTER_TICKS: Final = 2  # consecutive samples over the threshold that start the overload
+
+
+def _never(data: bytes) -> bool:
+    return False
+
+
+def fair_share(budget: int, demands: list[int]) -> int:
+    """Max-min fair: the largest per-source allowance ``s`` with ``sum(min(d, s)) <= budget`` (at least 1)."""
+    if not demands:
+        return max(budget, 1)
+    remaining = budget
+    ordered = sorted(demands)
+    n = len(ordered)
+    for i in range(n):
+        d = ordered[i]
+        if d * (n - i) <= remaining:
+            remaining -= d
+        else:
+            return max(remaining // (n - i), 1)
+    return max(ordered[n - 1] + remaining, 1)
+
+
+class Shedder:
+    """One process's overload state and the shedding of new INVITEs it decides.
+
+    ``consider(data, host, port)`` is called with every datagram that starts ``INVITE `` and returns the
+    503 to send, or None to pass the INVITE on; ``absorbs(data)`` says whether an ACK is for such a 503.
+    ``tick(now, delay_s)`` runs the control loop and returns ``"start"``, ``"end"`` or ``""``.
+    """
+
+    def __init__(self, queue_delay_s: float = 0.02, retry_after_s: int = 2) -> None:
+        self.queue_delay_s = queue_delay_s
+        self.extra = b""
+        self.configure(queue_delay_s, retry_after_s)
+        self.emergency: Callable[[bytes], bool] = _never  # the policy's test, by request line (set by the server)
+        self.forced = False  # a test hook: overloaded with a budget of 0 whatever the queues say
+        self.active = False
+        self.budget = 1  # new INVITEs let through per window while active
+        self.share = 1  # per source, this window
+        self.passed: dict[str, int] = {}  # per source, let through this window
+        self.demand: dict[str, int] = {}  # per source, new INVITEs this window
+        self.window_passed = 0  # let through this window, every source
+        self.last_window_passed = 0
+        self.shed = 0  # answered 503 here, since start
+        self.shed_in_window = 0
+        self.last_shed = -1.0e9
+        self.absorbed = 0  # ACKs of those 503s
+        self.delay_s = 0.0  # the last sample
+        self.over_ticks = 0
+        self.started = 0.0  # when the current (or last) overload started
+        self.shed_at_start = 0
+        self._window_end = 0.0
+        self._known_end = 0.0
+        self._known: set[bytes] = set()
+        self._known_old: set[bytes] = set()
+
+    def configure(self, queue_delay_s: float, retry_after_s: int) -> None:
+        """The threshold and the 503's Retry-After (service.overload; at start and on reload)."""
+        self.queue_delay_s = queue_delay_s
+        self.extra = b"Retry-After: %d\r\nWarning: 399 sipguard \"overloaded: retry later\"\r\n" % retry_after_s
+
+    # ------------------------------------------------------------------ per datagram
+    def consider(self, data: bytes, host: str, port: int) -> tuple[bytes, int] | None:
+        """For an INVITE: None to pass it on, or the 503 to send and the port to send it to (on ``host``)."""
+        if not self.active and not self.forced:
+            call_id = call_id_of(data)
+            if call_id is not None:
+                self._known.add(call_id)
+            self.window_passed += 1
+            return None
+        head = read_head(data)
+        if head is None or head.to_tag:  # malformed (the parser answers it) or in a dialog: never shed here
+            return None
+        call_id = head.call_id
+        if call_id in self._known or call_id in self._known_old:  # a retransmission of one let through
+            return None
+        self.demand[host] = self.demand.get(host, 0) + 1
+        passed = self.passed.get(host, 0)
+        if (passed < self.share and not self.forced) or self.emergency(data):
+            self.passed[host] = passed + 1
+            self.window_passed += 1
+            self._known.add(call_id)
+            return None
+        self.shed += 1
+        self.shed_in_window += 1
+        tag = TAG_PREFIX + b"%08x" % zlib.crc32(call_id)
+        return stateless_reply(head, 503, b"Service Unavailable", tag, self.extra), reply_port(head.top_via, port)
+
+    def absorbs(self, data: bytes) -> bool:
+        """Whether an ACK is for a 503 of ours (its To tag has our prefix): then it ends here."""
+        if self.shed == 0:
+            return False
+        if data.find(b"tag=" + TAG_PREFIX) < 0:
+            return False
+        self.absorbed += 1
+        return True
+
+    # ------------------------------------------------------------------ the control loop
+    def tick(self, now: float, delay_s: float) -> str:
+        """One sample: ``delay_s`` is how long the oldest waiting datagram has waited (or the loop's lateness)."""
+        self.delay_s = delay_s
+        if self.shed_in_window:
+            self.last_shed = now
+        event = ""
+        if now >= self._known_end:
+            self._known_old = self._known
+            self._known = set()
+            self._known_end = now + KNOWN_S
+        over = delay_s > self.queue_delay_s
+        self.over_ticks = self.over_ticks + 1 if over else 0
+        if not self.active:
+            if self.over_ticks >= _ENTER_TICKS or self.forced:
+                self.active = True
+                self.started = now
+                self.shed_at_start = self.shed
+                # start from half of what went through lately (what came in, all let through, and more than
+                # could be served): the queue the overload built drains; the budget grows back from there
+                self.budget = max(int(max(self.window_passed, self.last_window_passed) * _ON_ENTRY), 1)
+                self.share = self.budget
+                self._new_window(now)
+                event = "start"
+            elif now + TICK_S / 2 >= self._window_end:
+                self._new_window(now)
+            return event
+        if now + TICK_S / 2 < self._window_end:  # the window ends at the sample nearest its end
+            return event
+        if over:
+            self.budget = max(int(self.budget * _DECREASE), 1)
+        elif delay_s < self.queue_delay_s / 2:
+            self.budget += max(int(self.budget * _INCREASE), 1)
+        self.share = fair_share(self.budget, list(self.demand.values()))
+        if not self.forced and not over and now - self.last_shed >= CALM_S:
+            self.active = False
+            event = "end"
+        self._new_window(now)
+        return event
+
+    def _new_window(self, now: float) -> None:
+        self.last_window_passed = self.window_passed
+        self.window_passed = 0
+        self.shed_in_window = 0
+        self.passed = {}
+        self.demand = {}
+        self._window_end = now + WINDOW_S

@@ -1,12 +1,16 @@
 """Micro-benchmark of whole calls through the server, without sockets.
 
-    python -m bench.call [--calls 5000] [--repeat 5] [--profile] [--by-message]
+    python -m bench.call [--calls 5000] [--repeat 5] [--profile] [--by-message] [--handoff]
 
 Replays complete calls (INVITE / 100 / 180 / 200 / ACK / BYE / 200, as the load benchmark's
 SIPp scenarios send them) through the server's datagram path (``Server.pump``) on the benchmark policy: parse,
 attribution, every policy rule, the channel claim, transactions, dialogs, timers, metrics
 and the bytes sent, everything but the system calls.  Prints µs per call inside the server (median and
 spread of the repeats).  ``--profile`` prints a cProfile table of one repeat instead.
+``--handoff``: each INVITE enters as with ``--workers 2`` on one socket: through the shared socket's
+``Dispatch`` of worker 1, which hands the half of the calls whose Call-ID worker 0 owns over a real Unix
+datagram pair (send, receive, the peer line read back) -- the system calls included here -- so that
+the difference from a run without it is what the hand-off costs per call.
 Not a test: nothing is asserted beyond the calls completing.
 """
 
@@ -16,6 +20,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import socket
 import statistics
 import tempfile
 import time
@@ -27,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from sipguard.config import Settings
 from sipguard.server import Server, timer_config, tune_gc
 from sipguard.sip import Local, Peer, ProxyCore
+from sipguard.sip.pump import Dispatch
 
 from .micro import SDP
 from .policy import UAC_IP, benchmark_policy
@@ -146,7 +152,7 @@ def _invite(n: int) -> bytes:
 
 
 class Harness:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, handoff: bool = False) -> None:
         policy = workdir / "policy.yaml"
         policy.write_text(benchmark_policy(PROXY[1], 9090, UAS_PORT))
         self.server = Server(Settings(str(policy), decision_log=str(workdir / "decisions.jsonl")),
@@ -162,6 +168,22 @@ class Harness:
         self.by_kind: dict[str, float] = {}
         self.uac = Peer("udp", UAC_IP, 5062)
         self.uas = Peer("udp", UAS_IP, UAS_PORT)
+        self.reader: Dispatch | None = None
+        if handoff:  # this process is worker 0 and worker 1 at once: worker 1 reads, hands worker 0's calls over
+            self.inbox, self.outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            pump = self.server.pump
+            self.reader = Dispatch(pump, 1, [self.outbox.send, None], lambda host: True)
+            self.owner = Dispatch(pump, 0, [None, self.outbox.send], lambda host: True)
+
+    def feed_shared(self, data: bytes, source: Peer) -> None:
+        """A datagram read from the shared listen socket (--handoff): dispatched, maybe handed over."""
+        assert self.reader is not None
+        t0 = time.perf_counter()
+        self.reader.datagram_received(data, (source.host, source.port))
+        if self.reader.handed:
+            self.reader.handed = 0
+            self.owner.handed_over(self.inbox.recv(70000))
+        self.spent += time.perf_counter() - t0
 
     def _take(self) -> list[bytes]:
         sent = [d for d, _h, _p in self.wire.sent]
@@ -181,7 +203,10 @@ class Harness:
 
     def call(self, n: int) -> None:
         s, clock = self, self.clock
-        s.feed(_invite(n), self.uac)
+        if self.reader is not None:
+            s.feed_shared(_invite(n), self.uac)
+        else:
+            s.feed(_invite(n), self.uac)
         sent = self._take()
         fwd = next(d for d in sent if d.startswith(b"INVITE"))
         tag = f"uas{n}"
@@ -201,11 +226,12 @@ class Harness:
         clock.advance(0.0075)  # 10 ms per call: transactions expire (64*T1) within a run
 
 
-def measure(calls: int, repeat: int, profile: bool = False, by_message: bool = False) -> list[float]:
+def measure(calls: int, repeat: int, profile: bool = False, by_message: bool = False,
+            handoff: bool = False) -> list[float]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeat):
-            h = Harness(Path(tmp))
+            h = Harness(Path(tmp), handoff)
             base = r * calls
             for n in range(200):  # warm the memos and caches as a running server has them
                 h.call(base + n)
@@ -239,10 +265,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--by-message", action="store_true", help="where the time goes, by message (last repeat)")
+    parser.add_argument("--handoff", action="store_true", help="INVITEs through the workers' dispatch (see above)")
     args = parser.parse_args()
-    results = measure(args.calls, args.repeat, args.profile, args.by_message)
+    results = measure(args.calls, args.repeat, args.profile, args.by_message, args.handoff)
     if results:
-        print(f"whole call through the server, µs per call inside the server ({args.calls} calls x {args.repeat} repeats)")
+        print(f"whole call through the server{', INVITEs dispatched as by 2 workers' if args.handoff else ''}, "
+              f"µs per call inside the server ({args.calls} calls x {args.repeat} repeats)")
         print(f"median {statistics.median(results):.1f}  min {min(results):.1f}  max {max(results):.1f}")
 
 

@@ -92,7 +92,7 @@ class StateConfig:
 class OverloadConfig:
     """Overload control (docs/overload.md): past this queueing delay, excess new INVITEs are answered 503."""
 
-    queue_delay_ms: int = 20  # the oldest waiting datagram has waited longer (two samples in a row): overloaded
+    queue_delay_ms: int = 40  # the oldest waiting datagram has waited longer (3 samples in a row): overloaded
     retry_after_s: int = 2  # the Retry-After of the 503
 
 

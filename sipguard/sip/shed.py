@@ -2,9 +2,10 @@
 
 What is measured, the thresholds and what an operator sees: docs/overload.md.  In short: the server
 samples every ``TICK_S`` how long the oldest datagram has waited in this process's receive queues
-(and the loop's own lateness) and calls ``tick``.  Over ``queue_delay_s`` twice in a row, the process
-is *overloaded*: each ``WINDOW_S`` it lets through a budget of new INVITEs, which shrinks while the
-queue stays long and grows again once it is short (AIMD), shared max-min fairly among the sources
+(and the loop's own lateness) and calls ``tick``.  Over ``queue_delay_s`` in ``_ENTER_TICKS`` samples in a
+row, the process is *overloaded*: each ``WINDOW_S`` it lets through a budget of new INVITEs, which
+shrinks while the window's mean queue delay is over the target (half the threshold) and grows while it
+is under half the target (AIMD), so the queue stays short; the budget is shared max-min fairly among the sources
 that sent INVITEs in the previous window, so one noisy trunk does not get every other source refused.
 The rest are answered here, before the parser, statelessly: ``503`` with ``Retry-After`` and a To tag
 that marks them (``TAG_PREFIX``), so their ACKs are absorbed here too.  Never shed: anything but an
@@ -28,10 +29,11 @@ WINDOW_S: Final = 0.1  # how often the budget and the fair share are set again
 KNOWN_S: Final = 4.0  # Call-IDs let through are remembered for one to two of these (INVITE retransmissions)
 CALM_S: Final = 2.0  # nothing shed for this long, queue short: the overload has ended
 TAG_PREFIX: Final = b"sgov-"  # the To tag of a shed INVITE's 503 (and so of its ACK)
-_DECREASE: Final = 0.8  # the budget while the queue stays over the threshold, per window
-_INCREASE: Final = 1.0 / 16  # ... and its growth per window while the queue is under half of it
-_ON_ENTRY: Final = 0.5  # the first budget, of what went through in the window before
-_ENTER_TICKS: Final = 2  # consecutive samples over the threshold that start the overload
+_DECREASE: Final = 0.8  # the budget after a window whose mean queue delay was over the target, per window
+_INCREASE: Final = 1.0 / 16  # ... and its growth after a window under half the target
+_ON_ENTRY: Final = 0.75  # the first budget, of what went through in the window before
+_ENTER_TICKS: Final = 3  # consecutive samples over the threshold that start the overload (60 ms)
+_TARGET: Final = 0.5  # the queue delay the budget aims under while overloaded, of the threshold
 
 
 def _never(data: bytes) -> bool:
@@ -62,7 +64,7 @@ class Shedder:
     ``tick(now, delay_s)`` runs the control loop and returns ``"start"``, ``"end"`` or ``""``.
     """
 
-    def __init__(self, queue_delay_s: float = 0.02, retry_after_s: int = 2) -> None:
+    def __init__(self, queue_delay_s: float = 0.04, retry_after_s: int = 2) -> None:
         self.queue_delay_s = queue_delay_s
         self.extra = b""
         self.configure(queue_delay_s, retry_after_s)
@@ -80,6 +82,8 @@ class Shedder:
         self.last_shed = -1.0e9
         self.absorbed = 0  # ACKs of those 503s
         self.delay_s = 0.0  # the last sample
+        self.delay_sum = 0.0  # of this window's samples
+        self.samples = 0
         self.over_ticks = 0
         self.started = 0.0  # when the current (or last) overload started
         self.shed_at_start = 0
@@ -133,6 +137,8 @@ class Shedder:
     def tick(self, now: float, delay_s: float) -> str:
         """One sample: ``delay_s`` is how long the oldest waiting datagram has waited (or the loop's lateness)."""
         self.delay_s = delay_s
+        self.delay_sum += delay_s
+        self.samples += 1
         if self.shed_in_window:
             self.last_shed = now
         event = ""
@@ -140,15 +146,14 @@ class Shedder:
             self._known_old = self._known
             self._known = set()
             self._known_end = now + KNOWN_S
-        over = delay_s > self.queue_delay_s
-        self.over_ticks = self.over_ticks + 1 if over else 0
+        self.over_ticks = self.over_ticks + 1 if delay_s > self.queue_delay_s else 0
         if not self.active:
             if self.over_ticks >= _ENTER_TICKS or self.forced:
                 self.active = True
                 self.started = now
                 self.shed_at_start = self.shed
-                # start from half of what went through lately (what came in, all let through, and more than
-                # could be served): the queue the overload built drains; the budget grows back from there
+                # start under what went through lately (what came in, all let through, and more than could be
+                # served): the queue the overload built drains; the budget grows back from there
                 self.budget = max(int(max(self.window_passed, self.last_window_passed) * _ON_ENTRY), 1)
                 self.share = self.budget
                 self._new_window(now)
@@ -158,12 +163,14 @@ class Shedder:
             return event
         if now + TICK_S / 2 < self._window_end:  # the window ends at the sample nearest its end
             return event
-        if over:
+        mean = self.delay_sum / max(self.samples, 1)
+        target = self.queue_delay_s * _TARGET
+        if mean > target:
             self.budget = max(int(self.budget * _DECREASE), 1)
-        elif delay_s < self.queue_delay_s / 2:
+        elif mean < target / 2:
             self.budget += max(int(self.budget * _INCREASE), 1)
         self.share = fair_share(self.budget, list(self.demand.values()))
-        if not self.forced and not over and now - self.last_shed >= CALM_S:
+        if not self.forced and mean < target and now - self.last_shed >= CALM_S:
             self.active = False
             event = "end"
         self._new_window(now)
@@ -175,4 +182,6 @@ class Shedder:
         self.shed_in_window = 0
         self.passed = {}
         self.demand = {}
+        self.delay_sum = 0.0
+        self.samples = 0
         self._window_end = now + WINDOW_S

@@ -48,11 +48,14 @@ def test_micro_benchmark_smoke_run() -> None:
     assert {"parse", "decide", "serialize", "core.receive"} <= rows, proc.stdout
 
 
-def test_whole_call_benchmark_smoke_run() -> None:
-    proc = subprocess.run([sys.executable, "-m", "bench.call", "--calls", "400", "--repeat", "2"], cwd=ROOT,
+@pytest.mark.parametrize("handoff", [[], ["--handoff"]])
+def test_whole_call_benchmark_smoke_run(handoff: list[str]) -> None:
+    """Without and with the workers' hand-off of INVITEs (the calls complete either way: else it raises)."""
+    proc = subprocess.run([sys.executable, "-m", "bench.call", "--calls", "400", "--repeat", "2", *handoff], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "µs per call inside the server" in proc.stdout
+    assert ("dispatched as by 2 workers" in proc.stdout) == bool(handoff)
     median = float(proc.stdout.split("median")[1].split()[0])
     assert median > 0, proc.stdout
 

@@ -30,7 +30,7 @@ def test_example_policy_loads_with_every_key() -> None:
     assert service.reject.inbound_spoofing == 403 and service.route_secret is None
     assert (service.edge.trusted_requests_per_s, service.edge.packets_per_s, service.edge.burst) == (300, 20, 20)
     assert service.state.store == "memory" and service.state.lease_s == 30 and service.state.renew_s == 10
-    assert (service.overload.queue_delay_ms, service.overload.retry_after_s) == (20, 2)
+    assert (service.overload.queue_delay_ms, service.overload.retry_after_s) == (40, 2)
 
 
 def _problems(text: str) -> list[tuple[int, str, str]]:

@@ -17,6 +17,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import mmap
 import os
 import secrets
 import signal
@@ -163,15 +164,21 @@ class WorkerSlot:
     """Which worker this process is, the channel table the workers share, and the sockets the supervisor
     bound for them (workers.py): the listen sockets by spec, this worker's inbox, every worker's outbox."""
 
-    __slots__ = ("index", "counts", "listen", "inbox", "outboxes")
+    __slots__ = ("index", "counts", "listen", "inbox", "outboxes", "drained")
 
     def __init__(self, index: int, counts: SharedCounts, listen: dict[str, socket.socket], inbox: socket.socket,
-                 outboxes: list[socket.socket]) -> None:
+                 outboxes: list[socket.socket], drained: mmap.mmap) -> None:
         self.index = index
         self.counts = counts
         self.listen = listen
         self.inbox = inbox
         self.outboxes = outboxes
+        self.drained = drained  # a byte per worker: 1 once it has no call left (workers.py)
+
+    def all_drained(self, calls_here: int) -> bool:
+        """Say whether this worker has calls left; whether no worker has."""
+        self.drained[self.index] = 0 if calls_here else 1
+        return self.drained[:].count(0) == 0
 
     def private_port(self, port: int) -> int:
         """The worker's own port beside a shared one (0 stays 0: any free port)."""
@@ -487,7 +494,11 @@ class Server:
         deadline = self._loop.time() + service.drain_timeout_s
         log.info("stopping: new calls get 503; waiting for %d calls in progress to end (at most %g s)",
                  self.core.dialog_count, service.drain_timeout_s)
-        while self.core.dialog_count and self._loop.time() < deadline and not self._stopped.is_set():
+        worker = self.worker
+        # with workers, each stays until every one has drained: another still reads the listen socket and hands
+        # it the new INVITEs its Call-IDs own, which it answers 503 (gone, they would go unanswered)
+        while self._loop.time() < deadline and not self._stopped.is_set() and (
+                self.core.dialog_count if worker is None else not worker.all_drained(self.core.dialog_count)):
             await asyncio.sleep(0.05)
         if self.core.dialog_count and not self._stopped.is_set():
             log.warning("stopping: drain_timeout_s (%g s) reached with %d calls in progress; their in-dialog "

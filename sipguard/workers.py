@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -114,11 +115,14 @@ class _MachineHandler(BaseHTTPRequestHandler):
             self._answer(404, b"not found\n", "text/plain")
 
 class Sockets:
-    """What the supervisor binds before forking and every worker inherits: the listen sockets (by listen
-    spec) and, per worker, a Unix datagram pair (``inboxes[i]`` read by worker i, ``outboxes[i]`` written by
-    the others to hand it a datagram)."""
+    """What the supervisor makes before forking and every worker inherits: the listen sockets (by listen
+    spec); per worker, a Unix datagram pair (``inboxes[i]`` read by worker i, ``outboxes[i]`` written by
+    the others to hand it a datagram); and ``drained``, a byte per worker in shared memory, 1 once it
+    drained its calls (or is gone): a worker stops when every byte is 1, so that none leaves while another
+    still hands it new INVITEs to answer 503."""
 
     def __init__(self, specs: tuple[str, ...], workers: int) -> None:
+        self.drained = mmap.mmap(-1, max(workers, 1))
         self.listen: dict[str, socket.socket] = {}
         self.inboxes: list[socket.socket] = []
         self.outboxes: list[socket.socket] = []
@@ -148,6 +152,7 @@ class Sockets:
     def close(self) -> None:
         for sock in [*self.listen.values(), *self.inboxes, *self.outboxes]:
             sock.close()
+        self.drained.close()
 
 
 def _worker_main(settings: Settings, index: int, counts: SharedCounts, sockets: Sockets, ready_fd: int) -> int:
@@ -167,7 +172,7 @@ def _worker_main(settings: Settings, index: int, counts: SharedCounts, sockets: 
 
     async def main() -> None:
         server = Server(settings, worker=WorkerSlot(index, counts, sockets.listen, sockets.inboxes[index],
-                                                    sockets.outboxes))
+                                                    sockets.outboxes, sockets.drained))
         await server.start()
         os.write(ready_fd, b"1")  # the supervisor tells "could not start" from "died later" by this
         os.close(ready_fd)
@@ -218,6 +223,7 @@ def run_workers(settings: Settings, count: int) -> int:
     machine = MachineAdmin(admin_host.strip("[]"), int(admin_port), count)  # bound before any fork: fails first
 
     def spawn(index: int) -> None:
+        sockets.drained[index] = 0
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -280,6 +286,7 @@ def run_workers(settings: Settings, count: int) -> int:
                 started = False
             os.close(ready_r)
             counts.forget_worker(index)
+            sockets.drained[index] = 1  # gone: the others do not wait for it
             if stopping:
                 continue
             code = os.waitstatus_to_exitcode(wait_status)

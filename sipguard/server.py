@@ -61,6 +61,7 @@ log = logging.getLogger("sipguard")
 
 LIMIT_LOG_EVERY_S = 60  # an account at its channel limit: one log line per this many seconds
 RECV_MAX = 65536 + 64  # a hand-off: the largest UDP datagram and the line naming its peer
+MIRROR = b"\0"  # starts a message of auto-dialer records between workers (no SIP datagram starts so)
 EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logged
 MACHINE_ID = Path("/etc/machine-id")
 GC_YOUNG_THRESHOLD = 5_000  # tracked objects allocated (net) between collections of the youngest generation
@@ -218,6 +219,8 @@ class Server:
         # a test hook (docs/overload.md): while the file this names exists, every new non-emergency INVITE is shed
         self._force_overload = os.environ.get("SIPGUARD_FORCE_OVERLOAD") or None
         self._overload_timer: asyncio.TimerHandle | None = None
+        self._mirrored: list[bytes] = []  # auto-dialer records for the other workers, sent once per loop pass
+        self.mirror_lost = 0
         self._overload_due = 0.0
         self._by_family: dict[tuple[str, int], Transport] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
@@ -352,6 +355,8 @@ class Server:
                 shared.set_receiver(dispatch.datagram_received)
             worker.inbox.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self._loop.add_reader(worker.inbox.fileno(), self._read_inbox)
+            if len(worker.outboxes) > 1:  # the auto-dialer sees the machine's attempts, not this worker's share
+                self.engine.dialer.mirror = self._mirror_dialer
         self._overload_due = self._loop.time() + OVERLOAD_TICK_S
         self._overload_timer = self._loop.call_at(self._overload_due, self._overload_tick)
         admin = self.settings.admin or service.admin
@@ -384,7 +389,8 @@ class Server:
                  service.state.store)
 
     def _read_inbox(self) -> None:
-        """Datagrams another worker read from the shared socket and handed to this one (sip/pump.py)."""
+        """Datagrams another worker read from the shared socket and handed to this one (sip/pump.py), and the
+        other workers' auto-dialer records (``_mirror_dialer``)."""
         assert self.worker is not None and self.dispatch is not None
         recv, handed_over = self.worker.inbox.recv, self.dispatch.handed_over
         for _ in range(64):  # then back to the loop: the other sockets get their turn
@@ -392,7 +398,39 @@ class Server:
                 message = recv(RECV_MAX)
             except OSError:  # BlockingIOError: read them all
                 return
-            handed_over(message)
+            if message[:1] == MIRROR:
+                apply = self.engine.dialer.apply
+                for record in message[1:].split(b"\n"):
+                    apply(record)
+            else:
+                handed_over(message)
+
+    def _mirror_dialer(self, record: bytes) -> None:
+        """An auto-dialer record for the other workers: batched, sent once per loop iteration."""
+        self._mirrored.append(record)
+        if len(self._mirrored) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._send_mirrored)
+
+    def _send_mirrored(self) -> None:
+        assert self.worker is not None
+        records, self._mirrored = self._mirrored, []
+        messages: list[bytes] = []
+        while records:  # in messages of at most 60,000 bytes (a burst of thousands of attempts in one pass)
+            size, n = 0, 0
+            while n < len(records) and (n == 0 or size + len(records[n]) < 60_000):
+                size += len(records[n]) + 1
+                n += 1
+            messages.append(MIRROR + b"\n".join(records[:n]))
+            records = records[n:]
+        for i, box in enumerate(self.worker.outboxes):
+            if i == self.worker.index:
+                continue
+            for message in messages:
+                try:
+                    box.send(message)
+                except OSError:  # its queue is full: those attempts are missing from its windows for a while
+                    self.mirror_lost += 1
 
     def _overload_tick(self) -> None:
         """Every TICK_S: the age of the oldest datagram waiting for this process, and the loop's own lateness,

@@ -21,6 +21,11 @@ sum reaches ``critical_score``, warning at ``warning_score`` (graded, as in
 OpenSIPS fraud_detection, but over the traffic's shape, not only its volume).
 
 Every method takes ``now`` (monotonic seconds): no clock is read here.
+
+With ``--workers N`` a trunk's calls are spread over the workers by Call-ID, so each worker's detector
+would see ~1/N of its attempts: ``mirror`` (set by the server) is given every attempt, end and block
+this detector records, encoded (``_encode``), for the other workers, whose ``apply`` records it in
+theirs: every worker's windows hold the machine's attempts (a hand-off's delay behind).
 Memory is bounded: at most ``max_keys`` keys, each with at most ``max_attempts``
 attempts kept; the oldest keys are evicted first.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -109,6 +115,12 @@ class _Window:
     last: Assessment | None = None
 
 
+def _encode(kind: str, now: float, *fields: str) -> bytes:
+    """One mirrored record: fields separated by TAB (no key, number or Call-ID holds one: the parser refuses
+    control characters in headers)."""
+    return "\t".join((kind, repr(now), *fields)).encode("utf-8", "surrogateescape")
+
+
 class DialerDetector:
     """Windows per key (``"account"`` or ``"account|source"``); explicit timestamps."""
 
@@ -117,6 +129,7 @@ class DialerDetector:
         self._limits = _limits(self.config)
         self._windows: dict[str, _Window] = {}
         self._pending: dict[str, tuple[str, ...]] = {}  # call key -> window keys awaiting its outcome
+        self.mirror: Callable[[bytes], None] | None = None  # with workers: what this records, for the others
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -137,12 +150,19 @@ class DialerDetector:
 
     def attempt(self, keys: tuple[str, ...], called: str | None, call_key: str, now: float) -> Assessment:
         """Record one INVITE attempt under every key; the worst assessment among them."""
+        if self.mirror is not None:
+            self.mirror(_encode("A", now, call_key, called or "", *keys))
+        return self._attempt(keys, called, call_key, now)
+
+    def _attempt(self, keys: tuple[str, ...], called: str | None, call_key: str, now: float) -> Assessment:
         worst: Assessment | None = None
         number = _as_int(called)
         c = self.config
         for key in keys:
             w = self._window(key)
             self._trim(w, now)
+            if w.last_at is not None and now < w.last_at:
+                now = w.last_at  # another worker's attempt, mirrored a moment after one of this worker's
             w.minute.append(now)
             w.second.append(now)
             if w.last_at is not None:
@@ -181,6 +201,12 @@ class DialerDetector:
 
     def ended(self, call_key: str, answered: bool, duration_s: float | None, now: float) -> None:
         """The outcome of an attempt: unanswered, or answered for ``duration_s``."""
+        if self.mirror is not None and call_key in self._pending:
+            self.mirror(_encode("E", now, call_key, "1" if answered else "", "" if duration_s is None
+                                else repr(duration_s)))
+        self._ended(call_key, answered, duration_s, now)
+
+    def _ended(self, call_key: str, answered: bool, duration_s: float | None, now: float) -> None:
         keys = self._pending.pop(call_key, None)
         if keys is None:
             return
@@ -195,6 +221,28 @@ class DialerDetector:
                     w.short -= was_short
 
     def block(self, keys: tuple[str, ...], now: float) -> float:
+        if self.mirror is not None:
+            self.mirror(_encode("B", now, *keys))
+        return self._block(keys, now)
+
+    def apply(self, message: bytes) -> None:
+        """Record what another worker's detector recorded (its ``mirror``); a message not understood is ignored."""
+        parts = message.decode("utf-8", "surrogateescape").split("\t")
+        if len(parts) < 3:
+            return
+        kind = parts[0]
+        try:
+            now = float(parts[1])
+        except ValueError:
+            return
+        if kind == "A" and len(parts) >= 5:
+            self._attempt(tuple(parts[4:]), parts[3] or None, parts[2], now)
+        elif kind == "E" and len(parts) == 5:
+            self._ended(parts[2], parts[3] == "1", float(parts[4]) if parts[4] else None, now)
+        elif kind == "B":
+            self._block(tuple(parts[2:]), now)
+
+    def _block(self, keys: tuple[str, ...], now: float) -> float:
         until = now + self.config.cooldown_s
         for key in keys:
             self._window(key).blocked_until = until

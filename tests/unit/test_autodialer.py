@@ -178,3 +178,27 @@ def test_memory_is_bounded() -> None:
 def test_thresholds_where_low_is_bad() -> None:
     t = Thresholds(0.2, 0.08, low_is_bad=True)
     assert [t.score(v) for v in (None, 0.5, 0.15, 0.05)] == [0, 0, 1, 2]
+
+
+def test_two_workers_mirroring_each_other_see_what_one_detector_sees() -> None:
+    """With --workers a trunk's attempts are spread by Call-ID: each worker's detector gets the other's records
+    (``mirror`` -> ``apply``), so both assess as one detector fed every attempt would."""
+    one, a, b = DialerDetector(), DialerDetector(), DialerDetector()
+    a.mirror, b.mirror = b.apply, a.apply
+    keys = ("acme", "acme|10.0.0.1")
+    rng = random.Random(7)
+    for n in range(40):  # a dialer walking a range, 3 calls/s, the calls split at random between the workers
+        now = 100.0 + n / 3
+        worker = a if rng.random() < 0.5 else b
+        expected = one.attempt(keys, f"+32501234{n:02d}", f"call-{n}", now)
+        got = worker.attempt(keys, f"+32501234{n:02d}", f"call-{n}", now)
+        assert (got.level, got.score, got.features) == (expected.level, expected.score, expected.features), n
+        one.ended(f"call-{n}", False, None, now + 0.2)
+        worker.ended(f"call-{n}", False, None, now + 0.2)  # mirrored: the other's windows count it short too
+    assert a.score_of("acme") == b.score_of("acme") == one.score_of("acme") >= 5
+    until = a.block(keys, 120.0)
+    assert b.blocked_until(keys, 121.0) == until  # the block reaches the other worker
+    # a record that is not understood changes nothing
+    b.apply(b"Z\t1.0\tx")
+    b.apply(b"A\tnot-a-time\tcall\t\tacme")
+    assert b.score_of("acme") == a.score_of("acme")

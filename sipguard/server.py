@@ -62,6 +62,7 @@ log = logging.getLogger("sipguard")
 LIMIT_LOG_EVERY_S = 60  # an account at its channel limit: one log line per this many seconds
 RECV_MAX = 65536 + 64  # a hand-off: the largest UDP datagram and the line naming its peer
 MIRROR = b"\0"  # starts a message of auto-dialer records between workers (no SIP datagram starts so)
+MIRROR_EVERY_S = 0.01  # how often a worker sends the other workers its auto-dialer records
 EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logged
 MACHINE_ID = Path("/etc/machine-id")
 GC_YOUNG_THRESHOLD = 5_000  # tracked objects allocated (net) between collections of the youngest generation
@@ -219,7 +220,7 @@ class Server:
         # a test hook (docs/overload.md): while the file this names exists, every new non-emergency INVITE is shed
         self._force_overload = os.environ.get("SIPGUARD_FORCE_OVERLOAD") or None
         self._overload_timer: asyncio.TimerHandle | None = None
-        self._mirrored: list[bytes] = []  # auto-dialer records for the other workers, sent once per loop pass
+        self._mirrored: list[bytes] = []  # auto-dialer records for the other workers, sent every MIRROR_EVERY_S
         self.mirror_lost = 0
         self._overload_due = 0.0
         self._by_family: dict[tuple[str, int], Transport] = {}
@@ -406,11 +407,12 @@ class Server:
                 handed_over(message)
 
     def _mirror_dialer(self, record: bytes) -> None:
-        """An auto-dialer record for the other workers: batched, sent once per loop iteration."""
+        """An auto-dialer record for the other workers: batched, sent every MIRROR_EVERY_S (one send and one
+        wake-up of the other worker per batch, not per INVITE; a dialer's pattern takes seconds to show)."""
         self._mirrored.append(record)
         if len(self._mirrored) == 1:
             assert self._loop is not None
-            self._loop.call_soon(self._send_mirrored)
+            self._loop.call_later(MIRROR_EVERY_S, self._send_mirrored)
 
     def _send_mirrored(self) -> None:
         assert self.worker is not None

@@ -152,9 +152,13 @@ class DialerDetector:
         """Record one INVITE attempt under every key; the worst assessment among them."""
         if self.mirror is not None:
             self.mirror(_encode("A", now, call_key, called or "", *keys))
-        return self._attempt(keys, called, call_key, now)
+        worst = self._attempt(keys, called, call_key, now, True)
+        assert worst is not None
+        return worst
 
-    def _attempt(self, keys: tuple[str, ...], called: str | None, call_key: str, now: float) -> Assessment:
+    def _attempt(self, keys: tuple[str, ...], called: str | None, call_key: str, now: float,
+                 assess: bool) -> Assessment | None:
+        """Record the attempt; assessed only for this worker's own (a mirrored one is assessed with the next)."""
         worst: Assessment | None = None
         number = _as_int(called)
         c = self.config
@@ -189,6 +193,8 @@ class DialerDetector:
                 w.run = 0
             if len(w.minute) > c.max_attempts:
                 w.minute.popleft()
+            if not assess:
+                continue
             a = self._assess(w, now)
             w.last = a
             if worst is None or a.score > worst.score or (a.blocked_until or 0) > (worst.blocked_until or 0):
@@ -196,7 +202,6 @@ class DialerDetector:
         if len(self._pending) >= self.config.max_keys * 4:
             self._pending.clear()  # outcomes of very old calls: losing them only delays detection
         self._pending[call_key] = keys
-        assert worst is not None
         return worst
 
     def ended(self, call_key: str, answered: bool, duration_s: float | None, now: float) -> None:
@@ -236,7 +241,7 @@ class DialerDetector:
         except ValueError:
             return
         if kind == "A" and len(parts) >= 5:
-            self._attempt(tuple(parts[4:]), parts[3] or None, parts[2], now)
+            self._attempt(tuple(parts[4:]), parts[3] or None, parts[2], now, False)
         elif kind == "E" and len(parts) == 5:
             self._ended(parts[2], parts[3] == "1", float(parts[4]) if parts[4] else None, now)
         elif kind == "B":

@@ -17,7 +17,6 @@ polled every 0.25 s on each worker's admin port).  BENCHMARKS.md: the table and 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import tempfile
 
 from .run import (SIPP_TRANSPORT, UAS_IP, KamailioHtable, Sipguard, Target, _percentile, cpu_seconds, free_port,
-                  machine, sipp_cmd, start_uas)
+                  machine, sipp_cmd, sipp_outcome, start_uas)
 from .policy import UAC_IP
 
 EMERGENCY_RATE = 10  # calls/s to 112 during the overload
@@ -74,22 +73,7 @@ def run_sipp(workdir: Path, scenario: str, target: Target, rate: int, calls: int
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-    ok = failed = 0
-    for line in out.decode(errors="replace").splitlines():
-        if line.strip().startswith("Successful call"):
-            ok = int(line.split("|")[2])
-        elif line.strip().startswith("Failed call"):
-            failed = int(line.split("|")[2])
-    rtds: dict[str, list[float]] = {"1": [], "2": [], "3": []}
-    for path in rundir.glob("*_rtt.csv"):
-        with open(path) as f:
-            for row in csv.reader(f, delimiter=";"):
-                if len(row) >= 3 and row[1].replace(".", "", 1).isdigit():
-                    rtds.setdefault(row[2].strip(), []).append(float(row[1]))
-                    if row[2].strip() == "3":  # when, for the 503s: the onset apart from the steady state
-                        rtds.setdefault("3@", []).append(float(row[0].split("\t")[-1] if "\t" in row[0] else 0))
-        path.unlink()
-    return ok, failed + max(0, calls - ok - failed), rtds
+    return sipp_outcome(out, rundir, calls)
 
 
 def shed_total(target: Target) -> float:

@@ -313,23 +313,27 @@ def run_uac(workdir: Path, target: Target, rate: int, calls: int, hold_ms: int, 
     except subprocess.TimeoutExpired:
         proc.kill()  # SIPp's own -timeout does not stop a UAC after a collapse
         out, _ = proc.communicate()
-    text = out.decode(errors="replace")
+    ok, failed, rtds = sipp_outcome(out, rundir, calls)
+    return ok, failed, rtds.get("1", []), rtds.get("2", [])
+
+
+def sipp_outcome(out: bytes, rundir: Path, calls: int) -> tuple[int, int, dict[str, list[float]]]:
+    """What a SIPp UAC run printed and wrote: (successful, failed, {rtd number: [ms], in time order}); calls
+    never completed count as failed; the -trace_rtt files are read and removed."""
     ok = failed = 0
-    for line in text.splitlines():
+    for line in out.decode(errors="replace").splitlines():
         if line.strip().startswith("Successful call"):
             ok = int(line.split("|")[2])
         elif line.strip().startswith("Failed call"):
             failed = int(line.split("|")[2])
-    failed += max(0, calls - ok - failed)  # calls never completed count as failed
-    invite: list[float] = []
-    bye: list[float] = []
+    rtds: dict[str, list[float]] = {}
     for path in rundir.glob("*_rtt.csv"):
         with open(path) as f:
             for row in csv.reader(f, delimiter=";"):
                 if len(row) >= 3 and row[1].replace(".", "", 1).isdigit():
-                    (invite if row[2].strip() == "1" else bye).append(float(row[1]))
+                    rtds.setdefault(row[2].strip(), []).append(float(row[1]))
         path.unlink()
-    return ok, failed, invite, bye
+    return ok, failed + max(0, calls - ok - failed), rtds
 
 
 def start_uas(workdir: Path, port: int) -> subprocess.Popen[bytes]:

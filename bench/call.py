@@ -201,7 +201,8 @@ class Harness:
             first[1].decode() + (" BYE" if b" BYE\r\n" in data else " INVITE"))
         self.by_kind[kind] = self.by_kind.get(kind, 0.0) + spent
 
-    def call(self, n: int) -> None:
+    def up(self, n: int) -> tuple[bytes, str]:
+        """Call ``n`` up: INVITE, 180, 200, ACK.  Returns its BYE, and the callee's tag."""
         s, clock = self, self.clock
         if self.reader is not None:
             s.feed_shared(_invite(n), self.uac)
@@ -217,6 +218,12 @@ class Harness:
         ack, bye = _in_dialog(next(d for d in self._take() if d.startswith(b"SIP/2.0 200")), n)
         clock.advance(0.0005)
         s.feed(ack, self.uac)
+        return bye, tag
+
+    def call(self, n: int) -> None:
+        """Call ``n`` from INVITE to the 200 of its BYE."""
+        s, clock = self, self.clock
+        bye, tag = self.up(n)
         clock.advance(0.001)
         s.feed(bye, self.uac)
         relayed = next(d for d in self._take() if d.startswith(b"BYE"))

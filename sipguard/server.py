@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -67,6 +67,12 @@ EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logge
 MACHINE_ID = Path("/etc/machine-id")
 GC_YOUNG_THRESHOLD = 5_000  # tracked objects allocated (net) between collections of the youngest generation
 GC_FULL_EVERY_S = 600.0  # a full collection this often, instead of ones triggered by allocation counts
+
+
+# The service keys read when the process starts only (sockets, the channel store, the transaction timers and
+# the parser's bound are built from them): a reload that changes one is refused by name.  Every other key is
+# put in force by a reload (Server._put_in_force; README, "Policy files").
+READ_AT_START: Final = ("listen", "admin", "advertise", "state", "sip_timers", "max_message_bytes")
 
 
 def timer_config(policy: Policy) -> TimerConfig:
@@ -358,6 +364,7 @@ class Server:
             self._loop.add_reader(worker.inbox.fileno(), self._read_inbox)
             if len(worker.outboxes) > 1:  # the auto-dialer sees the machine's attempts, not this worker's share
                 self.engine.dialer.mirror = self._mirror_dialer
+        self._put_in_force(self.policy, self.engine)
         self._overload_due = self._loop.time() + OVERLOAD_TICK_S
         self._overload_timer = self._loop.call_at(self._overload_due, self._overload_tick)
         admin = self.settings.admin or service.admin
@@ -680,10 +687,9 @@ class Server:
             return [str(err)]
         # what is read at start only: a change is refused by name, not reported applied and ignored
         overridden = {"listen": bool(self.settings.listen), "admin": bool(self.settings.admin),
-                      "advertise": bool(self.settings.advertise), "state": False, "sip_timers": False,
-                      "max_message_bytes": False}
-        restart = [key for key, fixed in overridden.items()
-                   if not fixed and getattr(policy.service, key) != getattr(self.policy.service, key)]
+                      "advertise": bool(self.settings.advertise)}
+        restart = [key for key in READ_AT_START if not overridden.get(key, False)
+                   and getattr(policy.service, key) != getattr(self.policy.service, key)]
         if restart:
             self.metrics.reloaded(False)
             problems = [f"{self.settings.policy_path}: service.{key}: changed, and needs a restart (it is read at "
@@ -691,24 +697,31 @@ class Server:
             log.error("policy reload refused:\n%s", "\n".join(problems))
             return problems
         changes = policy_changes(self.policy, policy)
-        self.policy = policy
         assert self._loop is not None
-        draining = self.engine.draining
-        self.engine = Engine(policy, self.engine.edge, self.engine.dialer, self._loop.time())
-        self.engine.draining = draining
-        self.shedder.emergency = self.engine.emergency.datagram
-        if self.dispatch is not None:
-            self.dispatch.trusted = self.engine.is_trusted
-        self.shedder.configure(policy.service.overload.queue_delay_ms / 1000, policy.service.overload.retry_after_s)
-        self.core.set_router(self.router())
-        key, key_source = route_key(policy)
-        if key_source != "random":  # a random key is kept: a new one would orphan the tokens of calls up now
-            self.core.route_key = key
-        self.outcomes.reconfigure(self.engine, policy.service.reject.channel_limit)
-        self.core.set_dialog_timeout(policy.service.dialog_timeout_s)
+        engine = Engine(policy, self.engine.edge, self.engine.dialer, self._loop.time())
+        engine.draining = self.engine.draining
+        self._put_in_force(policy, engine)
         self.metrics.reloaded(True)
         log.info("policy reloaded from %s: %s", self.settings.policy_path, "; ".join(changes) or "no change")
         return []
+
+    def _put_in_force(self, policy: Policy, engine: Engine) -> None:
+        """Hand every part of the running process what it takes from the policy: the same code at start and at
+        every reload, so that no reloadable key is reported applied and left out (a key read at start only
+        is refused by ``reload`` before this)."""
+        self.policy = policy
+        self.engine = engine
+        service = policy.service
+        self.shedder.emergency = engine.emergency.datagram
+        self.shedder.configure(service.overload.queue_delay_ms / 1000, service.overload.retry_after_s)
+        if self.dispatch is not None:
+            self.dispatch.trusted = engine.is_trusted
+        self.outcomes.reconfigure(engine, service.reject.channel_limit)
+        self.core.set_router(self.router())
+        self.core.set_dialog_timeout(service.dialog_timeout_s)
+        key, key_source = route_key(policy)
+        if key_source != "random":  # a random key is kept: a new one would orphan the tokens of calls up now
+            self.core.route_key = key
 
     def _sighup(self) -> None:
         self.reload()

@@ -21,9 +21,12 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
+from .actions import Action, DialogEnded, DialogStarted
+from .message import Request
 from .symbol import Symbol
+from .timers import TimerWheel
 
-__all__ = ["DialogState", "Dialog", "DIALOG_TRANSITIONS", "TOKEN_PARAM", "account_tag", "route_token", "token_side"]
+__all__ = ["DialogState", "Dialog", "Dialogs", "DIALOG_TRANSITIONS", "TOKEN_PARAM", "account_tag", "route_token", "token_side"]
 
 TOKEN_PARAM: Final = "sgt"  # the Record-Route URI parameter that carries the token
 _MAC_LEN: Final = 20  # hex characters of the MAC; the account's tag follows
@@ -119,3 +122,60 @@ class Dialog:
         if nxt is None:
             raise RuntimeError(f"no dialog transition from {self.state} on {event}")
         self.state = nxt
+
+
+class Dialogs:
+    """The dialogs sipguard holds, by Call-ID and the caller's tag: started when an INVITE is admitted,
+    confirmed by its 2xx, kept alive by the requests inside it, ended (with its channel) by a BYE, a final
+    non-2xx, a CANCEL, Timer C, a transport error or ``timeout_s`` of silence."""
+
+    __slots__ = ("_table", "_wheel", "timeout_s")
+
+    def __init__(self, wheel: TimerWheel, timeout_s: float) -> None:
+        self._table: dict[tuple[str, str], Dialog] = {}
+        self._wheel = wheel  # shared with the transactions: the core arms one timer for both
+        self.timeout_s = timeout_s
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def all(self) -> list[Dialog]:
+        return list(self._table.values())
+
+    def start(self, req: Request, account: str | None, direction: str, claim: object | None, caller_host: str,
+              callee_host: str, now: float, out: list[Action]) -> Dialog:
+        dialog = Dialog(req.call_id, req.from_tag or "", account, direction, claim, now, caller_host, callee_host)
+        self._table[(req.call_id, dialog.caller_tag)] = dialog
+        out.append(DialogStarted(dialog.dialog_id, req.call_id, account, direction, claim))
+        return dialog
+
+    def find(self, req: Request) -> Dialog | None:
+        """The dialog of an in-dialog request, from either end: the caller's tag is the From tag of the
+        caller's requests and the To tag of the callee's."""
+        d = self._table.get((req.call_id, req.from_tag or ""))
+        if d is None and req.to_tag is not None:
+            d = self._table.get((req.call_id, req.to_tag))
+        return d
+
+    def answered(self, dialog: Dialog, callee_tag: str | None, now: float) -> None:
+        """A 2xx to its INVITE (the first confirms it; a retransmitted one only re-arms the timeout)."""
+        if dialog.state is DialogState.EARLY:
+            dialog.answered_at = now
+            dialog.callee_tag = callee_tag
+        dialog.move("recv_2xx")
+        self._wheel.set(dialog, "timeout", now + self.timeout_s)
+
+    def touched(self, dialog: Dialog, now: float) -> None:
+        """A request inside a confirmed dialog: it is not silent."""
+        if dialog.state is DialogState.CONFIRMED:
+            self._wheel.set(dialog, "timeout", now + self.timeout_s)
+
+    def end(self, dialog: Dialog, reason: str, now: float, out: list[Action]) -> None:
+        if not dialog.alive:
+            return
+        dialog.move("end")
+        dialog.alive = False
+        self._wheel.cancel_all(dialog)
+        self._table.pop((dialog.call_id, dialog.caller_tag), None)
+        duration = None if dialog.answered_at is None else now - dialog.answered_at
+        out.append(DialogEnded(dialog.dialog_id, dialog.call_id, dialog.account, reason, dialog.claim, duration))

@@ -22,6 +22,13 @@ The transitions live in tables, the reasoning here:
 A record is freed when both sides are TERMINATED (a side never started counts
 as terminated once the other is).  ``move`` raises RuntimeError on a transition
 that is not in the table: that is our bug, not the peer's.
+
+``Transactions`` is the transaction layer the proxy (proxy.py, §16) sits on: the table of records
+by their server key and by the branch of their client side, the timers of both sides, the
+responses received and sent, the ACK and CANCEL a client side sends, and freeing.  What a response
+means for its dialog (answered, ended) it tells the dialog table (dialog.py).  Timer A/E and G
+(retransmission) run over UDP only; over a reliable transport Timers J and K are 0 (§17.1.2.2,
+§17.2.2).
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ from __future__ import annotations
 from enum import Enum
 from typing import Final
 
-from .actions import Admission, Peer
+from .actions import Action, Admission, CoreStats, Peer, Send
+from .dialog import Dialog, Dialogs
 from .message import Request
+from .replies import ack, cancel, reply
 from .symbol import Symbol
+from .timers import TimerConfig, TimerWheel
 
 __all__ = [
     "ServerState",
@@ -41,6 +51,7 @@ __all__ = [
     "CLIENT_INVITE",
     "CLIENT_NON_INVITE",
     "Txn",
+    "Transactions",
     "move",
 ]
 
@@ -158,6 +169,7 @@ class Txn:
         "last_status",
         "retransmit_s",
         "branch",
+        "via",
         "client_key",
         "target",
         "out_bytes",
@@ -186,13 +198,14 @@ class Txn:
         self.last_status = 0
         self.retransmit_s = 0.0
         self.branch = ""
+        self.via = ""  # our Via on the forwarded request (its CANCEL and ACK carry the same)
         self.client_key: tuple[str, str] | None = None
         self.target: Peer | None = None
         self.out_bytes = b""
         self.out_route: tuple[str, ...] = ()  # Route values of the forwarded request
         self.popped = 0  # how many of the received Route values were ours
         self.loop = ""  # the loop-detection hash that goes into our branch
-        self.dialog: object | None = None
+        self.dialog: Dialog | None = None
         self.cancelled = False
         self.cancel_pending = False
         self.admission: Admission | None = None
@@ -236,3 +249,304 @@ class Txn:
         client_done = self.client is ClientState.TERMINATED or (
             self.client is ClientState.NONE and (self.local or server_done))
         return server_done and client_done
+
+
+class Transactions:
+    """The proxy's transactions (RFC 3261 §17, RFC 6026): the records, their timers, their responses."""
+
+    __slots__ = ("timers", "_wheel", "_dialogs", "_stats", "server_header", "_by_key", "_by_client")
+
+    def __init__(self, timers: TimerConfig, wheel: TimerWheel, dialogs: Dialogs, stats: CoreStats,
+                 server_header: str | None) -> None:
+        self.timers = timers
+        self._wheel = wheel
+        self._dialogs = dialogs
+        self._stats = stats
+        self.server_header = server_header
+        self._by_key: dict[tuple[object, ...], Txn] = {}
+        self._by_client: dict[tuple[str, str], Txn] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def all(self) -> list[Txn]:
+        return list(self._by_key.values())
+
+    def get(self, key: tuple[object, ...]) -> Txn | None:
+        """The record whose server side ``key`` names (proxy.server_key)."""
+        return self._by_key.get(key)
+
+    def client(self, branch: str, method: str) -> Txn | None:
+        """The record whose client side a response with our ``branch`` and CSeq ``method`` answers."""
+        return self._by_client.get((branch, method))
+
+    def add(self, key: tuple[object, ...], req: Request, reply_to: Peer) -> Txn:
+        txn = Txn(key, req, reply_to)
+        self._by_key[key] = txn
+        return txn
+
+    def _reply(self, req: Request, status: int, reason_text: str,
+               extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+        self._stats.replies[status] += 1
+        return reply(req, status, reason_text, extra, True, self.server_header)
+
+    # ------------------------------------------------------------------ server side
+    def retransmission(self, txn: Txn, out: list[Action]) -> None:
+        """A request retransmitted upstream: absorbed; our last response again (none once a 2xx passed:
+        the 2xx retransmissions come from downstream)."""
+        self._stats.drops["retransmission"] += 1
+        if txn.last_response is not None and txn.server is not ServerState.ACCEPTED:
+            out.append(Send(txn.last_response, txn.reply_to, txn.method, txn.last_status))
+
+    def ack_received(self, txn: Txn, now: float) -> None:
+        """The ACK of our non-2xx final to an INVITE: absorbed hop-by-hop (§17.2.1)."""
+        if txn.server is ServerState.COMPLETED:
+            txn.server_move("recv_ack")
+            self._wheel.cancel(txn, "G")
+            self._wheel.cancel(txn, "H")
+            self._wheel.set(txn, "I", now + self.timers.t4_s)
+
+    def trying(self, txn: Txn, out: list[Action]) -> None:
+        """The 100 Trying of an INVITE, sent just after it went downstream (the downstream hop gets it first;
+        §17.2.1 gives the 100 up to 200 ms), unless a final was sent instead."""
+        req = txn.request
+        if txn.invite and txn.last_status == 0 and req is not None:
+            self.provisional(txn, reply(req, 100, "Trying", (), False, self.server_header), 100, out)
+
+    def provisional(self, txn: Txn, data: bytes, status: int, out: list[Action]) -> None:
+        if status != 100 or not txn.invite:
+            txn.server_move("send_1xx")
+        if status == 100:
+            self._stats.replies[100] += 1
+        txn.last_response = data
+        txn.last_status = status
+        out.append(Send(data, txn.reply_to, txn.method, status))
+
+    def final(self, txn: Txn, data: bytes, status: int, now: float, out: list[Action]) -> None:
+        """Send a non-2xx final (ours or forwarded) upstream and complete the server side."""
+        txn.server_move("send_final")
+        txn.last_response = data
+        txn.last_status = status
+        out.append(Send(data, txn.reply_to, txn.method, status))
+        udp = txn.reply_to.transport == "udp"
+        if txn.invite:
+            if udp:
+                txn.retransmit_s = self.timers.t1_s
+                self._wheel.set(txn, "G", now + txn.retransmit_s)
+            self._wheel.set(txn, "H", now + self.timers.t64_s)
+        else:
+            self._wheel.set(txn, "J", now + (self.timers.t64_s if udp else 0))
+
+    def answer(self, txn: Txn, status: int, reason_text: str, now: float, out: list[Action],
+               extra: tuple[tuple[str, str], ...] = ()) -> None:
+        """Our own final to the request of ``txn`` (counted)."""
+        assert txn.request is not None
+        self.final(txn, self._reply(txn.request, status, reason_text, extra), status, now, out)
+
+    # ------------------------------------------------------------------ client side
+    def start_client(self, txn: Txn, data: bytes, via: str, now: float, out: list[Action]) -> None:
+        """Send a request downstream (``via``: our Via on it) and start its client side: Timers A/E (UDP)
+        and B/F."""
+        txn.out_bytes = data
+        txn.via = via
+        txn.client_key = (txn.branch, txn.method if txn.key[0] != "cancel" else "CANCEL")
+        self._by_client[txn.client_key] = txn
+        txn.client_move("send")
+        assert txn.target is not None
+        out.append(Send(data, txn.target, txn.client_key[1], 0))
+        if txn.target.transport == "udp":
+            txn.retransmit_s = self.timers.t1_s
+            self._wheel.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
+        self._wheel.set(txn, "B" if txn.invite else "F", now + self.timers.t64_s)
+
+    def send_cancel(self, txn: Txn, now: float, out: list[Action]) -> None:
+        """CANCEL downstream for an INVITE client side (§9.1, §16.10), in a small client transaction of its own
+        that retransmits it until its final."""
+        req = txn.request
+        assert req is not None, "a slim transaction is not forwarded again"
+        c = Txn(("cancel", txn.branch), req, txn.reply_to)
+        c.invite = False
+        c.server = ServerState.TERMINATED
+        c.local = True
+        c.branch = txn.branch
+        c.target = txn.target
+        self._by_key[c.key] = c
+        self.start_client(c, cancel(req, txn.via, txn.out_route), txn.via, now, out)
+
+    def _send_ack(self, txn: Txn, to: str, out: list[Action]) -> None:
+        """ACK for a non-2xx final, hop-by-hop (§17.1.1.3); the same bytes for a retransmitted final."""
+        assert txn.target is not None
+        if txn.client is ClientState.COMPLETED and txn.request is None:
+            out.append(Send(txn.out_bytes, txn.target, "ACK", 0))
+            return
+        req = txn.request
+        assert req is not None, "a slim transaction is not forwarded again"
+        data = ack(req, txn.via, txn.out_route, to)
+        txn.out_bytes = data  # the INVITE is never retransmitted again: keep the ACK instead
+        out.append(Send(data, txn.target, "ACK", 0))
+
+    def cancel_answered(self, txn: Txn, status: int, now: float) -> None:
+        """A response to one of our CANCELs: a final ends its client side (Timer K)."""
+        if status >= 200 and txn.client in (ClientState.TRYING, ClientState.PROCEEDING):
+            txn.client_move("recv_final")
+            self._wheel.cancel(txn, "E")
+            self._wheel.cancel(txn, "F")
+            self._wheel.set(txn, "K", now + self.timers.t4_s)
+
+    def response(self, txn: Txn, status: int, to_tag: str | None, to: str, forward: bytes, now: float,
+                 out: list[Action]) -> None:
+        """A response to client side ``txn``: ``forward`` is it as it goes upstream, ``to`` its To value (an
+        ACK for a non-2xx final carries it), ``to_tag`` the callee's tag (an INVITE's final)."""
+        if txn.invite:
+            self._invite_response(txn, status, to_tag, to, forward, now, out)
+        else:
+            self._non_invite_response(txn, status, forward, now, out)
+        if status >= 200:
+            self.maybe_free(txn)
+
+    def _invite_response(self, txn: Txn, status: int, to_tag: str | None, to: str, forward: bytes, now: float,
+                         out: list[Action]) -> None:
+        client = txn.client
+        if client in (ClientState.TERMINATED, ClientState.NONE):
+            return
+        dialog = txn.dialog
+        if status < 200:
+            if client not in (ClientState.CALLING, ClientState.PROCEEDING):
+                return  # a provisional after a final: ignore
+            txn.client_move("recv_1xx")
+            self._wheel.cancel(txn, "A")
+            self._wheel.cancel(txn, "B")
+            if status > 100 or "C" not in txn.deadlines:
+                self._wheel.set(txn, "C", now + self.timers.timer_c_s)  # §16.7 item 2
+            if txn.cancel_pending:
+                txn.cancel_pending = False
+                self.send_cancel(txn, now, out)
+            if status > 100 and txn.server is ServerState.PROCEEDING:
+                self.provisional(txn, forward, status, out)
+            return
+        if status < 300:
+            if client is ClientState.COMPLETED:
+                self._stats.drops["2xx_after_final"] += 1
+                return
+            txn.client_move("recv_2xx")
+            for name in ("A", "B", "C"):
+                self._wheel.cancel(txn, name)
+            if "M" not in txn.deadlines:
+                self._wheel.set(txn, "M", now + self.timers.t64_s)
+            if dialog is not None and dialog.alive:
+                self._dialogs.answered(dialog, to_tag, now)
+            if txn.server is not ServerState.TERMINATED:
+                txn.server_move("send_2xx")
+            txn.last_response = None
+            if "L" not in txn.deadlines and txn.server is ServerState.ACCEPTED:
+                self._wheel.set(txn, "L", now + self.timers.t64_s)
+            out.append(Send(forward, txn.reply_to, "INVITE", status))
+            return
+        # 3xx-6xx: ACK it hop-by-hop; forward it once
+        first = client is not ClientState.COMPLETED
+        if client in (ClientState.ACCEPTED,):
+            return
+        txn.client_move("recv_final")
+        self._send_ack(txn, to, out)
+        if not first:
+            return
+        for name in ("A", "B", "C"):
+            self._wheel.cancel(txn, name)
+        self._wheel.set(txn, "D", now + self.timers.t64_s)
+        if txn.server is ServerState.PROCEEDING:
+            self.final(txn, forward, status, now, out)
+        if dialog is not None and dialog.alive:
+            self._dialogs.end(dialog, "cancelled" if txn.cancelled else "rejected", now, out)
+
+    def _non_invite_response(self, txn: Txn, status: int, forward: bytes, now: float, out: list[Action]) -> None:
+        if txn.client not in (ClientState.TRYING, ClientState.PROCEEDING):
+            return
+        if status < 200:
+            txn.client_move("recv_1xx")
+            if status > 100 and txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
+                self.provisional(txn, forward, status, out)
+            return
+        txn.client_move("recv_final")
+        self._wheel.cancel(txn, "E")
+        self._wheel.cancel(txn, "F")
+        self._wheel.set(txn, "K", now + (self.timers.t4_s if txn.target and txn.target.transport == "udp" else 0))
+        if txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
+            self.final(txn, forward, status, now, out)
+
+    def waiting(self, txn: Txn) -> bool:
+        """Whether the client side of ``txn`` still waits for a final."""
+        return txn.client in (ClientState.CALLING, ClientState.TRYING, ClientState.PROCEEDING)
+
+    def transport_error(self, txn: Txn, warning: tuple[str, str], now: float, out: list[Action]) -> bool:
+        """The socket refused the request of a waiting client side (§17.1.1.2, §17.1.2.2): the client side
+        ends and the request is answered 503 with ``warning`` (True: answered; the proxy reports the
+        refusal, then ``abandon``s the record)."""
+        for name in ("A", "B", "C", "E", "F"):
+            self._wheel.cancel(txn, name)
+        txn.client_move("transport_error")
+        if txn.key[0] != "cancel" and txn.request is not None and txn.server in (ServerState.TRYING,
+                                                                                 ServerState.PROCEEDING):
+            self.answer(txn, 503, "Service Unavailable", now, out, (warning,))
+            return True
+        return False
+
+    def abandon(self, txn: Txn, reason: str, now: float, out: list[Action]) -> None:
+        """After a transport error: its dialog ends (``reason``), the record goes when its sides allow."""
+        if txn.dialog is not None and txn.dialog.alive:
+            self._dialogs.end(txn.dialog, reason, now, out)
+        self.maybe_free(txn)
+
+    # ------------------------------------------------------------------ timers
+    def timer(self, txn: Txn, name: str, now: float, out: list[Action]) -> None:
+        """Timer ``name`` of ``txn`` fired."""
+        t = self.timers
+        if name in ("A", "E"):  # retransmit downstream over UDP
+            txn.client_move("timer_a" if name == "A" else "timer_e")
+            assert txn.target is not None and txn.client_key is not None
+            out.append(Send(txn.out_bytes, txn.target, txn.client_key[1], 0))
+            if name == "A":
+                txn.retransmit_s *= 2
+            else:
+                txn.retransmit_s = t.t2_s if txn.client is ClientState.PROCEEDING else min(txn.retransmit_s * 2, t.t2_s)
+            self._wheel.set(txn, name, now + txn.retransmit_s)
+        elif name in ("B", "F"):  # no final from downstream
+            self._wheel.cancel(txn, "A")
+            self._wheel.cancel(txn, "E")
+            txn.client_move("timer_b" if name == "B" else "timer_f")
+            if txn.key[0] != "cancel" and txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
+                self.answer(txn, 408, "Request Timeout", now, out)
+                if txn.dialog is not None and txn.dialog.alive:
+                    self._dialogs.end(txn.dialog, "no_response", now, out)
+        elif name == "C":  # §16.8: CANCEL downstream, 408 upstream
+            txn.client_move("timer_c")
+            self.send_cancel(txn, now, out)
+            if txn.server is ServerState.PROCEEDING:
+                self.answer(txn, 408, "Request Timeout", now, out)
+            if txn.dialog is not None and txn.dialog.alive:
+                self._dialogs.end(txn.dialog, "timer_c", now, out)
+            self._wheel.set(txn, "B", now + t.t64_s)  # give the 487 a bound
+        elif name == "G":
+            txn.server_move("timer_g")
+            if txn.last_response is not None:
+                out.append(Send(txn.last_response, txn.reply_to, txn.method, txn.last_status))
+            txn.retransmit_s = min(txn.retransmit_s * 2, t.t2_s)
+            self._wheel.set(txn, "G", now + txn.retransmit_s)
+        elif name in ("H", "I", "J", "L"):
+            self._wheel.cancel(txn, "G")
+            txn.server_move("timer_" + name.lower())
+        elif name in ("D", "K", "M"):
+            txn.client_move("timer_" + name.lower())
+        self.maybe_free(txn)
+
+    def maybe_free(self, txn: Txn) -> None:
+        """Slim a record whose sides are both final; free one whose sides are both terminated."""
+        if not txn.done:
+            if txn.request is not None and txn.settled_sides:
+                txn.slim()
+            return
+        txn.alive = False
+        self._wheel.cancel_all(txn)
+        if self._by_key.get(txn.key) is txn:
+            del self._by_key[txn.key]
+        if txn.client_key is not None and self._by_client.get(txn.client_key) is txn:
+            del self._by_client[txn.client_key]

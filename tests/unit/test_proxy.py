@@ -495,7 +495,7 @@ def test_finished_transactions_are_slim_but_still_absorb_retransmissions(core, c
     fwd = wire.last_to(UAS)
     feed(core, response_to(fwd, 486, "Busy"), UAS, clock.advance(0.01), wire)
     feed(core, request("ACK", to_tag="uas-tag"), UAC, clock.advance(0.01), wire)
-    txn = next(iter(core._txns.values()))
+    txn = core.transactions()[0]
     assert txn.request is None and txn.admission is None  # only retransmission absorption is left
     acks = len([s for s in wire.to(UAS) if s.method == "ACK"])
     feed(core, response_to(fwd, 486, "Busy"), UAS, clock.advance(0.5), wire)  # the UAS retransmits

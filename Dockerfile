@@ -19,7 +19,7 @@ COPY policies/example.yaml /etc/sipguard/policy.yaml
 USER sipguard
 # SIP over UDP on 5060 (above 1023: no privilege needed) and worker i's own port 5061 + i; the admin
 # listener on 9090 (/healthz, /accounts, /calls, /bans for the machine) and worker i's on 9091 + i (/metrics)
-EXPOSE 5060-5062/udp 9090-9092/tcp
+EXPOSE 5060-5062/udp 5060-5062/tcp 9090-9092/tcp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=2).status == 200 else 1)"]
 STOPSIGNAL SIGTERM

@@ -24,7 +24,7 @@ from ._compiled import native_core
 from .outcomes import Tally, Timings
 from .sip.proxy import ProxyCore
 
-__all__ = ["Metrics", "CoreCollector", "ChannelsCollector", "GuardCollector", "StoreCollector", "Tally", "Timings"]
+__all__ = ["Metrics", "StreamCollector", "CoreCollector", "ChannelsCollector", "GuardCollector", "StoreCollector", "Tally", "Timings"]
 
 
 class CoreCollector(Collector):
@@ -177,6 +177,38 @@ class OverloadCollector(Collector):
                                   "retransmits)", value=lost)
 
 
+StreamRow = tuple[str, int, int, int, dict[str, int], dict[str, int]]  # transport, open, accepted, opened, refused, closed
+
+
+class StreamCollector(Collector):
+    """TCP and TLS connections (transport/stream.py): open now, accepted, opened, refused and closed by reason."""
+
+    def __init__(self, read: Callable[[], Iterable[StreamRow]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        rows = list(self._read())
+        live = GaugeMetricFamily("sipguard_connections", "TCP and TLS connections open", labels=["transport"])
+        made = CounterMetricFamily("sipguard_connections_made", "TCP and TLS connections accepted (inbound) and "
+                                   "opened (outbound)", labels=["transport", "direction"])
+        refused = CounterMetricFamily("sipguard_connections_refused", "Inbound connections closed as soon as they "
+                                      "were accepted: max_connections, max_per_source, banned", labels=["transport",
+                                                                                                        "reason"])
+        closed = CounterMetricFamily("sipguard_connections_closed", "Connections sipguard closed: framing (not SIP, "
+                                     "or its framing lost), deadline (a message unfinished: slow-loris), idle, "
+                                     "connect (an outbound connection that could not be made)",
+                                     labels=["transport", "reason"])
+        for transport, open_now, accepted, opened, refused_by, closed_by in rows:
+            live.add_metric([transport], open_now)
+            made.add_metric([transport, "inbound"], accepted)
+            made.add_metric([transport, "outbound"], opened)
+            for reason, n in sorted(refused_by.items()):
+                refused.add_metric([transport, reason], n)
+            for reason, n in sorted(closed_by.items()):
+                closed.add_metric([transport, reason], n)
+        yield from (live, made, refused, closed)
+
+
 class Metrics:
     """The server's own metrics, registered in ``registry``."""
 
@@ -184,9 +216,11 @@ class Metrics:
                  channels: Callable[[], Iterable[tuple[str, int, int, int]]] = tuple,
                  guards: Callable[[], tuple[list[tuple[str, int]], dict[str, int]]] = lambda: ([], {}),
                  store: Callable[[], tuple[str, int, bool, int]] = lambda: ("memory", 0, True, 1),
-                 overload: Callable[[], tuple[int, bool, float, int, int]] = lambda: (0, False, 0.0, 0, 0)) -> None:
+                 overload: Callable[[], tuple[int, bool, float, int, int]] = lambda: (0, False, 0.0, 0, 0),
+                 streams: Callable[[], Iterable[StreamRow]] = tuple) -> None:
         self.registry = registry
         registry.register(OverloadCollector(overload))
+        registry.register(StreamCollector(streams))
         registry.register(CoreCollector(core))
         registry.register(ChannelsCollector(channels))
         registry.register(GuardCollector(guards))

@@ -52,7 +52,9 @@ from .sip.timers import TimerConfig
 from .state import InMemoryStore
 from .state.redis_store import RedisStore
 from .state.shared import SharedCounts, SharedStore
-from .transport import Transport, UdpListener, parse_listen
+from .transport import UdpListener, parse_listen
+from .transport.stream import StreamListener
+from .transport.tls import contexts as tls_contexts
 from .transport.udp import SO_TIMESTAMPNS, head_age
 
 __all__ = ["Server", "WorkerSlot", "timer_config", "tune_gc"]
@@ -203,7 +205,7 @@ class Server:
         self.policy = load(settings.policy_path)  # PolicyError propagates: nothing started yet
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, lambda: self.core, self._channel_rows, self._state_rows,
-                               self._store_rows, self._overload_row)
+                               self._store_rows, self._overload_row, self._stream_rows)
         self._decision_file: TextIO | None = None
         if decision_stream is None and settings.decision_log:
             self._decision_file = open(settings.decision_log, "a", encoding="utf-8")  # noqa: SIM115
@@ -217,7 +219,8 @@ class Server:
                                  self._record, self.policy.service.reject.channel_limit,
                                  self._settle_async if isinstance(self.store, RedisStore) else None)
         self._renewal: asyncio.Task[None] | None = None
-        self.listeners: list[Transport] = []
+        self.listeners: list[UdpListener] = []
+        self.streams: list[StreamListener] = []  # TCP and TLS listeners (transport/stream.py)
         self.shared_listeners: list[UdpListener] = []  # with --workers: the listen sockets every worker reads
         self.dispatch: Dispatch | None = None
         overload = self.policy.service.overload
@@ -229,7 +232,7 @@ class Server:
         self._mirrored: list[bytes] = []  # auto-dialer records for the other workers, sent every MIRROR_EVERY_S
         self.mirror_lost = 0
         self._overload_due = 0.0
-        self._by_family: dict[tuple[str, int], Transport] = {}
+        self._by_family: dict[tuple[str, int], UdpListener | StreamListener] = {}
         self.core: ProxyCore = None  # type: ignore[assignment]  # set in start()
         self.pump: Pump = None  # type: ignore[assignment]  # set in start()
         self._full_gc: asyncio.TimerHandle | None = None
@@ -308,9 +311,14 @@ class Server:
         try:
             for spec in specs:
                 transport, host, port = parse_listen(spec)
+                listener: UdpListener | StreamListener
                 if transport != "udp":
-                    raise ValueError(f"{spec}: only udp listeners are implemented so far")
-                if worker is None:
+                    # TCP and TLS (transport/stream.py): with workers, every worker accepts on the supervisor's
+                    # socket and serves the connections it accepted; Via and Record-Route name its own port
+                    listener = self._stream_listener(
+                        transport, host, port if worker is None else worker.private_port(port),
+                        None if worker is None else worker.listen[spec])
+                elif worker is None:
                     listener = UdpListener(host, port)
                 else:
                     # workers: new requests arrive on the shared address, bound by the supervisor and read by
@@ -322,8 +330,11 @@ class Server:
                     self.shared_listeners.append(shared)
                     listener = UdpListener(host, worker.private_port(port))
                 await listener.start()
-                self.listeners.append(listener)
-                self._by_family.setdefault(("udp", listener.family), listener)  # sends leave by the own port
+                if isinstance(listener, StreamListener):
+                    self.streams.append(listener)
+                else:
+                    self.listeners.append(listener)
+                self._by_family.setdefault((transport, listener.family), listener)  # sends leave by the own port
                 adv_host, adv_port, shared_port = host, listener.port, port
                 if host in ("0.0.0.0", "::"):
                     adv_host = _auto_address(listener.family)
@@ -333,6 +344,8 @@ class Server:
                     # a name applies to every listener, an address to those of its family
                     if ip_literal(a_host) is None or (6 if ":" in a_host else 4) == listener.family:
                         aliases.append(adv_host)
+                        if transport != "udp":
+                            a_port = None  # an advertised port is the UDP one's; a stream listener keeps its own
                         if worker is not None and a_port:
                             shared_port, a_port = a_port, worker.private_port(a_port)
                         adv_host, adv_port = a_host, a_port or adv_port
@@ -353,6 +366,10 @@ class Server:
         self.pump = self.make_pump({key: sending.sender() for key, sending in self._by_family.items()})
         for receiving in self.listeners:
             receiving.set_receiver(self.pump.datagram_received)
+        for stream in self.streams:
+            stream.set_receiver(self.pump.receive)
+            stream.set_failed(self.pump.stream_failed)
+            stream.admit_source = self._admit_connection
         if worker is not None:
             dispatch = Dispatch(self.pump, worker.index,
                                 [None if i == worker.index else box.send for i, box in enumerate(worker.outboxes)],
@@ -593,7 +610,10 @@ class Server:
     def _close_listeners(self) -> None:
         for listener in (*self.listeners, *self.shared_listeners):
             listener.close()
+        for stream in self.streams:
+            stream.close()
         self.listeners.clear()
+        self.streams.clear()
         self.shared_listeners.clear()
         self._by_family.clear()
 
@@ -705,6 +725,22 @@ class Server:
         log.info("policy reloaded from %s: %s", self.settings.policy_path, "; ".join(changes) or "no change")
         return []
 
+    def _stream_rows(self) -> list[tuple[str, int, int, int, dict[str, int], dict[str, int]]]:
+        return [(s.transport, s.count(), s.accepted, s.opened, dict(s.refused), dict(s.closed)) for s in self.streams]
+
+    def _stream_listener(self, transport: str, host: str, port: int, shared: socket.socket | None) -> StreamListener:
+        server_ssl = client_ssl = None
+        if transport == "tls":
+            server_ssl, client_ssl = tls_contexts(self.policy.service.tls)
+        return StreamListener(transport, host, port, self.policy.service.connections,
+                              self.policy.service.max_message_bytes, server_ssl=server_ssl, client_ssl=client_ssl,
+                              shared=shared)
+
+    def _admit_connection(self, host: str) -> bool:
+        """A new TCP or TLS connection from ``host``: refused while the edge bans the address (policy/edge.py)."""
+        assert self._loop is not None
+        return not self.engine.edge.is_banned(host, self._loop.time())
+
     def _put_in_force(self, policy: Policy, engine: Engine) -> None:
         """Hand every part of the running process what it takes from the policy: the same code at start and at
         every reload, so that no reloadable key is reported applied and left out (a key read at start only
@@ -719,6 +755,8 @@ class Server:
         self.outcomes.reconfigure(engine, service.reject.channel_limit)
         self.core.set_router(self.router())
         self.core.set_dialog_timeout(service.dialog_timeout_s)
+        for stream in self.streams:
+            stream.set_limits(service.connections)
         key, key_source = route_key(policy)
         if key_source != "random":  # a random key is kept: a new one would orphan the tokens of calls up now
             self.core.route_key = key

@@ -35,6 +35,7 @@ from . import systemd
 from .config import Settings
 from .policy import load
 from .state.shared import SharedCounts
+from .transport.stream import bind_stream
 from .transport.udp import RCVBUF_BYTES, bind_udp, parse_listen
 
 __all__ = ["run_workers"]
@@ -129,11 +130,9 @@ class Sockets:
         try:
             for spec in specs:
                 transport, host, port = parse_listen(spec)
-                if transport != "udp":
-                    raise ValueError(f"{spec}: only udp listeners are implemented so far")
                 if port == 0:
                     raise ValueError(f"{spec}: workers share a fixed port; port 0 is not allowed with --workers")
-                self.listen[spec] = bind_udp(host, port)
+                self.listen[spec] = bind_udp(host, port) if transport == "udp" else bind_stream(host, port)
             for _ in range(workers):
                 inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
                 for end in (inbox, outbox):

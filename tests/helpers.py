@@ -129,3 +129,19 @@ def as_response(data: bytes) -> Response:
     msg = parse(data)
     assert isinstance(msg, Response)
     return msg
+
+
+# What sipguard does with the RFC 4475 / 5118 messages (tests/data), over UDP and TCP alike:
+# well-formed requests inside a dialog (a To tag) that sipguard never admitted, and that carry no route
+# token of its own: 481, never relayed, never 400
+CORPUS_NO_DIALOG = {"wsinv.dat": 481, "mult-ip-in-header.dat": 481, "via-received-param-with-delim.dat": 481}
+
+# file -> the status sipguard answers with (None: dropped, never answered)
+CORPUS_EXPECTED_REPLY = {
+    "badvers.dat": 505, "unkscm.dat": 416, "novelsc.dat": 416, "zeromf.dat": 483, "bext01.dat": 420,
+    "unreason.dat": None, "noreason.dat": None, "bcast.dat": None, "scalarlg.dat": None, "bigcode.dat": None,
+    # requests whose broken CSeq leaves no well-formed answer possible: dropped
+    "scalar02.dat": None,
+    # a preloaded Route to an address that is neither sipguard nor the account's upstream: refused
+    "mpart01.dat": 403,
+}

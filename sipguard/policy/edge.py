@@ -269,6 +269,11 @@ class EdgeGuard:
         self._end_ban(host, ban, now, why)
         return True
 
+    def is_banned(self, host: str, now: float) -> bool:
+        """Whether ``host`` is banned now (a TCP or TLS connection from it is refused at once)."""
+        ban = self._bans.get(host)
+        return ban is not None and ban.until > now
+
     def bans(self, now: float) -> list[tuple[str, Ban]]:
         """The bans in force, oldest first."""
         return [(host, ban) for host, ban in self._bans.items() if ban.until > now]

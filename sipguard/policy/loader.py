@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .model import (
     USER_KINDS,
     Account,
     Band,
+    Connections,
     Device,
     InboundCallerId,
     OverloadConfig,
@@ -43,6 +45,7 @@ from .model import (
     SipTimers,
     Site,
     StateConfig,
+    Tls,
     User,
 )
 
@@ -241,19 +244,18 @@ def _country(ctx: _Ctx, node: yaml.Node, path: str) -> str | None:
 
 
 def unreachable(peer: Peer, listen: tuple[str, ...]) -> str | None:
-    """Why no listen address can send to ``peer`` (a transport not served, no address of its family), or None.
+    """Why no listen address can send to ``peer`` (no listen address of its transport and family), or None.
     The loader refuses such a policy, and the server a command line whose --listen leaves one unreachable."""
-    if peer.transport != "udp":
-        return f"{peer.transport.upper()} next hops are not served yet: only UDP listeners exist"
     family = 6 if ":" in peer.host else 4
     for spec in listen:
         transport, _sep, rest = spec.partition(":")
         host = rest.rpartition(":")[0].strip("[]")
-        if transport == "udp" and (6 if ":" in host else 4) == family:
+        if transport == peer.transport and (6 if ":" in host else 4) == family:
             return None
-    example = "udp:[::]:5060" if family == 6 else "udp:0.0.0.0:5060"
-    return (f"no listen address can reach {_bracketed(peer.host)}:{peer.port}: service.listen has no udp "
-            f"address of IPv{family} (add one, e.g. {example!r})")
+    port = 5061 if peer.transport == "tls" else 5060
+    example = f"{peer.transport}:[::]:{port}" if family == 6 else f"{peer.transport}:0.0.0.0:{port}"
+    return (f"no listen address can reach {_bracketed(peer.host)}:{peer.port}: service.listen has no "
+            f"{peer.transport} address of IPv{family} (add one, e.g. {example!r})")
 
 
 def _bracketed(host: str) -> str:
@@ -298,7 +300,11 @@ def _load_many(sources: list[tuple[str, str]]) -> Policy:
                 if service_seen:
                     ctx.error(top["service"][0], "service", "given in more than one file")
                 service_seen = True
+                before = len(ctx.problems)
                 service = _service(ctx, top["service"][1])
+                if service is None and len(ctx.problems) == before:  # never the defaults in silence
+                    ctx.error(top["service"][0], "service", "could not be read (a value was refused without a "
+                              "reason: please report this)")
             if "accounts" in top:
                 accs = ctx.mapping(top["accounts"][1], "accounts", None)
                 for acc_name, (knode, vnode) in (accs or {}).items():
@@ -375,10 +381,8 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             listen = ctx.strings(v, path)
             for i, item in enumerate(listen):
                 if not re.fullmatch(r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[0-9.]+):\d{1,5}", item):
-                    ctx.error(v, f"{path}[{i}]", f"expected udp:HOST:PORT (IPv6 in brackets), got {item!r}")
-                elif not item.startswith("udp:"):
-                    ctx.error(v, f"{path}[{i}]", f"{item.split(':')[0]} listeners are not served yet: "
-                              f"only udp:HOST:PORT")
+                    ctx.error(v, f"{path}[{i}]", f"expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT "
+                              f"(IPv6 in brackets), got {item!r}")
             if not listen:
                 ctx.error(v, path, "must name at least one address")
             kw[key] = listen
@@ -469,30 +473,61 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
         elif key == "edge":
             kw[key] = _edge(ctx, v, path)
         elif key == "overload":
-            om = ctx.mapping(v, path, tuple(f.name for f in fields(OverloadConfig))) or {}
-            ok: dict[str, Any] = {}
-            for okey, (_k2, v2) in om.items():
-                val = ctx.number(v2, f"{path}.{okey}", minimum=1, integer=True)
-                if val is not None:
-                    ok[okey] = val
-            kw[key] = OverloadConfig(**ok)
+            kw[key] = OverloadConfig(**_settings(ctx, v, path, OverloadConfig, lambda name: True))
         elif key == "autodialer":
             kw[key] = _autodialer(ctx, v, path)
+        elif key == "connections":
+            kw[key] = Connections(**_settings(ctx, v, path, Connections, lambda name: name.startswith("max_")))
+        elif key == "tls":
+            kw[key] = _tls(ctx, v, path)
         elif key == "sip_timers":
-            tm = ctx.mapping(v, path, tuple(f.name for f in fields(SipTimers))) or {}
-            tk: dict[str, Any] = {}
-            for tkey, (_k2, v2) in tm.items():
-                val = ctx.number(v2, f"{path}.{tkey}", minimum=1, integer=tkey.endswith("_ms"))
-                if val is not None:
-                    tk[tkey] = val
-            kw[key] = SipTimers(**tk)
+            kw[key] = SipTimers(**_settings(ctx, v, path, SipTimers, lambda name: name.endswith("_ms")))
     listen_specs = kw.get("listen") or Service().listen
     for hop_node, hop_key, peer in next_hops:
         ctx.reachable(hop_node, hop_key, peer, listen_specs)
+    if any(spec.startswith("tls:") for spec in listen_specs) and isinstance(kw.get("tls", Tls()), Tls):
+        from ..transport.tls import problems as tls_problems  # here: the transports import the SIP core
+        tls_node = m["tls"][1] if "tls" in m else m["listen"][1] if "listen" in m else node
+        for tkey, message in tls_problems(kw.get("tls", Tls())):
+            ctx.error(tls_node, f"service.tls.{tkey}", message)
     if any(value is None and key not in ("advertise",) for key, value in kw.items()) or \
             any(key == "rewrite_from" and not isinstance(value, bool) for key, value in kw.items()):
         return None
     return Service(**kw)
+
+
+def _settings(ctx: _Ctx, node: yaml.Node, path: str, cls: type, integer: Callable[[str], bool]) -> dict[str, Any]:
+    """A mapping of numbers of at least 1, its keys the fields of ``cls`` (``integer``: those that are whole)."""
+    out: dict[str, Any] = {}
+    for key, (_k, v) in (ctx.mapping(node, path, tuple(f.name for f in fields(cls))) or {}).items():
+        val = ctx.number(v, f"{path}.{key}", minimum=1, integer=integer(key))
+        if val is not None:
+            out[key] = val
+    return out
+
+
+def _tls(ctx: _Ctx, node: yaml.Node, path: str) -> Tls | None:
+    """service.tls; None when a value was refused (the error says which)."""
+    m = ctx.mapping(node, path, tuple(f.name for f in fields(Tls))) or {}
+    kw: dict[str, Any] = {}
+    errors = len(ctx.problems)
+    for key, (_k, v) in m.items():
+        sub = f"{path}.{key}"
+        if key in ("cert", "key", "ca"):
+            text = ctx.string(v, sub)  # null: none (ca: the system's CAs)
+            # a relative path is the policy file's neighbour, wherever sipguard was started from
+            kw[key] = None if text is None else str(Path(ctx.file).parent / Path(text).expanduser())
+        elif key == "verify_clients":
+            value = ctx.scalar(v, sub)
+            if not isinstance(value, bool):
+                ctx.error(v, sub, "must be true or false")
+            kw[key] = value
+        elif key == "min_version":
+            text = str(ctx.scalar(v, sub))
+            if text not in ("1.2", "1.3"):
+                ctx.error(v, sub, f"must be 1.2 or 1.3, got {text!r}")
+            kw[key] = text
+    return Tls(**kw) if len(ctx.problems) == errors else None
 
 
 def _state(ctx: _Ctx, node: yaml.Node, path: str) -> StateConfig:

@@ -97,6 +97,29 @@ class OverloadConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Connections:
+    """TCP and TLS connections (README, "TCP and TLS"): the bounds every stream listener keeps."""
+
+    idle_timeout_s: float = 300.0  # no byte either way for this long: closed (RFC 5626 keep-alives: every 95-120 s)
+    message_deadline_s: float = 5.0  # from a message's first byte to its last; slower is closed (slow-loris)
+    handshake_timeout_s: float = 5.0  # a TLS handshake, either way
+    connect_timeout_s: float = 5.0  # an outbound connection (then 503 upstream, as any transport error)
+    max_connections: int = 4096  # per listen address, inbound and outbound
+    max_per_source: int = 64  # inbound from one address
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """The TLS listeners' certificate, and whom they trust (files; read again at every reload)."""
+
+    cert: str | None = None  # PEM: the certificate (chain) sipguard presents
+    key: str | None = None  # PEM: its private key
+    ca: str | None = None  # PEM: the CAs a peer's certificate must chain to (default: the system's)
+    verify_clients: bool = False  # a client without a certificate that chains to ``ca`` is refused
+    min_version: str = "1.2"  # 1.2 or 1.3
+
+
+@dataclass(frozen=True, slots=True)
 class InboundCallerId:
     """The Belgian anti-spoofing rule (Royal Decree of 12 May 2024): calls that enter through an
     international upstream may not present a number of ``service.country``, except the registered
@@ -136,6 +159,8 @@ class Service:
     route_secret: str | None = None  # signs the Record-Route token; default: derived from /etc/machine-id
     state: StateConfig = StateConfig()
     overload: OverloadConfig = OverloadConfig()
+    connections: Connections = Connections()
+    tls: Tls = Tls()
     # not keys of their own: read from the upstreams' long form ({uri, international})
     international: frozenset[str] = frozenset()  # names of the upstreams through which calls enter from abroad
 

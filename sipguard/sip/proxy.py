@@ -47,6 +47,7 @@ KNOWN_METHODS: Final = frozenset(
      "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
 )
 _DIALOG_CREATING: Final = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
+MAX_UDP_REQUEST: Final = 1300  # RFC 3261 §18.1.1: larger requests go over TCP (path MTU unknown)
 _COOKIE: Final = "z9hG4bK"
 _CLASSES: Final = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")  # CoreStats.responses keys, by status // 100
 _ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
@@ -184,7 +185,7 @@ class ProxyCore:
         if data.startswith(b"SIP/2.0 ") and self._peeked_response(data, now, out):
             return out
         try:
-            msg = parse(data, max_bytes=self.max_message_bytes)
+            msg = parse(data, max_bytes=self.max_message_bytes, stream=source.transport != "udp")
         except SipError as err:
             self.stats.parse_errors[err.status] += 1
             partial: Partial = err.partial  # type: ignore[attr-defined]
@@ -263,6 +264,16 @@ class ProxyCore:
         txn = self._txns.client(msg.vias[0].branch or "", msg.method)
         if txn is None or not self._txns.waiting(txn):
             return out
+        adm = txn.admission
+        if (adm is not None and adm.target is not None and adm.target.transport == "udp" and txn.target is not None
+                and txn.target.transport == "tcp" and txn.key[0] != "cancel"):
+            # sent over TCP for its size only (§18.1.1): the next hop does not take TCP, so UDP after all
+            local = self._local_for(adm.target)
+            if local is not None:
+                txn.target = adm.target
+                self._txns.resend(txn, self._admitted_bytes(txn, adm, adm.target, local),
+                                  local.via_prefix + txn.branch, now, out)
+                return out
         req = txn.request
         why = f"sending to {_format_host(send.dest.host)}:{send.dest.port} failed: {why}"
         if self._txns.transport_error(txn, warning(why), now, out) and req is not None:
@@ -296,8 +307,9 @@ class ProxyCore:
         return self._by_family.get((dest.transport, 6 if ":" in dest.host else 4))
 
     def _reply_address(self, via: Via, source: Peer) -> Peer:
-        # RFC 3261 §18.2.2 + RFC 3581 §4: the source address; its port if rport, else sent-by's
-        if via.param("rport") is not None:
+        # RFC 3261 §18.2.2 + RFC 3581 §4: over TCP or TLS the connection the request came on; over UDP the
+        # source address, its port if rport, else sent-by's
+        if source.transport != "udp" or via.param("rport") is not None:
             return source
         return Peer(source.transport, source.host, via.port or 5060)
 
@@ -537,24 +549,35 @@ class ProxyCore:
 
     # ------------------------------------------------------------------ forwarding
     def _forward_admitted(self, txn: Txn, adm: Admission, now: float, out: list[Action]) -> None:
-        req = txn.request
-        assert req is not None, "a slim transaction is not forwarded again"
         target = adm.target
         assert target is not None
         local = self._local_for(target)
         assert local is not None, "checked before admission (_unroutable)"
-        popped, loop = txn.popped, txn.loop
+        txn.branch = self._our_branch(txn.loop, None)
+        data = self._admitted_bytes(txn, adm, target, local)
+        if len(data) > MAX_UDP_REQUEST and target.transport == "udp":
+            # §18.1.1: a request over 1,300 bytes goes over a congestion-controlled transport, when there is one
+            tcp = self._by_family.get(("tcp", local.family))
+            if tcp is not None:
+                target, local = Peer("tcp", target.host, target.port), tcp
+                data = self._admitted_bytes(txn, adm, target, local)
+        txn.target = target
+        self._txns.start_client(txn, data, local.via_prefix + txn.branch, now, out)
+
+    def _admitted_bytes(self, txn: Txn, adm: Admission, target: Peer, local: Local) -> bytes:
+        """A new request as it is forwarded to ``target`` from ``local`` (§16.6)."""
+        req = txn.request
+        assert req is not None, "a slim transaction is not forwarded again"
         edits: list[Edit] = []
         via_edit = self._received_edit(req.vias[0], txn.reply_to)
         if via_edit is not None:
             edits.append(via_edit)
-        txn.branch = self._our_branch(loop, None)
         edits.append(Prepend("via", local.via_prefix + txn.branch))
         edits.extend(self._max_forwards_edit(req))
         if adm.drop_routes:
             edits.append(RemoveAll("route"))
         else:
-            edits.extend(RemoveFirst("route") for _ in range(popped))
+            edits.extend(RemoveFirst("route") for _ in range(txn.popped))
         if req.method in _DIALOG_CREATING:
             tag = self._account_tags.get(adm.account)
             if tag is None:
@@ -562,8 +585,7 @@ class ProxyCore:
             token = route_token(self.route_key, req.call_id, txn.reply_to.host, target.host, tag)
             edits.extend(self._record_route(txn.reply_to, local, token))
         edits.extend(adm.edits)
-        txn.target = target
-        self._txns.start_client(txn, serialize(req, edits), local.via_prefix + txn.branch, now, out)
+        return serialize(req, edits)
 
     def _record_route(self, source: Peer, out_local: Local, token: str) -> list[Edit]:
         """§16.6 item 4, with the dialog's route token (dialog.py); RFC 5658 double Record-Route when the two

@@ -97,6 +97,17 @@ class Pump:
             except OSError:
                 self.core.stats.drops["send_buffer_full"] += 1
 
+    def stream_failed(self, data: bytes, dest: Peer, why: str) -> None:
+        """A stream transport could not deliver ``data`` to ``dest`` (no connection could be made, or it closed
+        first): the same transport error as a send the socket refused at once."""
+        try:
+            more = self.core.send_failed(Send(data, dest, "", 1 if data.startswith(b"SIP/2.0 ") else 0), why,
+                                         self.clock())
+            if more:
+                self.carry_out(more)
+        except Exception:
+            self.on_error(dest)
+
     def carry_out(self, actions: list[Action]) -> None:
         sendto = self.sendto
         failed: list[tuple[Send, str]] | None = None

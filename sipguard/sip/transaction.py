@@ -347,17 +347,27 @@ class Transactions:
     def start_client(self, txn: Txn, data: bytes, via: str, now: float, out: list[Action]) -> None:
         """Send a request downstream (``via``: our Via on it) and start its client side: Timers A/E (UDP)
         and B/F."""
-        txn.out_bytes = data
-        txn.via = via
         txn.client_key = (txn.branch, txn.method if txn.key[0] != "cancel" else "CANCEL")
         self._by_client[txn.client_key] = txn
         txn.client_move("send")
-        assert txn.target is not None
+        self._transmit(txn, data, via, now, out)
+
+    def _transmit(self, txn: Txn, data: bytes, via: str, now: float, out: list[Action]) -> None:
+        txn.out_bytes = data
+        txn.via = via
+        assert txn.target is not None and txn.client_key is not None
         out.append(Send(data, txn.target, txn.client_key[1], 0))
         if txn.target.transport == "udp":
             txn.retransmit_s = self.timers.t1_s
             self._wheel.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
         self._wheel.set(txn, "B" if txn.invite else "F", now + self.timers.t64_s)
+
+    def resend(self, txn: Txn, data: bytes, via: str, now: float, out: list[Action]) -> None:
+        """Send the request of a waiting client side again, changed (another transport to ``txn.target``):
+        its timers start over; its state and branch stay."""
+        for name in ("A", "B", "E", "F"):
+            self._wheel.cancel(txn, name)
+        self._transmit(txn, data, via, now, out)
 
     def send_cancel(self, txn: Txn, now: float, out: list[Action]) -> None:
         """CANCEL downstream for an INVITE client side (§9.1, §16.10), in a small client transaction of its own

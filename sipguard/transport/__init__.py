@@ -1,12 +1,13 @@
-"""Socket edges: thin asyncio listeners that hand datagrams to the server's pump.
+"""Socket edges: thin asyncio listeners that hand messages to the server's pump.
 
-Every transport offers the same small interface (``Transport``), so the server
-does not care whether a message leaves over UDP, or later TCP or TLS.
+Every transport offers the same small interface (``Transport``: ``sender()``, ``start``, ``close``), so the
+pump does not care whether a message leaves over UDP (udp.py) or TCP and TLS (stream.py, tls.py).
 """
 
 from typing import Protocol
 
 from ..sip.pump import SendTo
+from .stream import StreamListener
 from .udp import Receiver, UdpListener, parse_listen
 
 
@@ -23,9 +24,7 @@ class Transport(Protocol):
         """The fastest way to send: ``sendto(data, (host, port))`` (the server's pump calls it)."""
         ...
 
-    def set_receiver(self, receiver: Receiver) -> None: ...
-
     def close(self) -> None: ...
 
 
-__all__ = ["Transport", "UdpListener", "parse_listen"]
+__all__ = ["Transport", "UdpListener", "StreamListener", "parse_listen"]

@@ -26,7 +26,7 @@ def parse_listen(spec: str) -> tuple[str, str, int]:
     transport, _sep, rest = spec.partition(":")
     host, _sep, port = rest.rpartition(":")
     if transport not in ("udp", "tcp", "tls") or not host or not port.isdigit():
-        raise ValueError(f"listen address must be udp:HOST:PORT, got {spec!r}")
+        raise ValueError(f"listen address must be udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT, got {spec!r}")
     return transport, host.strip("[]"), int(port)
 
 

@@ -278,7 +278,11 @@ class Sipp:
         proc = subprocess.Popen(self._cmd(scenario, UAS_IP, port, *extra), stdout=out, stderr=subprocess.STDOUT,
                                 cwd=self.workdir)
         self.procs.append(proc)
-        _wait_udp_bound(UAS_IP, port)
+        mode = extra[extra.index("-t") + 1] if "-t" in extra else "u1"
+        if mode.startswith("t"):
+            _wait_tcp_listening(UAS_IP, port)
+        else:
+            _wait_udp_bound(UAS_IP, port)
         return proc
 
     def uac(self, scenario: str, target_port: int, *extra: str, ip: str = UAC_IP, port: int | None = None,
@@ -336,6 +340,18 @@ def _wait_udp_bound(ip: str, port: int, timeout_s: float = 5.0) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing bound {ip}:{port}")
+
+
+def _wait_tcp_listening(ip: str, port: int, timeout_s: float = 5.0) -> None:
+    """Bounded wait until something accepts TCP connections on ip:port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((ip, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on tcp {ip}:{port}")
 
 
 @pytest.fixture

@@ -5,26 +5,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import corpus
-from helpers import Wire, feed
+from helpers import CORPUS_EXPECTED_REPLY as EXPECTED_REPLY, CORPUS_NO_DIALOG as NO_DIALOG, Wire, feed
 from sipguard.sip import Peer, parse
 
 ROWS = corpus("rfc4475") + corpus("rfc5118")
 SOURCE = Peer("udp", "127.0.0.2", 5062)
-# well-formed requests inside a dialog (a To tag) that sipguard never admitted, and that carry no route
-# token of its own: 481, never relayed, never 400
-NO_DIALOG = {"wsinv.dat": 481, "mult-ip-in-header.dat": 481, "via-received-param-with-delim.dat": 481}
-
-# file -> the status sipguard answers with (None: dropped, never answered)
-EXPECTED_REPLY = {
-    "badvers.dat": 505, "unkscm.dat": 416, "novelsc.dat": 416, "zeromf.dat": 483, "bext01.dat": 420,
-    "unreason.dat": None, "noreason.dat": None, "bcast.dat": None, "scalarlg.dat": None, "bigcode.dat": None,
-    # requests whose broken CSeq leaves no well-formed answer possible: dropped
-    "scalar02.dat": None,
-    # a preloaded Route to an address that is neither sipguard nor the account's upstream: refused
-    "mpart01.dat": 403,
-}
-
-
 @pytest.fixture
 def policy_text(policy_text: str) -> str:
     # the torture messages present strangers' caller IDs: this test is about SIP, not screening

@@ -11,6 +11,7 @@ import sys
 
 from . import __version__
 from .config import Settings
+from .sip.message import ip_literal
 from .policy import Policy, PolicyError, load
 from .policy.channels import ChannelLimit, channel_limit
 
@@ -74,8 +75,36 @@ def _check(args: argparse.Namespace) -> int:
         if policy is None:
             status = 1
         else:
+            for line in asyncio.run(_unresolved(policy)):
+                print(f"{path}: warning: {line}")
             print(f"{path}: OK ({len(policy.accounts)} accounts)")
     return status
+
+
+async def _unresolved(policy: Policy) -> list[str]:
+    """The next hops given by name that resolve to nothing now: a warning, not an error (DNS may come up later;
+    until it does, calls to them get 503)."""
+    from .dns import DnsError, Resolver, split_server, system_resolvers
+
+    service = policy.service
+    hops = [(f"service.upstreams.{name}", peer) for name, peer in service.upstreams.items()]
+    hops += [(f"accounts.{a.name}.deliver_to", a.deliver_to) for a in policy.accounts if a.deliver_to is not None]
+    named = [(key, peer) for key, peer in hops if ip_literal(peer.host) is None]
+    if not named:
+        return []
+    servers = [split_server(s) for s in service.dns.servers] or system_resolvers()
+    transports = tuple(sorted({spec.split(":", 1)[0] for spec in service.listen}))
+    resolver = Resolver(servers, transports, min(service.dns.timeout_ms / 1000, 1.0))
+    out = []
+    for key, peer in named:
+        try:
+            found = await resolver.targets(peer.host, peer.port or None, peer.transport or None, peer.transport == "tls")
+            if not found:
+                out.append(f"{key}: {peer.host} has no NAPTR, SRV or address records now (calls to it get 503 "
+                           "until it has)")
+        except DnsError as err:
+            out.append(f"{key}: {peer.host} could not be resolved now ({err}); calls to it get 503 until it can")
+    return out
 
 
 def _load_for(path: str) -> Policy | None:

@@ -62,6 +62,8 @@ class CoreCollector(Collector):
         for reason, n in sorted(stats.drops.items()):
             drops.add_metric([reason], n)
         yield drops
+        yield CounterMetricFamily("sipguard_failovers", "Requests sent on to the next target of a next hop named by "
+                                  "DNS after a 503, a timeout or a transport error (RFC 3263)", value=stats.failovers)
         yield CounterMetricFamily("sipguard_token_relays", "In-dialog requests relayed on the proof of sipguard's "
                                   "route token, with no dialog held (after a restart, or of another node)",
                                   value=stats.token_relays)

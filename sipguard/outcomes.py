@@ -24,7 +24,7 @@ from typing import Any
 
 from .policy.decision import Decision, Mode, Verdict
 from .policy.engine import Engine
-from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, EndedByToken, Peer, Settle
+from .sip.actions import Action, Admission, Decided, DialogEnded, DialogStarted, EndedByToken, Peer, Resolve, Settle
 from .sip.message import Request
 from .sip.proxy import ProxyCore
 from .sip.pump import Pump
@@ -113,6 +113,7 @@ class Outcomes:
         self.core: ProxyCore | None = None
         self.pump: Pump | None = None
         self.settle_async = settle_async
+        self.resolve: Callable[[Resolve], None] | None = None  # the server's: a named next hop (dns.py)
 
     def attach(self, core: ProxyCore, pump: Pump, clock: Callable[[], float]) -> None:
         self.core = core
@@ -145,6 +146,11 @@ class Outcomes:
             decision = action.decision
             if isinstance(decision, Decision):
                 self.decided(decision, action.call_id, action.account)
+        elif isinstance(action, Resolve):
+            if self.resolve is not None:
+                self.resolve(action)
+            elif self.core is not None and self.pump is not None:
+                self.pump.carry_out(self.core.resolved(action.ticket, [], "no resolver", self.clock()))
 
     def decided(self, decision: Decision, call_id: str, account: str | None) -> None:
         self.decisions.inc(decision.rule, decision.verdict.value)

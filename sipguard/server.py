@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from .config import Settings
+from .dns import DnsError, Resolver, split_server, system_resolvers
 from .decisionlog import DecisionLog
 from .metrics import Metrics
 from .policy import Engine, Policy, PolicyError, Service, load
@@ -43,7 +44,7 @@ from . import __version__, systemd
 from ._compiled import native_core
 from .outcomes import Outcomes, TimedRouter
 from .policy.decision import Decision, Mode, Verdict
-from .sip.actions import Peer, Reject, Settle
+from .sip.actions import Peer, Reject, Resolve, Settle
 from .sip.message import ip_literal
 from .sip.proxy import Local, ProxyCore
 from .sip.pump import Dispatch, Pump, SendTo
@@ -66,6 +67,7 @@ RECV_MAX = 65536 + 64  # a hand-off: the largest UDP datagram and the line namin
 MIRROR = b"\0"  # starts a message of auto-dialer records between workers (no SIP datagram starts so)
 MIRROR_EVERY_S = 0.01  # how often a worker sends the other workers its auto-dialer records
 EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logged
+LEARN_EVERY_S = 60.0  # how often the addresses of the upstreams named by DNS are looked up again
 MACHINE_ID = Path("/etc/machine-id")
 GC_YOUNG_THRESHOLD = 5_000  # tracked objects allocated (net) between collections of the youngest generation
 GC_FULL_EVERY_S = 600.0  # a full collection this often, instead of ones triggered by allocation counts
@@ -221,6 +223,12 @@ class Server:
         self._renewal: asyncio.Task[None] | None = None
         self.listeners: list[UdpListener] = []
         self.streams: list[StreamListener] = []  # TCP and TLS listeners (transport/stream.py)
+        self.tls_peers: dict[tuple[str, int], list[str]] = {}  # TLS clients' certificate names (_tls_peer)
+        self.tls_hosts: dict[str, int] = {}
+        self._tls_trusted: set[tuple[str, int]] = set()
+        self.resolver: Resolver | None = None  # next hops by name (dns.py), made in start()
+        self.upstream_addresses: set[str] = set()  # what the upstreams named by DNS resolve to: trusted
+        self._learning: asyncio.Task[None] | None = None
         self.shared_listeners: list[UdpListener] = []  # with --workers: the listen sockets every worker reads
         self.dispatch: Dispatch | None = None
         overload = self.policy.service.overload
@@ -363,6 +371,8 @@ class Server:
             locals_ + shared_locals, self.router(), timer_config(self.policy),
             max_message_bytes=service.max_message_bytes, aliases=aliases, route_key=key,
         )
+        self.resolver = self._make_resolver(self.policy)
+        self.outcomes.resolve = self._resolve
         self.pump = self.make_pump({key: sending.sender() for key, sending in self._by_family.items()})
         for receiving in self.listeners:
             receiving.set_receiver(self.pump.datagram_received)
@@ -370,6 +380,7 @@ class Server:
             stream.set_receiver(self.pump.receive)
             stream.set_failed(self.pump.stream_failed)
             stream.admit_source = self._admit_connection
+            stream.peer_names = self._tls_peer
         if worker is not None:
             dispatch = Dispatch(self.pump, worker.index,
                                 [None if i == worker.index else box.send for i, box in enumerate(worker.outboxes)],
@@ -397,6 +408,7 @@ class Server:
         tune_gc()
         self._full_gc = self._loop.call_later(GC_FULL_EVERY_S, self._collect_all)
         self._sweep = self._loop.call_later(EDGE_SWEEP_S, self._sweep_edge)
+        self._learning = self._loop.create_task(self._learn_upstreams())
         if isinstance(self.store, RedisStore):
             await self.store.start(list(self.engine.views))
             self._log_outages()
@@ -587,6 +599,9 @@ class Server:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        if self._learning is not None:
+            self._learning.cancel()
+            self._learning = None
         if self._renewal is not None:
             self._renewal.cancel()
             self._renewal = None
@@ -736,6 +751,74 @@ class Server:
                               self.policy.service.max_message_bytes, server_ssl=server_ssl, client_ssl=client_ssl,
                               shared=shared)
 
+    def _make_resolver(self, policy: Policy) -> Resolver:
+        dns = policy.service.dns
+        servers = [split_server(s) for s in dns.servers] or system_resolvers()
+        transports = tuple(sorted({key[0] for key in self._by_family}))
+        return Resolver(servers, transports, dns.timeout_ms / 1000)
+
+    def _resolve(self, action: Resolve) -> None:
+        """A request for a next hop given by name (core: Resolve): looked up (dns.py), then handed back."""
+        assert self._loop is not None
+        self._loop.create_task(self._resolve_task(action))
+
+    async def _resolve_task(self, action: Resolve) -> None:
+        target = action.target
+        assert self.resolver is not None and self._loop is not None
+        why = ""
+        try:
+            peers = await self.resolver.targets(target.host, target.port or None, target.transport or None,
+                                                target.transport == "tls")
+            if not peers:
+                why = f"{target.host} has no NAPTR, SRV or address records"
+        except DnsError as err:
+            peers, why = [], f"DNS: {err}"
+        except Exception:  # a bug must not leave the call hanging: 503
+            log.exception("resolving %s", target.host)
+            peers, why = [], f"could not resolve {target.host}"
+        if why:
+            log.warning("next hop %s: %s: the call gets 503", target.host, why)
+        self.pump.resolved(action.ticket, peers, why)
+
+    async def _learn_upstreams(self) -> None:
+        """Every LEARN_EVERY_S: the addresses of the upstreams named by DNS, so that requests from them (calls
+        coming in from a carrier) are known as the upstream's."""
+        assert self._loop is not None
+        while True:
+            names = [peer for peer in self.policy.service.upstreams.values() if ip_literal(peer.host) is None]
+            found: set[str] = set()
+            for peer in names:
+                assert self.resolver is not None
+                try:
+                    found |= {p.host for p in await self.resolver.targets(
+                        peer.host, peer.port or None, peer.transport or None, peer.transport == "tls")}
+                except DnsError as err:
+                    log.warning("upstream %s: %s (requests from its addresses are not recognised until it "
+                                "resolves)", peer.host, err)
+            if found or not names:
+                self.upstream_addresses.clear()
+                self.upstream_addresses.update(found)
+            await asyncio.sleep(LEARN_EVERY_S)
+
+    def _tls_peer(self, peer: Peer, names: list[str], up: bool) -> None:
+        """A TLS client with a verified certificate came or went: the account its names match (match.tls_names)
+        is its account for the requests on that connection, and its address is trusted while it is connected."""
+        key = (peer.host, peer.port)
+        if up:
+            self.tls_peers[key] = names
+            if self.engine.account_for_names(names) is not None:
+                self._tls_trusted.add(key)
+                self.tls_hosts[peer.host] = self.tls_hosts.get(peer.host, 0) + 1
+            return
+        self.tls_peers.pop(key, None)
+        if key in self._tls_trusted:
+            self._tls_trusted.discard(key)
+            left = self.tls_hosts.get(peer.host, 1) - 1
+            if left > 0:
+                self.tls_hosts[peer.host] = left
+            else:
+                self.tls_hosts.pop(peer.host, None)
+
     def _admit_connection(self, host: str) -> bool:
         """A new TCP or TLS connection from ``host``: refused while the edge bans the address (policy/edge.py)."""
         assert self._loop is not None
@@ -755,8 +838,15 @@ class Server:
         self.outcomes.reconfigure(engine, service.reject.channel_limit)
         self.core.set_router(self.router())
         self.core.set_dialog_timeout(service.dialog_timeout_s)
+        engine.tls_peers, engine.tls_hosts = self.tls_peers, self.tls_hosts
+        engine.upstream_addresses = self.upstream_addresses
+        if self.resolver is not None:
+            dns = service.dns
+            self.resolver.servers = [split_server(s) for s in dns.servers] or system_resolvers()
+            self.resolver.timeout_s = dns.timeout_ms / 1000
         for stream in self.streams:
             stream.set_limits(service.connections)
+            stream.set_tls(service.tls)  # the files read again: a renewed certificate is taken
         key, key_source = route_key(policy)
         if key_source != "random":  # a random key is kept: a new one would orphan the tokens of calls up now
             self.core.route_key = key

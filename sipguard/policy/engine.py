@@ -114,6 +114,13 @@ class Engine:
         self._nets: list[tuple[Network, Account]] = [(n, a) for a in policy.accounts for n in a.sources]
         self._nets.sort(key=lambda na: na[0].prefixlen, reverse=True)  # most specific first
         self._domains = {d: a for a in policy.accounts for d in a.domains}
+        self._tls_names = {n: a for a in policy.accounts for n in a.tls_names}
+        # the names in the verified certificates of TLS peers (host, port), and how many connections with a
+        # certificate that names an account each address has: the server's (connections outlive a reload)
+        self.tls_peers: dict[tuple[str, int], list[str]] = {}
+        self.tls_hosts: dict[str, int] = {}
+        # the addresses the upstreams named by DNS resolve to (the server's, kept up to date): trusted as upstreams
+        self.upstream_addresses: set[str] = set()
         self._upstream_hosts = {p.host for p in service.upstreams.values()}
         self._international = frozenset(service.upstreams[n].host for n in service.international
                                         if n in service.upstreams)
@@ -182,9 +189,19 @@ class Engine:
         """The account whose tag a route token carries (sip/dialog.py), if this policy has it."""
         return self._tags.get(tag)
 
+    def account_for_names(self, names: list[str]) -> Account | None:
+        """The account a TLS client certificate names (its subject's CN or a subjectAltName in match.tls_names)."""
+        for name in names:
+            account = self._tls_names.get(name.lower())
+            if account is not None:
+                return account
+        return None
+
     def is_trusted(self, host: str) -> bool:
-        """An upstream, or an address in an account's networks: never banned by the edge (a domain is no proof)."""
-        return host in self._upstream_hosts or self.account_for_source(host) is not None
+        """An upstream, an address in an account's networks, or one with a TLS connection whose certificate names
+        an account: never banned by the edge (a domain is no proof)."""
+        return (host in self._upstream_hosts or host in self.upstream_addresses
+                or self.account_for_source(host) is not None or host in self.tls_hosts)
 
     def is_emergency(self, request: Request) -> bool:
         return self.emergency.uri(request.uri)
@@ -203,10 +220,12 @@ class Engine:
         """Route and decide a new out-of-dialog request; ``routes``: its Route values after sipguard's own."""
         host = source.host
         account = self.account_for_source(host)
+        if account is None and source.transport == "tls" and self.tls_peers:
+            account = self.account_for_names(self.tls_peers.get((host, source.port)) or [])
         trusted = account is not None
         if account is None and self._domains:
             account = self._account_for_domain(request)
-        upstream = account is None and host in self._upstream_hosts
+        upstream = account is None and (host in self._upstream_hosts or host in self.upstream_addresses)
         if account is None and not upstream:
             return self._unknown_source(request, source)
         emergency = request.method == "INVITE" and self.is_emergency(request)
@@ -290,7 +309,9 @@ class Engine:
             except ParseError:
                 return value
             transport = (uri.param("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
-            if ip_literal(uri.host) != next_hop.host or (uri.port or (5061 if transport == "tls" else 5060)) != next_hop.port:
+            host = ip_literal(uri.host) or uri.host.lower()
+            port = uri.port or (5061 if transport == "tls" else 5060)
+            if host != next_hop.host or (next_hop.port and port != next_hop.port):  # port 0: a name's, by SRV
                 return value
         return None
 

@@ -34,6 +34,7 @@ from .model import (
     Band,
     Connections,
     Device,
+    Dns,
     InboundCallerId,
     OverloadConfig,
     Network,
@@ -52,6 +53,8 @@ from .model import (
 __all__ = ["PolicyError", "Problem", "load", "load_text", "unreachable"]
 
 _E164 = re.compile(r"\+[1-9]\d{3,14}")
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]{0,61}"
+                        r"[A-Za-z0-9])?\.?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,14 @@ class _Ctx:
                 out.append(s)
         return tuple(out)
 
+    def strings_like(self, node: yaml.Node, key: str, pattern: str, what: str) -> tuple[str, ...]:
+        """A list of strings, each matching ``pattern`` (an error per one that does not, saying ``what``)."""
+        items = self.strings(node, key)
+        for i, item in enumerate(items):
+            if not re.fullmatch(pattern, item):
+                self.error(node, f"{key}[{i}]", f"{what}, got {item!r}")
+        return items
+
     def networks(self, node: yaml.Node, key: str) -> tuple[Network, ...]:
         out = []
         for i, item in enumerate(self.seq(node, key) or []):
@@ -206,19 +217,24 @@ class _Ctx:
             self.error(node, key, f"not a SIP URI: {s!r}")
             return None
         host = uri.host.strip("[]")
+        transport = (uri.param("transport") or ("tls" if uri.scheme == "sips" else "")).lower()
+        if transport not in ("", "udp", "tcp", "tls"):
+            self.error(node, key, f"unknown transport {transport!r}")
+            return None
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            self.error(node, key, f"the host must be an IP address (no DNS yet): {s!r}")
-            return None
+            if not _HOST_NAME.fullmatch(host):
+                self.error(node, key, f"neither an IP address nor a host name: {s!r}")
+                return None
+            # a name (README, "Next hops by name"): resolved when a call goes there (RFC 3263); the port and
+            # transport only when the URI gives them (0 and "": NAPTR and SRV decide)
+            return Peer(transport, host.lower(), uri.port or 0)
         ip = ipaddress.ip_address(host)
         if ip.is_multicast or ip.is_unspecified or host == "255.255.255.255":
             self.error(node, key, f"not a unicast address: {s!r}")
             return None
-        transport = (uri.param("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
-        if transport not in ("udp", "tcp", "tls"):
-            self.error(node, key, f"unknown transport {transport!r}")
-            return None
+        transport = transport or "udp"
         if uri.port == 0:
             self.error(node, key, f"port 0 cannot be sent to: {s!r}")
             return None
@@ -247,15 +263,26 @@ def unreachable(peer: Peer, listen: tuple[str, ...]) -> str | None:
     """Why no listen address can send to ``peer`` (no listen address of its transport and family), or None.
     The loader refuses such a policy, and the server a command line whose --listen leaves one unreachable."""
     family = 6 if ":" in peer.host else 4
+    named = ipaddress_or_none(peer.host) is None  # a name: its family is the DNS's to say
     for spec in listen:
         transport, _sep, rest = spec.partition(":")
         host = rest.rpartition(":")[0].strip("[]")
-        if transport == peer.transport and (6 if ":" in host else 4) == family:
+        if (transport == peer.transport or not peer.transport) and (named or (6 if ":" in host else 4) == family):
             return None
+    if named:
+        return (f"no listen address can reach {peer.host}: service.listen has no "
+                f"{peer.transport or 'udp, tcp or tls'} address")
     port = 5061 if peer.transport == "tls" else 5060
     example = f"{peer.transport}:[::]:{port}" if family == 6 else f"{peer.transport}:0.0.0.0:{port}"
     return (f"no listen address can reach {_bracketed(peer.host)}:{peer.port}: service.listen has no "
             f"{peer.transport} address of IPv{family} (add one, e.g. {example!r})")
+
+
+def ipaddress_or_none(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def _bracketed(host: str) -> str:
@@ -438,11 +465,7 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
                 ctx.error(v, path, "must be at least 16 characters (it signs the route tokens of every call)")
             kw[key] = secret
         elif key == "emergency_numbers":
-            nums = ctx.strings(v, path)
-            for i, n in enumerate(nums):
-                if not re.fullmatch(r"\+?\d{2,15}", n):
-                    ctx.error(v, f"{path}[{i}]", f"not a dialable number: {n!r}")
-            kw[key] = nums
+            kw[key] = ctx.strings_like(v, path, r"\+?\d{2,15}", "not a dialable number")
         elif key == "channel_bands":
             kw[key] = _bands(ctx, v, path)
         elif key == "channel_rounding":
@@ -480,6 +503,8 @@ def _service(ctx: _Ctx, node: yaml.Node) -> Service | None:
             kw[key] = Connections(**_settings(ctx, v, path, Connections, lambda name: name.startswith("max_")))
         elif key == "tls":
             kw[key] = _tls(ctx, v, path)
+        elif key == "dns":
+            kw[key] = _dns(ctx, v, path)
         elif key == "sip_timers":
             kw[key] = SipTimers(**_settings(ctx, v, path, SipTimers, lambda name: name.endswith("_ms")))
     listen_specs = kw.get("listen") or Service().listen
@@ -504,6 +529,20 @@ def _settings(ctx: _Ctx, node: yaml.Node, path: str, cls: type, integer: Callabl
         if val is not None:
             out[key] = val
     return out
+
+
+def _dns(ctx: _Ctx, node: yaml.Node, path: str) -> Dns | None:
+    m = ctx.mapping(node, path, tuple(f.name for f in fields(Dns))) or {}
+    kw: dict[str, Any] = {}
+    errors = len(ctx.problems)
+    for key, (_k, v) in m.items():
+        sub = f"{path}.{key}"
+        if key == "servers":
+            kw[key] = ctx.strings_like(v, sub, r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+)(:\d{1,5})?",
+                                       "expected IP or IP:PORT (IPv6 in brackets)")
+        elif key == "timeout_ms":
+            kw[key] = ctx.number(v, sub, minimum=1, integer=True)
+    return Dns(**kw) if len(ctx.problems) == errors else None
 
 
 def _tls(ctx: _Ctx, node: yaml.Node, path: str) -> Tls | None:
@@ -669,14 +708,21 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service, service_ok
             ctx.error(m["kind"][1], f"{path}.kind", "must be hosted or trunk")
     sources: tuple[Network, ...] = ()
     domains: tuple[str, ...] = ()
+    tls_names: tuple[str, ...] = ()
     if "match" in m:
-        mm = ctx.mapping(m["match"][1], f"{path}.match", ("sources", "domains")) or {}
+        mm = ctx.mapping(m["match"][1], f"{path}.match", ("sources", "domains", "tls_names")) or {}
         if "sources" in mm:
             sources = ctx.networks(mm["sources"][1], f"{path}.match.sources")
         if "domains" in mm:
             domains = tuple(d.lower() for d in ctx.strings(mm["domains"][1], f"{path}.match.domains"))
-    if not sources and not domains:
-        ctx.error(node, f"{path}.match", "an account needs match.sources or match.domains")
+        if "tls_names" in mm:
+            tls_names = tuple(n.lower() for n in ctx.strings(mm["tls_names"][1], f"{path}.match.tls_names"))
+            if tls_names and not service.tls.ca:
+                ctx.error(mm["tls_names"][1], f"{path}.match.tls_names", "a certificate proves a name only when it "
+                          "chains to the CAs in service.tls.ca: set them (and verify_clients, or clients may "
+                          "present none)")
+    if not sources and not domains and not tls_names:
+        ctx.error(node, f"{path}.match", "an account needs match.sources, match.domains or match.tls_names")
     upstream = ""
     if "upstream" not in m:
         ctx.missing(node, f"{path}.upstream")
@@ -743,7 +789,7 @@ def _account(ctx: _Ctx, name: str, node: yaml.Node, service: Service, service_ok
     if len(ctx.problems) > before:
         return None
     return Account(name, kind, sources, domains, upstream, deliver_to, channels, users, devices, sites, numbers, rules,
-                   default_number, mismatch)
+                   default_number, mismatch, tls_names)
 
 
 def _in_blocks(number: str, blocks: tuple[NumberBlock, ...]) -> bool:

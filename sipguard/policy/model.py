@@ -120,6 +120,14 @@ class Tls:
 
 
 @dataclass(frozen=True, slots=True)
+class Dns:
+    """Where next hops named by host name are looked up (README, "Next hops by name")."""
+
+    servers: tuple[str, ...] = ()  # "IP" or "IP:PORT"; default: the nameservers of /etc/resolv.conf
+    timeout_ms: int = 1000  # per try; each server is tried twice
+
+
+@dataclass(frozen=True, slots=True)
 class InboundCallerId:
     """The Belgian anti-spoofing rule (Royal Decree of 12 May 2024): calls that enter through an
     international upstream may not present a number of ``service.country``, except the registered
@@ -161,6 +169,7 @@ class Service:
     overload: OverloadConfig = OverloadConfig()
     connections: Connections = Connections()
     tls: Tls = Tls()
+    dns: Dns = Dns()
     # not keys of their own: read from the upstreams' long form ({uri, international})
     international: frozenset[str] = frozenset()  # names of the upstreams through which calls enter from abroad
 
@@ -206,6 +215,7 @@ class Account:
     rules: dict[str, RuleMode]
     default_number: str | None = None  # E.164; default: the first number of the first block
     on_caller_id_mismatch: str = "reject"  # reject | rewrite (to default_number)
+    tls_names: tuple[str, ...] = ()  # match.tls_names: a TLS client certificate naming one of these is this account
 
     def mode(self, rule: str) -> RuleMode:
         if rule == "autodialer":  # on by default for trunks (SIP Trunking 5); hosted accounts may opt in

@@ -20,6 +20,7 @@ __all__ = [
     "Peer",
     "Send",
     "Settle",
+    "Resolve",
     "DialogStarted",
     "DialogEnded",
     "EndedByToken",
@@ -80,6 +81,18 @@ class Settle:
         self.ticket = ticket
         self.claim = claim
         self.emergency = emergency
+
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
+class Resolve:
+    """Find where ``target`` (a host name: RFC 3263) goes, then call ``core.resolved(ticket, peers, why, now)``."""
+
+    ticket: Final[int]
+    target: Final[Peer]  # host a name; port 0 and transport "" when the URI gave none
+
+    def __init__(self, ticket: int, target: Peer) -> None:
+        self.ticket = ticket
+        self.target = target
 
 
 @dataclass(slots=True, init=False, unsafe_hash=True)
@@ -144,7 +157,7 @@ class Decided:
         self.account = account
 
 
-Action = Send | Settle | DialogStarted | DialogEnded | EndedByToken | Decided
+Action = Send | Settle | Resolve | DialogStarted | DialogEnded | EndedByToken | Decided
 
 
 @dataclass(slots=True, init=False, unsafe_hash=True)
@@ -231,7 +244,8 @@ class Router(Protocol):
 class CoreStats:
     """Counters of the core (the proxy, its transactions), read by the metrics collector at scrape time."""
 
-    __slots__ = ("requests", "responses", "parse_errors", "drops", "replies", "light_responses", "token_relays")
+    __slots__ = ("requests", "responses", "parse_errors", "drops", "replies", "light_responses", "token_relays",
+                 "failovers")
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()  # by method (bounded: the known methods + other)
@@ -241,3 +255,4 @@ class CoreStats:
         self.drops: Counter[str] = Counter()  # by reason
         self.light_responses = 0  # responses read by the light path (peek_response), not parsed whole
         self.token_relays = 0  # in-dialog requests relayed on the proof of a route token (no dialog held)
+        self.failovers = 0  # requests sent on to the next target of a named next hop (RFC 3263 §4.3)

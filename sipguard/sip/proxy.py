@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from .actions import Action, Admission, CoreStats, Decided, EndedByToken, Peer, Reject, Router, Send, Settle
+from .actions import Action, Admission, CoreStats, Decided, EndedByToken, Peer, Reject, Resolve, Router, Send, Settle
 from .dialog import TOKEN_PARAM, Dialog, Dialogs, account_tag, route_token, token_side
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
 from .memo import Memo
@@ -137,6 +137,7 @@ class ProxyCore:
         self.stats = CoreStats()
         self._dialogs = Dialogs(self._timers, self.timers.dialog_timeout_s)
         self._txns = Transactions(self.timers, self._timers, self._dialogs, self.stats, server_header)
+        self._txns.failover = self._failover
         self._counter = 0
         self.unavailable: Reject | None = None  # while stopping: the answer to an OPTIONS addressed to sipguard
 
@@ -242,9 +243,61 @@ class ProxyCore:
         if txn.cancelled:
             self._dialogs.end(dialog, "cancelled", now, out)
             return out
-        self._forward_admitted(txn, adm, now, out)
+        self._go_on(txn, adm, now, out)
+        return out
+
+    def _go_on(self, txn: Txn, adm: Admission, now: float, out: list[Action]) -> None:
+        """An admitted request, its channel claimed: forward it, or first find where its named next hop is."""
+        target = adm.target
+        assert target is not None
+        if ip_literal(target.host) is None:  # a host name (RFC 3263): the server resolves it, then resolved()
+            txn.ticket = self._next_id()
+            self._tickets[txn.ticket] = txn
+            out.append(Resolve(txn.ticket, target))
+            return
+        self._forward_admitted(txn, adm, target, now, out)
+        self._txns.trying(txn, out)
+
+    def resolved(self, ticket: int, peers: list[Peer], why: str, now: float) -> list[Action]:
+        """The next hops a named target resolved to, in the order to try (RFC 3263 §4); none: ``why`` not."""
+        out: list[Action] = []
+        txn = self._tickets.pop(ticket, None)
+        if txn is None or txn.admission is None or txn.request is None:
+            return out
+        adm = txn.admission
+        name = adm.target.host if adm.target is not None else ""
+        if txn.cancelled:  # answered 487 while it was being resolved
+            if txn.dialog is not None and txn.dialog.alive:
+                self._dialogs.end(txn.dialog, "cancelled", now, out)
+            self._txns.maybe_free(txn)
+            return out
+        reachable = [p for p in peers if self._local_for(p) is not None]
+        if not reachable:
+            if peers:
+                why = f"no listen address reaches what {name} resolves to ({peers[0].transport}:{peers[0].host})"
+            req = txn.request
+            self._txns.answer(txn, 503, "Service Unavailable", now, out, (warning(why),))
+            self._refused(req.method, req.uri, req.call_id, txn.reply_to, 503, why, "unroutable", out)
+            if txn.dialog is not None and txn.dialog.alive:
+                self._dialogs.end(txn.dialog, "unroutable", now, out)
+            self._txns.maybe_free(txn)
+            return out
+        txn.alternatives = tuple(reachable[1:])
+        self._forward_admitted(txn, adm, reachable[0], now, out)
         self._txns.trying(txn, out)
         return out
+
+    def _failover(self, txn: Txn, now: float, out: list[Action]) -> bool:
+        """The next hop failed (a 503, a timeout, a transport error): send the request to the next alternative
+        (RFC 3263 §4.3), in a new client side with a new branch.  False when there is none left."""
+        adm = txn.admission
+        if not txn.alternatives or adm is None or txn.request is None:
+            return False
+        target, txn.alternatives = txn.alternatives[0], txn.alternatives[1:]
+        self._txns.reset_client(txn)
+        self.stats.failovers += 1
+        self._forward_admitted(txn, adm, target, now, out)
+        return True
 
     def send_failed(self, send: Send, why: str, now: float) -> list[Action]:
         """The socket refused a datagram we sent (no route to the host, an address it may not send to): a
@@ -264,9 +317,11 @@ class ProxyCore:
         txn = self._txns.client(msg.vias[0].branch or "", msg.method)
         if txn is None or not self._txns.waiting(txn):
             return out
+        if txn.alternatives and txn.key[0] != "cancel" and self._failover(txn, now, out):
+            return out  # RFC 3263 §4.3: a transport error moves on to the next target
         adm = txn.admission
         if (adm is not None and adm.target is not None and adm.target.transport == "udp" and txn.target is not None
-                and txn.target.transport == "tcp" and txn.key[0] != "cancel"):
+                and txn.target.transport == "tcp" and txn.key[0] != "cancel" and ip_literal(adm.target.host)):
             # sent over TCP for its size only (§18.1.1): the next hop does not take TCP, so UDP after all
             local = self._local_for(adm.target)
             if local is not None:
@@ -466,7 +521,7 @@ class ProxyCore:
         if self._is_me(target.host, target.port):
             self._local_reply(req, key, reply_to, 404, now, out)  # no route beyond ourselves
             return
-        if self._local_for(target) is None:  # before any channel is claimed
+        if self._local_for(target) is None and ip_literal(target.host) is not None:  # before any channel is claimed
             self._unroutable(req, key, reply_to, source, target, now, out)
             return
         txn = self._txns.add(key, req, reply_to)
@@ -482,8 +537,7 @@ class ProxyCore:
             return  # settled() forwards it, then sends the 100
         if txn.invite:
             txn.dialog = self._start_dialog(txn, req, adm, now, out)
-        self._forward_admitted(txn, adm, now, out)
-        self._txns.trying(txn, out)
+        self._go_on(txn, adm, now, out)
 
     def _unroutable(self, req: Request, key: tuple[object, ...], reply_to: Peer, source: Peer, target: Peer,
                     now: float, out: list[Action]) -> None:
@@ -548,11 +602,12 @@ class ProxyCore:
             self._txns.answer(invite, 487, "Request Terminated", now, out)
 
     # ------------------------------------------------------------------ forwarding
-    def _forward_admitted(self, txn: Txn, adm: Admission, now: float, out: list[Action]) -> None:
-        target = adm.target
-        assert target is not None
+    def _forward_admitted(self, txn: Txn, adm: Admission, target: Peer, now: float, out: list[Action]) -> None:
+        """Forward an admitted request to ``target`` (the Router's, or one its name resolved to)."""
         local = self._local_for(target)
-        assert local is not None, "checked before admission (_unroutable)"
+        assert local is not None, "checked before admission (_unroutable), or when resolved"
+        if txn.dialog is not None:
+            txn.dialog.callee_host = target.host  # the dialog's far end: this address, whatever name found it
         txn.branch = self._our_branch(txn.loop, None)
         data = self._admitted_bytes(txn, adm, target, local)
         if len(data) > MAX_UDP_REQUEST and target.transport == "udp":
@@ -757,6 +812,8 @@ class ProxyCore:
         if len(resp.vias) < 2:
             self.stats.drops["no_upstream_via"] += 1
             return
+        if resp.status == 503 and txn.alternatives and self._next_alternative(txn, resp.get("to") or "", now, out):
+            return
         self._txns.response(txn, resp.status, resp.to_tag, resp.get("to") or "",
                             serialize(resp, (RemoveFirst("via"),)), now, out)
 
@@ -790,8 +847,18 @@ class ProxyCore:
         stats = self.stats
         stats.responses[_CLASSES[status // 100]] += 1
         stats.light_responses += 1
+        if status == 503 and txn.alternatives and self._next_alternative(txn, peek.to, now, out):
+            return True
         self._txns.response(txn, status, to_tag, peek.to, peek.without_top_via(data), now, out)
         return True
+
+    def _next_alternative(self, txn: Txn, to: str, now: float, out: list[Action]) -> bool:
+        """A 503 from a next hop that has an alternative (RFC 3263 §4.3): ACK it (an INVITE's), try the next."""
+        if not self._txns.waiting(txn):
+            return False
+        if txn.invite:
+            self._txns.ack_final(txn, to, out)
+        return self._failover(txn, now, out)
 
     # ------------------------------------------------------------------ dialogs
     def _start_dialog(self, txn: Txn, req: Request, adm: Admission, now: float, out: list[Action]) -> Dialog:

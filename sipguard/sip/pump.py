@@ -97,6 +97,13 @@ class Pump:
             except OSError:
                 self.core.stats.drops["send_buffer_full"] += 1
 
+    def resolved(self, ticket: int, peers: list[Peer], why: str) -> None:
+        """Where a named next hop went (the server's resolver): the core forwards, or answers 503."""
+        try:
+            self.carry_out(self.core.resolved(ticket, peers, why, self.clock()))
+        except Exception:
+            self.on_error(None)
+
     def stream_failed(self, data: bytes, dest: Peer, why: str) -> None:
         """A stream transport could not deliver ``data`` to ``dest`` (no connection could be made, or it closed
         first): the same transport error as a send the socket refused at once."""

@@ -33,6 +33,7 @@ means for its dialog (answered, ended) it tells the dialog table (dialog.py).  T
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Final
 
@@ -172,6 +173,7 @@ class Txn:
         "via",
         "client_key",
         "target",
+        "alternatives",
         "out_bytes",
         "out_route",
         "popped",
@@ -201,6 +203,7 @@ class Txn:
         self.via = ""  # our Via on the forwarded request (its CANCEL and ACK carry the same)
         self.client_key: tuple[str, str] | None = None
         self.target: Peer | None = None
+        self.alternatives: tuple[Peer, ...] = ()  # the next hops to try after this one (RFC 3263 §4.3)
         self.out_bytes = b""
         self.out_route: tuple[str, ...] = ()  # Route values of the forwarded request
         self.popped = 0  # how many of the received Route values were ours
@@ -254,7 +257,7 @@ class Txn:
 class Transactions:
     """The proxy's transactions (RFC 3261 §17, RFC 6026): the records, their timers, their responses."""
 
-    __slots__ = ("timers", "_wheel", "_dialogs", "_stats", "server_header", "_by_key", "_by_client")
+    __slots__ = ("timers", "_wheel", "_dialogs", "_stats", "server_header", "_by_key", "_by_client", "failover")
 
     def __init__(self, timers: TimerConfig, wheel: TimerWheel, dialogs: Dialogs, stats: CoreStats,
                  server_header: str | None) -> None:
@@ -265,6 +268,8 @@ class Transactions:
         self.server_header = server_header
         self._by_key: dict[tuple[object, ...], Txn] = {}
         self._by_client: dict[tuple[str, str], Txn] = {}
+        # the proxy's: send a request whose next hop timed out to its next alternative (True: sent)
+        self.failover: Callable[[Txn, float, list[Action]], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -361,6 +366,20 @@ class Transactions:
             txn.retransmit_s = self.timers.t1_s
             self._wheel.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
         self._wheel.set(txn, "B" if txn.invite else "F", now + self.timers.t64_s)
+
+    def reset_client(self, txn: Txn) -> None:
+        """End a client side that failed (a 503, a timeout, a transport error) without ending the record: a new
+        one starts for the next alternative (``start_client``, with a new branch)."""
+        for name in ("A", "B", "C", "D", "E", "F", "K", "M"):
+            self._wheel.cancel(txn, name)
+        if txn.client_key is not None and self._by_client.get(txn.client_key) is txn:
+            del self._by_client[txn.client_key]
+        txn.client_key = None
+        txn.client = ClientState.NONE
+
+    def ack_final(self, txn: Txn, to: str, out: list[Action]) -> None:
+        """ACK a non-2xx final to an INVITE that is not forwarded upstream (the next alternative is tried)."""
+        self._send_ack(txn, to, out)
 
     def resend(self, txn: Txn, data: bytes, via: str, now: float, out: list[Action]) -> None:
         """Send the request of a waiting client side again, changed (another transport to ``txn.target``):
@@ -520,6 +539,10 @@ class Transactions:
                 txn.retransmit_s = t.t2_s if txn.client is ClientState.PROCEEDING else min(txn.retransmit_s * 2, t.t2_s)
             self._wheel.set(txn, name, now + txn.retransmit_s)
         elif name in ("B", "F"):  # no final from downstream
+            if txn.alternatives and txn.key[0] != "cancel" and self.failover is not None and \
+                    txn.client in (ClientState.CALLING, ClientState.TRYING, ClientState.PROCEEDING) and \
+                    self.failover(txn, now, out):
+                return
             self._wheel.cancel(txn, "A")
             self._wheel.cancel(txn, "E")
             txn.client_move("timer_b" if name == "B" else "timer_f")

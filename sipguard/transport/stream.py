@@ -33,8 +33,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..policy.model import Connections
+from ..policy.model import Connections, Tls
 from ..sip.actions import Peer
+from .tls import certificate_names, contexts
 
 __all__ = ["StreamListener", "Framer", "FramingError", "bind_stream"]
 
@@ -156,6 +157,7 @@ class _Connection(asyncio.Protocol):
         self.message_started = 0.0
         self.pending: list[bytes] = []  # written before an outbound connection was up
         self.closed = False
+        self.names: list[str] = []  # a TLS client's verified certificate: its names (tls.certificate_names)
         self.aliased = outbound is not None  # outbound: named by its target already
         self.why = ""  # why we closed it
 
@@ -175,6 +177,10 @@ class _Connection(asyncio.Protocol):
                 transport.abort()
                 return
             listener.register(self, (host, addr[1]))
+            if listener.server_ssl is not None:
+                self.names = certificate_names(transport.get_extra_info("peercert"))
+                if self.names:
+                    listener.peer_names(self.peer, self.names, True)
 
     def data_received(self, data: bytes) -> None:
         listener = self.listener
@@ -203,6 +209,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.listener.unregister(self)
+        if self.names and self.peer is not None:
+            self.names, names = [], self.names
+            self.listener.peer_names(self.peer, names, False)
         if self.pending and self.peer is not None:
             pending, self.pending = self.pending, []
             for data in pending:
@@ -244,6 +253,9 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self.listener.unregister(self)
+        if self.names and self.peer is not None:
+            self.names, names = [], self.names
+            self.listener.peer_names(self.peer, names, False)
 
 
 def bind_stream(host: str, port: int) -> socket.socket:
@@ -300,6 +312,8 @@ class StreamListener:
         self.receiver: Receiver = _drop
         self.failed: Failed = _no_failure
         self.admit_source: Callable[[str], bool] = lambda host: True
+        # a TLS client with a verified certificate connected (True) or went (False): the names it carries
+        self.peer_names: Callable[[Peer, list[str], bool], None] = lambda peer, names, up: None
         self.connections: dict[tuple[str, int], _Connection] = {}
         self._all: set[_Connection] = set()
         self._per_source: Counter[str] = Counter()
@@ -329,6 +343,20 @@ class StreamListener:
 
     def set_limits(self, limits: Connections) -> None:
         self.limits = limits
+
+    def set_tls(self, tls: Tls) -> None:
+        """A reload: the certificate, CAs, client verification and version of ``tls`` for the connections to
+        come (those up keep theirs).  ``tls.problems`` found nothing wrong with it first (the loader checks)."""
+        if self.server_ssl is None:
+            return
+        server, client = contexts(tls)
+        live = self.server_ssl  # the listening servers hold this one: changed in place
+        live.load_cert_chain(tls.cert or "", tls.key)
+        if tls.ca:
+            live.load_verify_locations(cafile=tls.ca)
+        live.verify_mode = server.verify_mode
+        live.minimum_version = server.minimum_version
+        self.client_ssl = client
 
     async def start(self) -> None:
         self._loop = loop = asyncio.get_running_loop()

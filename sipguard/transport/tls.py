@@ -9,6 +9,7 @@ does not match, or that is expired or not valid yet; the contexts in use stay th
 
 from __future__ import annotations
 
+import calendar
 import ssl
 import time
 
@@ -19,16 +20,45 @@ __all__ = ["contexts", "problems", "certificate_dates", "certificate_names"]
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
+def _der(data: bytes, at: int) -> tuple[int, int, int]:
+    """The DER element at ``at``: (tag, start of its content, end of its content)."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(data[at:at + n], "big")
+        at += n
+    return tag, at, at + length
+
+
+def _asn1_time(tag: int, text: str) -> float:
+    if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, years 1950-2049 (RFC 5280 §4.1.2.5.1)
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    return calendar.timegm(time.strptime(text.rstrip("Z"), "%Y%m%d%H%M%S"))
+
+
 def certificate_dates(path: str) -> tuple[float, float]:
-    """notBefore and notAfter of the first certificate in a PEM file, as epoch seconds.  Raises ssl.SSLError,
-    OSError."""
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    probe.load_verify_locations(cafile=path)  # decoded by OpenSSL, read back through a public API
-    certs = probe.get_ca_certs()
-    if not certs:
-        raise ssl.SSLError(f"{path}: no certificate in it")
-    cert = certs[0]
-    return ssl.cert_time_to_seconds(str(cert["notBefore"])), ssl.cert_time_to_seconds(str(cert["notAfter"]))
+    """notBefore and notAfter of the first certificate in a PEM file, as epoch seconds (RFC 5280 §4.1: the
+    validity after the version, serial number, signature algorithm and issuer).  Raises OSError, ValueError."""
+    with open(path, encoding="ascii", errors="replace") as f:
+        pem = f.read()
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    if begin not in pem or end not in pem:
+        raise ValueError("no PEM certificate in it")
+    der = ssl.PEM_cert_to_DER_cert(pem[pem.index(begin):pem.index(end) + len(end)])
+    _tag, cert, _end = _der(der, 0)  # Certificate
+    _tag, tbs, _end = _der(der, cert)  # TBSCertificate
+    at = tbs
+    tag, _start, after = _der(der, at)
+    if tag == 0xA0:  # [0] version
+        at = after
+    for _field in range(3):  # serialNumber, signature, issuer
+        _tag, _start, at = _der(der, at)
+    _tag, validity, _end = _der(der, at)
+    tag1, s1, e1 = _der(der, validity)
+    tag2, s2, e2 = _der(der, e1)
+    return _asn1_time(tag1, der[s1:e1].decode("ascii")), _asn1_time(tag2, der[s2:e2].decode("ascii"))
 
 
 def problems(tls: Tls, now: float | None = None) -> list[tuple[str, str]]:
@@ -39,7 +69,7 @@ def problems(tls: Tls, now: float | None = None) -> list[tuple[str, str]]:
     now = time.time() if now is None else now
     try:
         not_before, not_after = certificate_dates(tls.cert)
-    except (OSError, ssl.SSLError, ValueError) as err:
+    except (OSError, ValueError, IndexError) as err:
         return [("cert", f"cannot read the certificate {tls.cert}: {err}")]
     if now > not_after:
         out.append(("cert", f"the certificate {tls.cert} expired on {time.strftime('%Y-%m-%d', time.gmtime(not_after))}"))

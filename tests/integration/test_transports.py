@@ -16,9 +16,10 @@ import pytest
 
 from conftest import corpus
 from helpers import CORPUS_EXPECTED_REPLY as EXPECTED_REPLY, CORPUS_NO_DIALOG as NO_DIALOG, request
-from sipguard.sip import Response, parse
+from sipguard.sip import parse
 from sipguard.transport.stream import Framer
 
+from .answering import answer as _answer
 from .conftest import CALLER2_IP, TEST_POLICY, UAC_IP, UAS_IP, Sipguard, Sipp, until
 
 pytestmark = pytest.mark.integration
@@ -122,16 +123,6 @@ class _TwoTransportUas:
         for t in self.threads:
             t.start()
 
-    def _answer(self, data: bytes) -> bytes | None:
-        msg = parse(data)
-        if isinstance(msg, Response) or msg.method != "INVITE":
-            return None
-        lines = ["SIP/2.0 486 Busy Here"]
-        lines += [f"Via: {v}" for k, _n, v in msg.headers if k == "via"]
-        lines += [f"{n}: {v}" for k, n, v in msg.headers if k in ("from", "call-id", "cseq")]
-        lines += [f"To: {msg.get('to')};tag=uas1", "Content-Length: 0", "", ""]
-        return "\r\n".join(lines).encode()
-
     def _udp(self) -> None:
         while not self.stop:
             try:
@@ -139,7 +130,7 @@ class _TwoTransportUas:
             except (TimeoutError, socket.timeout):
                 continue
             self.got.append(("udp", data))
-            answer = self._answer(data)
+            answer = _answer(data)
             if answer:
                 self.udp.sendto(answer, addr)
 
@@ -161,7 +152,7 @@ class _TwoTransportUas:
                     break
                 for data in framer.feed(chunk):
                     self.got.append(("tcp", data))
-                    answer = self._answer(data)
+                    answer = _answer(data)
                     if answer:
                         conn.sendall(answer)
             conn.close()

@@ -152,3 +152,60 @@ def test_check_finds_every_error_of_a_broken_file_with_its_line(path: Path, caps
         assert prefix in out, f"{prefix!r} not reported:\n{out}"
     reported = [line for line in out.splitlines() if line.startswith(str(path))]
     assert len({line.split(": ")[0] + ": " + line.split(": ")[1] for line in reported}) == len(set(expected)), out
+
+
+ACCOUNT = """accounts:
+  a:
+    kind: hosted
+    match: {sources: ["127.0.0.2/32"]}
+    upstream: pbx
+    users: [{name: "A", sip_users: ["1000"], site: hq}]
+    numbers: [{range: "+3228807240-+3228807249", site: hq}]
+    sites: {hq: {address: "Rue de la Loi 16, 1000 Brussels", emergency_caller_id: "+3228807240"}}
+"""
+
+
+def test_stream_transports_and_their_keys() -> None:
+    policy = load_text("""service:
+  listen: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+  upstreams: {pbx: "sip:127.0.0.3:5060;transport=tcp"}
+  connections: {idle_timeout_s: 120, max_per_source: 8}
+  tls: {ca: null, min_version: "1.3"}
+""" + ACCOUNT, "p.yaml")
+    service = policy.service
+    assert service.upstreams["pbx"].transport == "tcp"
+    assert (service.connections.idle_timeout_s, service.connections.max_per_source) == (120, 8)
+    assert service.connections.message_deadline_s == 5  # the defaults of the keys not given
+    assert service.tls.ca is None and service.tls.min_version == "1.3"
+
+
+def test_stream_transport_errors_name_their_line_and_key() -> None:
+    problems = _problems("""service:
+  listen: ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]
+  upstreams: {pbx: "sip:127.0.0.3:5060;transport=tcp"}
+  connections: {max_per_source: 0, message_deadline: 5}
+  tls: {verify_clients: maybe, min_version: "1.1"}
+""" + ACCOUNT.replace('match: {sources: ["127.0.0.2/32"]}', 'match: {tls_names: ["pbx.test"]}'))
+    keys = {(line, key) for line, key, _m in problems}
+    assert (3, "service.upstreams.pbx") in keys  # no tcp: listener reaches it
+    assert (4, "service.connections.max_per_source") in keys and (4, "service.connections.message_deadline") in keys
+    assert (5, "service.tls.verify_clients") in keys and (5, "service.tls.min_version") in keys
+    assert (9, "accounts.a.match.tls_names") in keys  # a name is no proof without the CAs it chains to
+    messages = dict(((line, key), m) for line, key, m in problems)
+    assert "no tcp address of IPv4" in messages[(3, "service.upstreams.pbx")]
+
+
+def test_a_tls_listener_needs_a_certificate_that_serves(tmp_path) -> None:
+    problems = _problems("""service:
+  listen: ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]
+  upstreams: {pbx: "sip:127.0.0.3:5060"}
+""" + ACCOUNT)
+    assert any(key == "service.tls.cert" and "needs service.tls.cert" in m for _l, key, m in problems)
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    problems = _problems(f"""service:
+  listen: ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]
+  upstreams: {{pbx: "sip:127.0.0.3:5060"}}
+  tls: {{cert: "{tmp_path / 'cert.pem'}", key: "{tmp_path / 'key.pem'}"}}
+""" + ACCOUNT)
+    assert [(line, key) for line, key, _m in problems] == [(4, "service.tls.cert")]
+    assert "cannot read the certificate" in problems[0][2]

@@ -12,13 +12,20 @@ UAC_IP = "127.0.0.2"
 
 
 def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip: str = "127.0.0.1",
-                     probe_port: int = 5999, redis_url: str | None = None) -> str:
-    """``redis_url``: share the channel counts through Redis (each worker process is a node of its own)."""
+                     probe_port: int = 5999, redis_url: str | None = None, link: str = "udp", cert: str = "",
+                     key: str = "") -> str:
+    """``redis_url``: share the channel counts through Redis (each worker process is a node of its own); ``link``:
+    the calls' transport (tcp and tls listen beside udp, which the latency probe uses; tls on ``sip_port`` + 1)."""
+    listen = [f"udp:{listen_ip}:{sip_port}"] + ([f"tcp:{listen_ip}:{sip_port}"] if link != "udp" else []) + (
+        [f"tls:{listen_ip}:{sip_port + 1}"] if link == "tls" else [])
+    uas = {"udp": f"sip:127.0.0.3:{uas_port}", "tcp": f"sip:127.0.0.3:{uas_port};transport=tcp",
+           "tls": f"sips:127.0.0.3:{uas_port}"}[link]
     lines = [
         "service:",
-        f'  listen: ["udp:{listen_ip}:{sip_port}"]',
+        "  listen: [" + ", ".join(f'"{spec}"' for spec in listen) + "]",
         f'  admin: "127.0.0.1:{admin_port}"',
-        f'  upstreams: {{uas: "sip:127.0.0.3:{uas_port}", probe: "sip:127.0.0.7:{probe_port}"}}',
+        f'  upstreams: {{uas: "{uas}", probe: "sip:127.0.0.7:{probe_port}"}}',
+        *([f'  tls: {{cert: "{cert}", key: "{key}", ca: "{cert}"}}'] if link == "tls" else []),
         "  dialog_timeout_s: 600",
         "  sip_timers: {t1_ms: 500, t2_ms: 4000, t4_ms: 5000, timer_c_s: 180}",
         *([f'  state: {{store: redis, url: "{redis_url}"}}'] if redis_url else []),

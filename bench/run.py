@@ -161,10 +161,16 @@ class Target:
 
     def __init__(self, workdir: Path, uas_port: int, probe_port: int) -> None:
         self.workdir = workdir
-        self.uas_port = uas_port
+        self.uas_port = uas_port  # where the proxy sends calls: the UAS, or with --link tls its tunnel
         self.probe_port = probe_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = uas_port
+        self.entry: tuple[str, int] | None = None  # --link tls: where the UAC sends (its tunnel), else host:port
+
+    @property
+    def tls_port(self) -> int:
+        """The proxy's TLS port (--link tls): the TCP port after its SIP port."""
+        return self.port + 1
 
     def start(self) -> None:
         pass
@@ -228,7 +234,8 @@ class Sipguard(Target):
         policy = self.workdir / "bench-policy.yaml"
         redis_url = self._start_redis() if self.store == "redis" else None
         policy.write_text(benchmark_policy(self.port, self.admin, self.uas_port, probe_port=self.probe_port,
-                                           redis_url=redis_url))
+                                           redis_url=redis_url, link=LINK["transport"], cert=LINK["cert"],
+                                           key=LINK["key"]))
         log = open(self.workdir / "sipguard.log", "wb")
         command = [sys.executable, "-m", "sipguard"] if self.watch is None else [
             sys.executable, "-m", "bench.loopwatch", self.watch, "--"]
@@ -262,7 +269,21 @@ class Kamailio(Target):
         if binary is None:
             raise RuntimeError("kamailio is not installed")
         self.port = free_port("127.0.0.1")
+        link = LINK["transport"]
+        listen = f"listen=udp:127.0.0.1:{self.port}"
+        if link != "udp":
+            listen += f"\nlisten=tcp:127.0.0.1:{self.port}"
+        if link == "tls":
+            listen += f"\nlisten=tls:127.0.0.1:{self.tls_port}"
+            (self.workdir / "kamailio-tls.cfg").write_text(
+                f"[server:default]\nmethod = TLSv1.2+\ncertificate = {LINK['cert']}\nprivate_key = {LINK['key']}\n"
+                "verify_certificate = no\nrequire_certificate = no\n"
+                "[client:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n")
         cfg = (Path(__file__).with_name("kamailio.cfg.tmpl").read_text()
+               .replace("listen=udp:127.0.0.1:@SIP_PORT@", listen)
+               .replace("disable_tcp=yes", "disable_tcp=yes" if link == "udp" else "disable_tcp=no")
+               .replace("@UAS_URI_PARAMS@", "" if link == "udp" else f";transport={link}")
+               .replace("@TLS_CFG@", str(self.workdir / "kamailio-tls.cfg"))
                .replace("@SIP_PORT@", str(self.port)).replace("@UAS_PORT@", str(self.uas_port))
                .replace("@PROBE_PORT@", str(self.probe_port)).replace("@CHANNELS@", str(self.channels))
                .replace("@UAC_IP@", UAC_IP))
@@ -270,8 +291,9 @@ class Kamailio(Target):
         path.write_text(cfg)
         log = open(self.workdir / "kamailio.log", "wb")
         # tlsf allocator, 4 GB of shared memory, 64 MB private per process (issue 5's lessons)
+        defines = (*self.defines, *(("WITH_TLS",) if link == "tls" else ()))
         self.proc = subprocess.Popen(
-            [binary, "-f", str(path), *(arg for d in self.defines for arg in ("-A", d)),
+            [binary, "-f", str(path), *(arg for d in defines for arg in ("-A", d)),
              "-DD", "-E", "-x", "tlsf", "-m", "4096", "-M", "64",
              "-P", str(self.workdir / "kamailio.pid"), "-Y", str(self.workdir)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -289,11 +311,54 @@ class KamailioHtable(Kamailio):
 
 
 SIPP_TRANSPORT = {"mode": "u1"}  # --sipp-transport: the same for every target of a run
+LINK = {"transport": "udp", "cert": "", "key": ""}  # --link: what the calls travel over (and the TLS certificate)
+
+
+class Tunnels:
+    """--link tls: Debian's SIPp has no TLS, so stunnel carries its TCP: a client tunnel in front of the UAC (its
+    calls go to ``entry`` and leave as TLS for the target), a server tunnel in front of the UAS (TLS on
+    ``uas_tls_port``, TCP to the UAS).  Their CPU is not the proxy's: the proxy's own is measured by its pid."""
+
+    def __init__(self, workdir: Path, uas_port: int) -> None:
+        self.workdir = workdir
+        self.uas_port = uas_port
+        self.uas_tls_port = free_tcp_port()
+        self.entry_port = free_tcp_port()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, target: tuple[str, int]) -> None:
+        cert, key = LINK["cert"], LINK["key"]
+        for name, text in (
+                ("uas", f"[uas]\naccept = {UAS_IP}:{self.uas_tls_port}\nconnect = {UAS_IP}:{self.uas_port}\n"
+                        f"cert = {cert}\nkey = {key}\n"),
+                ("uac", f"[uac]\nclient = yes\naccept = {UAC_IP}:{self.entry_port}\nconnect = {target[0]}:{target[1]}\n"
+                        f"local = {UAC_IP}\n")):
+            conf = self.workdir / f"stunnel-{name}.conf"
+            conf.write_text(f"foreground = yes\npid =\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n{text}")
+            self.procs.append(subprocess.Popen(["stunnel4", str(conf)], stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+        time.sleep(0.5)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+        self.procs.clear()
+
+
+def make_certificate(workdir: Path) -> None:
+    """One self-signed certificate for 127.0.0.1 and 127.0.0.3 (proxies and the UAS tunnel present it; sipguard
+    trusts it as its CA)."""
+    cert, key = workdir / "bench.crt", workdir / "bench.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench",
+                    "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.3"], check=True, capture_output=True)
+    LINK["cert"], LINK["key"] = str(cert), str(key)
 
 
 def sipp_cmd(scenario: str, ip: str, port: int, *extra: str) -> list[str]:
-    mode = SIPP_TRANSPORT["mode"]
-    sockets = "1024" if mode == "u1" else "16000"  # un: one socket per call in progress
+    mode = SIPP_TRANSPORT["mode"] if LINK["transport"] == "udp" else "t1"
+    sockets = "1024" if mode in ("u1", "t1") else "16000"  # un: one socket per call in progress
     return ["sipp", "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port), "-nostdin", "-t", mode,
             "-max_socket", sockets, "-buff_size", "4194304", *extra]
 
@@ -304,9 +369,10 @@ def run_uac(workdir: Path, target: Target, rate: int, calls: int, hold_ms: int, 
     rundir = workdir / tag
     rundir.mkdir(exist_ok=True)
     port = free_port(UAC_IP)
+    entry = target.entry or (target.host, target.port)
     cmd = sipp_cmd("uac.xml", UAC_IP, port, "-s", "+3250123400", "-r", str(rate), "-m", str(calls),
                    "-d", str(hold_ms), "-trace_rtt", "-rtt_freq", "1", "-l", str(max(rate * 4, 100)),
-                   f"{target.host}:{target.port}")
+                   f"{entry[0]}:{entry[1]}")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=rundir)
     try:
         out, _ = proc.communicate(timeout=timeout_s)
@@ -345,12 +411,16 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
                  report: Report, round_no: int = 1) -> None:
     uas_port = free_port(UAS_IP)
     uas = start_uas(workdir, uas_port)
-    target = kind(workdir, uas_port, args.probe_port)
+    tunnels = Tunnels(workdir, uas_port) if LINK["transport"] == "tls" else None
+    target = kind(workdir, uas_port if tunnels is None else tunnels.uas_tls_port, args.probe_port)
     direct = isinstance(target, Direct)
     if args.loopwatch and isinstance(target, Sipguard):
         target.watch = str(workdir / "loopwatch")
     try:
         target.start()
+        if tunnels is not None:  # the UAC's tunnel goes to the proxy's TLS port, or straight to the UAS's tunnel
+            tunnels.start((UAS_IP, tunnels.uas_tls_port) if direct else (target.host, target.tls_port))
+            target.entry = (UAC_IP, tunnels.entry_port)
         time.sleep(0.3)
         best = 0
         for rate in rates:
@@ -388,6 +458,8 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
             held(target, workdir, args, report)
     finally:
         target.stop()
+        if tunnels is not None:
+            tunnels.stop()
         uas.kill()
         uas.wait()
     if isinstance(target, Sipguard) and target.watch is not None:
@@ -540,12 +612,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-rate", type=float, default=20.0, help="µs latency probe calls/s (0: off)")
     parser.add_argument("--sipp-transport", choices=("u1", "un"), default="u1",
                         help="SIPp UDP sockets: u1 one for all calls (a trunk), un one per call")
+    parser.add_argument("--link", choices=("udp", "tcp", "tls"), default="udp",
+                        help="what the calls travel over, UAC to proxy to UAS (tls: stunnel carries SIPp's TCP)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="pass over the targets this many times, alternating them (noisy machines: read the medians)")
     parser.add_argument("--loopwatch", action="store_true",
                         help="time every callback of sipguard's event loops (bench/loopwatch.py; one rate per run)")
     args = parser.parse_args(argv)
     SIPP_TRANSPORT["mode"] = args.sipp_transport
+    LINK["transport"] = args.link
     if args.smoke:
         args.rates, args.duration_s, args.hold_ms, args.concurrent = "50", 2.0, 200, 200
     rates = [int(r) for r in args.rates.split(",")]
@@ -563,9 +638,11 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(machine())
     print(f"machine: {report.machine}")
     print(f"calls held {args.hold_ms} ms, {args.duration_s:g} s per rate; latencies in ms, timed in the SIPp scenario;"
-          f" SIPp transport {args.sipp_transport}")
+          f" SIPp transport {args.sipp_transport if args.link == 'udp' else 't1'}, link {args.link}")
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="sipguard-bench-") as tmp:
+        if args.link == "tls":
+            make_certificate(Path(tmp))
         for round_no in range(1, args.rounds + 1):
             if args.rounds > 1:
                 print(f"round {round_no} of {args.rounds}", flush=True)

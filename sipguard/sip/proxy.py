@@ -18,8 +18,12 @@ relayed only between the two ends of a dialog sipguard admitted, known from the
 dialog it holds or proven by the token it signed into its Record-Route
 (dialog.py); anything else gets 481 or 403 and is reported to the Router.
 
+A next hop the Router names by host name is resolved outside the core (the
+``Resolve`` action; README, "Next hops by name") and tried in order: the next
+target after a 503, a timeout or a transport error (RFC 3263 §4.3).
+
 Not supported (stated in the README): forking, strict routing (§16.4 R-URI
-replacement), DNS (next hops must be IP literals: otherwise 478).
+replacement), host names in in-dialog Routes and Request-URIs (478).
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ def benchmark_policy(sip_port: int, admin_port: int, uas_port: int, *, listen_ip
     the calls' transport (tcp and tls listen beside udp, which the latency probe uses; tls on ``sip_port`` + 1)."""
     listen = [f"udp:{listen_ip}:{sip_port}"] + ([f"tcp:{listen_ip}:{sip_port}"] if link != "udp" else []) + (
         [f"tls:{listen_ip}:{sip_port + 1}"] if link == "tls" else [])
-    uas = {"udp": f"sip:127.0.0.3:{uas_port}", "tcp": f"sip:127.0.0.3:{uas_port};transport=tcp",
-           "tls": f"sips:127.0.0.3:{uas_port}"}[link]
+    uas, probe = ({"udp": f"sip:{ip}:{port}", "tcp": f"sip:{ip}:{port};transport=tcp", "tls": f"sips:{ip}:{port}"}[link]
+                  for ip, port in (("127.0.0.3", uas_port), ("127.0.0.7", probe_port)))
     lines = [
         "service:",
         "  listen: [" + ", ".join(f'"{spec}"' for spec in listen) + "]",
         f'  admin: "127.0.0.1:{admin_port}"',
-        f'  upstreams: {{uas: "{uas}", probe: "sip:127.0.0.7:{probe_port}"}}',
+        f'  upstreams: {{uas: "{uas}", probe: "{probe}"}}',
         *([f'  tls: {{cert: "{cert}", key: "{key}", ca: "{cert}"}}'] if link == "tls" else []),
         "  dialog_timeout_s: 600",
         "  sip_timers: {t1_ms: 500, t2_ms: 4000, t4_ms: 5000, timer_c_s: 180}",

@@ -283,6 +283,7 @@ class Kamailio(Target):
                .replace("listen=udp:127.0.0.1:@SIP_PORT@", listen)
                .replace("disable_tcp=yes", "disable_tcp=yes" if link == "udp" else "disable_tcp=no")
                .replace("@UAS_URI_PARAMS@", "" if link == "udp" else f";transport={link}")
+               .replace("@PROBE_URI_PARAMS@", "" if link == "udp" else f";transport={link}")
                .replace("@TLS_CFG@", str(self.workdir / "kamailio-tls.cfg"))
                .replace("@SIP_PORT@", str(self.port)).replace("@UAS_PORT@", str(self.uas_port))
                .replace("@PROBE_PORT@", str(self.probe_port)).replace("@CHANNELS@", str(self.channels))
@@ -347,12 +348,12 @@ class Tunnels:
 
 
 def make_certificate(workdir: Path) -> None:
-    """One self-signed certificate for 127.0.0.1 and 127.0.0.3 (proxies and the UAS tunnel present it; sipguard
+    """One self-signed certificate for 127.0.0.1, .3 and .7 (the proxies, the UAS tunnel and the probe UAS present it; sipguard
     trusts it as its CA)."""
     cert, key = workdir / "bench.crt", workdir / "bench.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench",
-                    "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.3"], check=True, capture_output=True)
+                    "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.3,IP:127.0.0.7"], check=True, capture_output=True)
     LINK["cert"], LINK["key"] = str(cert), str(key)
 
 
@@ -427,9 +428,11 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
             calls = int(rate * args.duration_s)
             cpu0 = cpu_seconds(target.pid) if target.pid else None
             probe: list[ProbeResult] = []
+            link = LINK["transport"]
+            probe_target = None if direct else (target.host, target.tls_port if link == "tls" else target.port)
             prober = threading.Thread(target=lambda: probe.append(run_probe(
-                None if direct else (target.host, target.port),
-                max(1.0, args.duration_s - 1.0), args.probe_rate, args.probe_port)), daemon=True)
+                probe_target, max(1.0, args.duration_s - 1.0), args.probe_rate, args.probe_port, link,
+                LINK["cert"], LINK["key"])), daemon=True)
             if args.probe_rate > 0:
                 prober.start()
             ok, failed, invite, bye = run_uac(workdir, target, rate, calls, args.hold_ms,
@@ -452,7 +455,8 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
             time.sleep(2.0)  # let the last transactions go
         # over several rounds, the capacity is the rate every round carried
         report.capacity[target.name] = min(best, report.capacity.get(target.name, best))
-        if isinstance(target, Sipguard) and target.workers == 1 and args.concurrent and round_no == 1:
+        if isinstance(target, Sipguard) and target.workers == 1 and args.concurrent and round_no == 1 and \
+                LINK["transport"] == "udp":  # the memory per call: on UDP (the held calls' SIPp talks to its port)
             target.stop()  # a fresh process: its memory before the held calls is the baseline
             target.start()
             held(target, workdir, args, report)

@@ -40,6 +40,26 @@ def test_load_benchmark_smoke_run(tmp_path: Path) -> None:
     assert "sipguard at 50/s adds INVITE->200 p50" in proc.stdout
 
 
+@pytest.mark.parametrize("link", ["tcp", "tls"])
+def test_load_benchmark_smoke_run_over_tcp_and_tls(tmp_path: Path, link: str) -> None:
+    """--link: SIPp over TCP (TLS: through stunnel) to sipguard and to Kamailio over the same transport."""
+    require("sipp")
+    require("kamailio")
+    if link == "tls":
+        require("stunnel4")
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--link", link, "--json", str(out),
+                           "--targets", "direct,sipguard,kamailio-htable"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {step["target"] for step in report["steps"]} == {"direct", "sipguard", "kamailio-htable"}
+    for step in report["steps"]:
+        assert step["failed"] == 0 and step["ok"] == step["calls"] > 0, step
+        assert step["probe_invite_p50_us"] is not None and step["probe_invite_p99_us"] > 0, step  # over the link
+    assert f"link {link}" in proc.stdout and "sipguard at 50/s adds INVITE->200 p50" in proc.stdout
+
+
 def test_micro_benchmark_smoke_run() -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.micro", "--n", "300", "--repeat", "2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env={**os.environ})

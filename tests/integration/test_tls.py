@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,20 @@ def test_a_sips_upstream_is_reached_over_tls_and_its_certificate_checked(sipguar
     rr = [v for k, _n, v in invite.headers if k == "record-route"]
     assert ";transport=tls;" in rr[0] and "transport" not in rr[1]  # RFC 5658: TLS towards the UAS, UDP back
     assert sg.metric('sipguard_connections_made_total{direction="outbound",transport="tls"}') == 1
+
+
+def test_a_tls_handshake_that_never_starts_is_closed_at_its_deadline(sipguard_factory, ca: Ca) -> None:
+    """A TCP connection to the TLS port that sends nothing: closed after handshake_timeout_s (5 s, the default)."""
+    sg = _start(sipguard_factory, ca, verify=False)
+    raw = socket.create_connection(("127.0.0.1", sg.sip_port), timeout=10)
+    t0 = time.monotonic()
+    try:
+        raw.settimeout(10)
+        assert raw.recv(16) == b""  # closed by sipguard
+        assert 4.5 <= time.monotonic() - t0 < 8
+    finally:
+        raw.close()
+    s = _tls_connect(sg, _client_context(ca, None))  # and the listener still serves
+    (reply,) = _exchange(s, _options(sg))
+    assert parse(reply).status == 200  # type: ignore[union-attr]
+    s.close()

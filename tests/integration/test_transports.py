@@ -317,3 +317,30 @@ def test_tcp_connections_spread_over_workers(sipguard_factory, sipp: Sipp) -> No
     accepted = [w.metric('sipguard_connections_made_total{direction="inbound",transport="tcp"}')
                 for w in sg.workers]  # type: ignore[attr-defined]
     assert sum(accepted) == 200 and all(a > 0 for a in accepted)  # both accepted some
+
+
+def test_idle_connections_are_closed_and_keepalives_keep_one_open(sipguard_factory) -> None:
+    """service.connections at values of this test's own (the feature under test): idle 2 s, 3 connections."""
+    policy = TCP_POLICY.replace("  sip_timers:", "  connections: {{idle_timeout_s: 2, max_connections: 3}}\n"
+                                                 "  sip_timers:")
+    sg = sipguard_factory(policy, uas_transport="tcp")
+    quiet, alive = _connect(sg), _connect(sg)
+    third = _connect(sg)
+    fourth = _connect(sg, CALLER2_IP)  # a fourth connection to the listen address: over max_connections
+    try:
+        assert _closed_by_peer(fourth, 3)
+        t0 = time.monotonic()
+        for _ in range(4):  # a CRLF keep-alive a second (RFC 5626 §3.5.1) keeps ``alive`` open
+            alive.sendall(b"\r\n\r\n")
+            alive.settimeout(2)
+            assert alive.recv(16) == b"\r\n"
+            time.sleep(0.8)
+        assert _closed_by_peer(quiet, 0.1) and time.monotonic() - t0 < 4.5  # silent for 2 s: closed (1 s sweep)
+        alive.sendall(b"\r\n\r\n")
+        assert alive.recv(16) == b"\r\n"  # still open
+    finally:
+        for s in (quiet, alive, third, fourth):
+            s.close()
+    m = sg.metrics()
+    assert m['sipguard_connections_refused_total{reason="max_connections",transport="tcp"}'] == 1
+    assert m['sipguard_connections_closed_total{reason="idle",transport="tcp"}'] >= 2  # quiet and third

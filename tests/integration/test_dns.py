@@ -37,14 +37,16 @@ class Dnsmasq:
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, first: tuple[str, int], second: tuple[str, int], ttl_s: int = 1) -> None:
-        """_sip._udp.carrier.test: a.carrier.test (priority 10) = ``first``, b.carrier.test (20) = ``second``."""
+    def start(self, first: tuple[str, int], second: tuple[str, int], ttl_s: int = 1, transport: str = "udp") -> None:
+        """_sip._udp.carrier.test (``transport`` tcp: _sip._tcp): a.carrier.test (priority 10) = ``first``,
+        b.carrier.test (20) = ``second``."""
         self.stop()
+        service, srv = ("SIP+D2U", "_sip._udp") if transport == "udp" else ("SIP+D2T", "_sip._tcp")
         args = [self.binary, "--no-daemon", f"--port={self.port}", "--listen-address=127.0.0.1", "--bind-interfaces",
                 "--no-resolv", "--no-hosts", "--no-poll", f"--local-ttl={ttl_s}", f"--pid-file={self.workdir}/dns.pid",
-                "--naptr-record=carrier.test,10,50,S,SIP+D2U,,_sip._udp.carrier.test",
-                f"--srv-host=_sip._udp.carrier.test,a.carrier.test,{first[1]},10,60",
-                f"--srv-host=_sip._udp.carrier.test,b.carrier.test,{second[1]},20,60",
+                f"--naptr-record=carrier.test,10,50,S,{service},,{srv}.carrier.test",
+                f"--srv-host={srv}.carrier.test,a.carrier.test,{first[1]},10,60",
+                f"--srv-host={srv}.carrier.test,b.carrier.test,{second[1]},20,60",
                 f"--host-record=a.carrier.test,{first[0]}", f"--host-record=b.carrier.test,{second[0]}"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         assert until(self._answers, 5), "dnsmasq did not come up"
@@ -189,4 +191,65 @@ def test_a_name_without_records_gets_503_and_a_warning_from_check(sipguard_facto
         assert "warning: service.upstreams.uas: nowhere.carrier.test" in check.stdout
     finally:
         first.close()
+        second.close()
+
+
+class TcpUas(Serving):
+    """A TCP UAS that answers every INVITE 486 on the connection it came on."""
+
+    def __init__(self, ip: str) -> None:
+        super().__init__()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((ip, 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.invites: list[str] = []
+        self.start()
+
+    def _serve(self) -> None:
+        from sipguard.transport.stream import Framer
+        while not self.stop:
+            try:
+                conn, _addr = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            conn.settimeout(0.2)
+            framer = Framer(65536)
+            while not self.stop:
+                try:
+                    chunk = conn.recv(65536)
+                except (TimeoutError, socket.timeout):
+                    continue
+                if not chunk:
+                    break
+                for data in framer.feed(chunk):
+                    if data.startswith(b"INVITE"):
+                        self.invites.append(parse(data).call_id)
+                    reply = answer(data)
+                    if reply is not None:
+                        conn.sendall(reply)
+            conn.close()
+
+    def close(self) -> None:
+        super().close()
+        self.sock.close()
+
+
+def test_a_refused_connection_moves_the_call_to_the_next_target(sipguard_factory, dnsmasq: Dnsmasq) -> None:
+    """NAPTR SIP+D2T -> _sip._tcp: the first target refuses the TCP connection (a transport error)."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    closed.bind((FIRST_IP, 0))  # bound, never listening: a connection to it is refused
+    second = TcpUas(SECOND_IP)
+    try:
+        dnsmasq.start((FIRST_IP, closed.getsockname()[1]), (SECOND_IP, second.port), transport="tcp")
+        policy = DNS_POLICY.replace('listen: ["udp:127.0.0.1:{sip_port}"]',
+                                    'listen: ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]')
+        sg = sipguard_factory(policy, upstream="sip:carrier.test", dns_port=dnsmasq.port)
+        assert _call(sg, "first-refuses") == 486
+        assert second.invites == ["first-refuses"]
+        assert sg.metric("sipguard_failovers_total") == 1
+        assert sg.wait_metric("sipguard_dialogs", 0) == 0
+    finally:
+        closed.close()
         second.close()

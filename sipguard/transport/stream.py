@@ -42,6 +42,7 @@ __all__ = ["StreamListener", "Framer", "FramingError", "bind_stream"]
 log = logging.getLogger("sipguard")
 
 SWEEP_S = 1.0
+LOG_PER_MINUTE = 10  # WARNING lines of closed connections per reason and minute (then a count)
 _CL_RE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
 _VIA_RE = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*(?:TCP|TLS)[ \t]+"
                      rb"(\[[0-9A-Fa-f:.]+\]|[0-9.]+)(?:[ \t]*:[ \t]*(\d{1,5}))?", re.IGNORECASE)
@@ -248,8 +249,7 @@ class _Connection(asyncio.Protocol):
         self.why = why
         self.listener.closed[why.split(":", 1)[0]] += 1
         if self.peer is not None:
-            log.warning("%s connection %s:%s closed: %s", self.listener.transport.upper(), self.peer.host,
-                        self.peer.port, why)
+            self.listener.log_close(self.peer, why)
         if self.transport is not None:
             self.transport.abort()
         self.listener.unregister(self)
@@ -322,6 +322,10 @@ class StreamListener:
         self.accepted = 0
         self.opened = 0
         self._servers: list[asyncio.base_events.Server] = []
+        # log lines of closed connections: LOG_PER_MINUTE per reason, then one line saying how many more
+        self._logged: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._log_window = 0.0
         self._sweep: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -446,10 +450,31 @@ class StreamListener:
         for data in pending:
             conn.write(data)
 
+    def log_close(self, peer: Peer, why: str) -> None:
+        """One WARNING line per closed connection, up to LOG_PER_MINUTE per reason (a flood of slow-loris
+        connections must not flood the log too); the rest counted and summed up once a minute."""
+        reason = why.split(":", 1)[0]
+        if self._logged[reason] < LOG_PER_MINUTE:
+            self._logged[reason] += 1
+            log.warning("%s connection %s:%s closed: %s", self.transport.upper(), peer.host, peer.port, why)
+        else:
+            self._unlogged[reason] += 1
+
+    def _log_minute(self, now: float) -> None:
+        if now - self._log_window < 60.0:
+            return
+        self._log_window = now
+        for reason, n in sorted(self._unlogged.items()):
+            log.warning("%s: %d more connections closed (%s) in the last minute, not logged one by one",
+                        self.transport.upper(), n, reason)
+        self._logged.clear()
+        self._unlogged.clear()
+
     def _sweep_once(self) -> None:
         """Close what overstays: a message unfinished past its deadline, a connection idle too long."""
         assert self._loop is not None
         now = self._loop.time()
+        self._log_minute(now)
         limits = self.limits
         for conn in list(self._all):
             if conn.closed or conn.transport is None:

@@ -69,3 +69,23 @@ def test_lone_crlfs_are_skipped_and_double_ones_counted_as_pings() -> None:
     assert f.feed(b"\r\n\r\n") == [] and f.pings == 1 and not f.started
     assert f.feed(b"\r\n") == [] and f.pings == 1 and not f.started  # a pong from the peer: nothing to answer
     assert f.feed(b"\r\n\r\n\r\n\r\n" + OK) == [OK] and f.pings == 3
+
+
+def test_closed_connections_are_logged_ten_a_minute_per_reason_then_counted(caplog) -> None:
+    from sipguard.policy.model import Connections
+    from sipguard.sip.actions import Peer
+    from sipguard.transport.stream import StreamListener
+
+    listener = StreamListener("tcp", "127.0.0.1", 0, Connections(), 16384)
+    with caplog.at_level("WARNING", logger="sipguard"):
+        for i in range(25):
+            listener.log_close(Peer("tcp", "192.0.2.7", 40000 + i), "deadline: a message unfinished after 5 s")
+        listener.log_close(Peer("tcp", "192.0.2.8", 1), "framing: not SIP")
+        assert len(caplog.records) == 11  # ten of the deadline, the one of framing
+        listener._log_minute(61.0)
+    assert caplog.records[-1].getMessage() == ("TCP: 15 more connections closed (deadline) in the last minute, "
+                                               "not logged one by one")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sipguard"):
+        listener.log_close(Peer("tcp", "192.0.2.7", 1), "deadline: again")  # a new minute: logged again
+    assert len(caplog.records) == 1

@@ -288,6 +288,9 @@ def test_connection_bounds_keepalive_and_garbage(sipguard_factory) -> None:
         junk = held[1]
         junk.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # TLS on the TCP port: not SIP, closed
         assert _closed_by_peer(junk, 3)
+        big = held[3]  # a message over max_message_bytes (16384): its framing cannot be trusted, closed
+        big.sendall(request(body=b"v=0\r\n" + b"a=x\r\n" * 4000))
+        assert _closed_by_peer(big, 3)
         # the other connections still serve: an OPTIONS to sipguard on one of them gets its 200
         ok = held[2]
         ok.sendall(request("OPTIONS", ruri=f"sip:127.0.0.1:{sg.sip_port}", via_host=f"{CALLER2_IP}:5060"))
@@ -302,8 +305,9 @@ def test_connection_bounds_keepalive_and_garbage(sipguard_factory) -> None:
             s.close()
     m = sg.metrics()
     assert m['sipguard_connections_refused_total{reason="max_per_source",transport="tcp"}'] == 1
-    assert m['sipguard_connections_closed_total{reason="framing",transport="tcp"}'] == 1
-    assert "closed: framing: not SIP" in sg.log.read_text()
+    assert m['sipguard_connections_closed_total{reason="framing",transport="tcp"}'] == 2
+    log = sg.log.read_text()
+    assert "closed: framing: not SIP" in log and "over max_message_bytes (16384)" in log
 
 
 def test_tcp_connections_spread_over_workers(sipguard_factory, sipp: Sipp) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import glob
 import json
 import os
 import re
@@ -600,6 +601,16 @@ def ensure_tools(targets: list[str], install: bool) -> list[str]:
         if shutil.which("kamailio") is None:
             print("kamailio is missing: skipped", file=sys.stderr)
             targets = [t for t in targets if not t.startswith("kamailio")]
+    if LINK["transport"] == "tls" and any(t.startswith("kamailio") for t in targets) and \
+            not glob.glob("/usr/lib/*/kamailio/modules/tls.so"):
+        if install and os.geteuid() == 0 and shutil.which("apt-get"):
+            subprocess.run(["apt-get", "install", "-y", "-qq", "kamailio-tls-modules"], check=False,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+        if not glob.glob("/usr/lib/*/kamailio/modules/tls.so"):
+            print("kamailio-tls-modules is missing: kamailio skipped over TLS", file=sys.stderr)
+            targets = [t for t in targets if not t.startswith("kamailio")]
+    if LINK["transport"] == "tls" and shutil.which("stunnel4") is None:
+        raise SystemExit("--link tls needs stunnel4 (apt-get install stunnel4): Debian's SIPp has no TLS")
     return targets
 
 

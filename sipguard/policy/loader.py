@@ -22,7 +22,7 @@ import yaml
 
 from ..sip.actions import Peer
 from ..sip.errors import ParseError
-from ..sip.message import parse_uri
+from ..sip.message import ip_literal, parse_uri
 from .autodialer import DialerConfig, Thresholds
 from .edge import EdgeConfig
 from .model import (
@@ -263,7 +263,7 @@ def unreachable(peer: Peer, listen: tuple[str, ...]) -> str | None:
     """Why no listen address can send to ``peer`` (no listen address of its transport and family), or None.
     The loader refuses such a policy, and the server a command line whose --listen leaves one unreachable."""
     family = 6 if ":" in peer.host else 4
-    named = ipaddress_or_none(peer.host) is None  # a name: its family is the DNS's to say
+    named = ip_literal(peer.host) is None  # a name: its family is the DNS's to say
     for spec in listen:
         transport, _sep, rest = spec.partition(":")
         host = rest.rpartition(":")[0].strip("[]")
@@ -276,13 +276,6 @@ def unreachable(peer: Peer, listen: tuple[str, ...]) -> str | None:
     example = f"{peer.transport}:[::]:{port}" if family == 6 else f"{peer.transport}:0.0.0.0:{port}"
     return (f"no listen address can reach {_bracketed(peer.host)}:{peer.port}: service.listen has no "
             f"{peer.transport} address of IPv{family} (add one, e.g. {example!r})")
-
-
-def ipaddress_or_none(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
 
 
 def _bracketed(host: str) -> str:

@@ -271,9 +271,7 @@ class ProxyCore:
         adm = txn.admission
         name = adm.target.host if adm.target is not None else ""
         if txn.cancelled:  # answered 487 while it was being resolved
-            if txn.dialog is not None and txn.dialog.alive:
-                self._dialogs.end(txn.dialog, "cancelled", now, out)
-            self._txns.maybe_free(txn)
+            self._txns.abandon(txn, "cancelled", now, out)
             return out
         reachable = [p for p in peers if self._local_for(p) is not None]
         if not reachable:
@@ -282,9 +280,7 @@ class ProxyCore:
             req = txn.request
             self._txns.answer(txn, 503, "Service Unavailable", now, out, (warning(why),))
             self._refused(req.method, req.uri, req.call_id, txn.reply_to, 503, why, "unroutable", out)
-            if txn.dialog is not None and txn.dialog.alive:
-                self._dialogs.end(txn.dialog, "unroutable", now, out)
-            self._txns.maybe_free(txn)
+            self._txns.abandon(txn, "unroutable", now, out)
             return out
         txn.alternatives = tuple(reachable[1:])
         self._forward_admitted(txn, adm, reachable[0], now, out)

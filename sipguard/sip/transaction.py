@@ -520,7 +520,8 @@ class Transactions:
         return False
 
     def abandon(self, txn: Txn, reason: str, now: float, out: list[Action]) -> None:
-        """After a transport error: its dialog ends (``reason``), the record goes when its sides allow."""
+        """A request that will not be forwarded (a transport error, a name that did not resolve, a CANCEL before
+        it was): its dialog ends (``reason``), the record goes when its sides allow."""
         if txn.dialog is not None and txn.dialog.alive:
             self._dialogs.end(txn.dialog, reason, now, out)
         self.maybe_free(txn)

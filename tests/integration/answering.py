@@ -3,9 +3,12 @@ with a tag of the UAS's."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 
 from sipguard.sip import Request, parse
+from sipguard.transport.stream import Framer
 
 
 def answer(data: bytes, status: str = "486 Busy Here", tag: str = "uas1") -> bytes | None:
@@ -37,3 +40,57 @@ class Serving:
     def close(self) -> None:
         self.stop = True
         self.thread.join(timeout=3)
+
+
+class StreamUas(Serving):
+    """A UAS on TCP (TLS with ``ctx``) at ``ip``:``port`` (0: any): answers every INVITE 486 on the connection it
+    came on; ``got``: every message, ``invites``: the Call-IDs of the INVITEs."""
+
+    def __init__(self, ip: str, port: int = 0, ctx: ssl.SSLContext | None = None, tag: str = "uas1") -> None:
+        super().__init__()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((ip, port))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.ctx = ctx
+        self.tag = tag
+        self.got: list[bytes] = []
+        self.invites: list[str] = []
+        self.start()
+
+    def _serve(self) -> None:
+        while not self.stop:
+            try:
+                raw, _addr = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            raw.settimeout(5)
+            try:
+                conn = self.ctx.wrap_socket(raw, server_side=True) if self.ctx is not None else raw
+            except (OSError, ssl.SSLError):
+                raw.close()
+                continue
+            conn.settimeout(0.2)
+            framer = Framer(65536)
+            while not self.stop:
+                try:
+                    chunk = conn.recv(65536)
+                except (TimeoutError, socket.timeout):
+                    continue
+                except (ssl.SSLError, OSError):
+                    break
+                if not chunk:
+                    break
+                for data in framer.feed(chunk):
+                    self.got.append(data)
+                    if data.startswith(b"INVITE"):
+                        self.invites.append(parse(data).call_id)
+                    reply = answer(data, tag=self.tag)
+                    if reply is not None:
+                        conn.sendall(reply)
+            conn.close()
+
+    def close(self) -> None:
+        super().close()
+        self.sock.close()

@@ -16,7 +16,7 @@ import pytest
 from helpers import request
 from sipguard.sip import parse
 
-from .answering import Serving, answer
+from .answering import Serving, StreamUas, answer
 from .conftest import ROOT, TEST_POLICY, UAC_IP, Sipguard, free_udp_port, require, until
 
 pytestmark = pytest.mark.integration
@@ -194,53 +194,11 @@ def test_a_name_without_records_gets_503_and_a_warning_from_check(sipguard_facto
         second.close()
 
 
-class TcpUas(Serving):
-    """A TCP UAS that answers every INVITE 486 on the connection it came on."""
-
-    def __init__(self, ip: str) -> None:
-        super().__init__()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((ip, 0))
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.invites: list[str] = []
-        self.start()
-
-    def _serve(self) -> None:
-        from sipguard.transport.stream import Framer
-        while not self.stop:
-            try:
-                conn, _addr = self.sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            conn.settimeout(0.2)
-            framer = Framer(65536)
-            while not self.stop:
-                try:
-                    chunk = conn.recv(65536)
-                except (TimeoutError, socket.timeout):
-                    continue
-                if not chunk:
-                    break
-                for data in framer.feed(chunk):
-                    if data.startswith(b"INVITE"):
-                        self.invites.append(parse(data).call_id)
-                    reply = answer(data)
-                    if reply is not None:
-                        conn.sendall(reply)
-            conn.close()
-
-    def close(self) -> None:
-        super().close()
-        self.sock.close()
-
-
 def test_a_refused_connection_moves_the_call_to_the_next_target(sipguard_factory, dnsmasq: Dnsmasq) -> None:
     """NAPTR SIP+D2T -> _sip._tcp: the first target refuses the TCP connection (a transport error)."""
     closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     closed.bind((FIRST_IP, 0))  # bound, never listening: a connection to it is refused
-    second = TcpUas(SECOND_IP)
+    second = StreamUas(SECOND_IP)
     try:
         dnsmasq.start((FIRST_IP, closed.getsockname()[1]), (SECOND_IP, second.port), transport="tcp")
         policy = DNS_POLICY.replace('listen: ["udp:127.0.0.1:{sip_port}"]',

@@ -15,7 +15,7 @@ from helpers import request
 from sipguard.sip import Request, Response, parse
 from sipguard.transport.stream import Framer
 
-from .answering import Serving, answer
+from .answering import StreamUas
 from .certs import Ca, Leaf
 from .conftest import TEST_POLICY, UAC_IP, UAS_IP, Sipguard, Sipp, free_tcp_port, require, until
 
@@ -211,53 +211,12 @@ def test_an_expired_certificate_is_refused_at_reload_and_the_old_one_kept(sipgua
     s.close()
 
 
-class _TlsUas(Serving):
-    """A TLS UAS on 127.0.0.3 (its certificate from the test CA): answers INVITEs 486, records what came."""
-
-    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
-        super().__init__()
-        self.got: list[bytes] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((UAS_IP, port))
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self.ctx = ctx
-        self.start()
-
-    def _serve(self) -> None:
-        while not self.stop:
-            try:
-                raw, _addr = self.sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            raw.settimeout(5)
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-            framer = Framer(65536)
-            while not self.stop:
-                try:
-                    chunk = conn.recv(65536)
-                except (TimeoutError, socket.timeout, ssl.SSLError, OSError):
-                    break
-                if not chunk:
-                    break
-                for data in framer.feed(chunk):
-                    self.got.append(data)
-                    reply = answer(data, tag="tls-uas")
-                    if reply is not None:
-                        conn.sendall(reply)
-            conn.close()
-
-    def close(self) -> None:
-        super().close()
-        self.sock.close()
-
-
 def test_a_sips_upstream_is_reached_over_tls_and_its_certificate_checked(sipguard_factory, ca: Ca) -> None:
     uas_leaf = ca.leaf("carrier", (f"IP:{UAS_IP}",))
     uas_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     uas_ctx.load_cert_chain(str(uas_leaf.cert), str(uas_leaf.key))
     sg = _start(sipguard_factory, ca, verify=False, upstream="sips:127.0.0.3:{uas_port}")
-    uas = _TlsUas(sg.uas_port, uas_ctx)  # type: ignore[attr-defined]
+    uas = StreamUas(UAS_IP, sg.uas_port, uas_ctx, tag="tls-uas")  # type: ignore[attr-defined]
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind((UAC_IP, 0))
     client.settimeout(10)

@@ -17,6 +17,9 @@ __all__ = [
     "DIGIT_CHARS",
     "is_token",
     "is_digits",
+    "is_uri_text",
+    "is_host_text",
+    "is_addr_text",
     "REQUEST_LINE_RE",
     "STATUS_LINE_RE",
     "HEADER_NAME_RE",
@@ -43,6 +46,13 @@ TOKEN_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 DIGIT_CHARS: Final = "0123456789"
 _TOKEN_TABLE: Final = bytes(1 if chr(i) in TOKEN_CHARS else 0 for i in range(128))  # is_token's lookup
 _DIGIT_TABLE: Final = bytes(1 if chr(i) in DIGIT_CHARS else 0 for i in range(128))  # is_digits'
+# The plain forms the parser reads without a regex (the regexes below read everything else, and say what
+# is wrong): a URI of these characters (no '?', brackets, quotes, '<', '>' or whitespace), a host name or
+# IPv4 address, and the URI inside '<...>' of a name-addr (printable ASCII but '<', '>' and space).
+_ALNUM: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_URI_TABLE: Final = bytes(1 if chr(i) in _ALNUM + "-_.!~*'()&=+$,;:@%/" else 0 for i in range(128))
+_HOST_TABLE: Final = bytes(1 if chr(i) in _ALNUM + "-." else 0 for i in range(128))
+_ADDR_TABLE: Final = bytes(1 if 0x21 <= i <= 0x7E and chr(i) not in "<>" else 0 for i in range(128))
 
 
 def _all_in(text: str, table: bytes) -> bool:
@@ -68,6 +78,21 @@ def is_token(text: str) -> bool:
 def is_digits(text: str) -> bool:
     """``1*DIGIT``, ASCII digits only (``str.isdigit`` alone takes other scripts' digits too)."""
     return _all_in(text, _DIGIT_TABLE)
+
+
+def is_uri_text(text: str) -> bool:
+    """Non-empty, and only the characters of a plain sip: URI (see _URI_TABLE)."""
+    return _all_in(text, _URI_TABLE)
+
+
+def is_host_text(text: str) -> bool:
+    """``[A-Za-z0-9.-]+``: what SIP_URI_RE and VIA_RE read as a host name or IPv4 address."""
+    return _all_in(text, _HOST_TABLE)
+
+
+def is_addr_text(text: str) -> bool:
+    """``[^<>\\s]+`` of NAME_ADDR_RE, in ASCII (anything else goes to the regex)."""
+    return _all_in(text, _ADDR_TABLE)
 
 
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF   (exactly one SP each)

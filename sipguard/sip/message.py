@@ -32,7 +32,11 @@ from .grammar import (
     SIP_URI_RE,
     VIA_PARAM_RE,
     VIA_RE,
+    is_addr_text,
+    is_digits,
+    is_host_text,
     is_token,
+    is_uri_text,
 )
 
 __all__ = [
@@ -346,10 +350,39 @@ def parse_params(text: str, *, what: str) -> Params:
 
 def _parse_uri_fn(text: str) -> SipUri:
     """Parse a sip:/sips: URI (an immutable SipUri, so results are shared).  Raises ParseError."""
+    plain = _plain_uri(text)
+    if plain is not None:
+        return plain
     m = SIP_URI_RE.fullmatch(text)
     if m is None:
         raise ParseError(f"bad SIP URI {text!r}")
     scheme, user, host, port, params, headers = m.groups()
+    return _sip_uri(text, scheme, user, host, port or "", params or "", headers)
+
+
+def _plain_uri(text: str) -> SipUri | None:
+    """The common URI, ``sip[s]:[user@]host[:port][;params]`` of plain characters (one '@' at most, a host
+    name or IPv4 address, no '?'), read with find and slices; the SipUri SIP_URI_RE's match would give.
+    None for anything else: the regex reads it (or says what is wrong)."""
+    colon = 4 if text[:4].lower() == "sip:" else 5 if text[:5].lower() == "sips:" else 0
+    if colon == 0 or not is_uri_text(text[colon:]):
+        return None
+    at = text.find("@", colon)
+    if at >= 0 and text.find("@", at + 1) >= 0:
+        return None
+    user: str | None = text[colon:at] if at >= 0 else None
+    start = at + 1 if at >= 0 else colon
+    semi = text.find(";", start)
+    hostport = text[start:semi] if semi >= 0 else text[start:]
+    host, has_port, port = hostport.partition(":")
+    if not is_host_text(host) or (has_port and not (len(port) <= 5 and is_digits(port))):
+        return None
+    return _sip_uri(text, text[: colon - 1], user, host, port, text[semi:] if semi >= 0 else "", None)
+
+
+def _sip_uri(text: str, scheme: str, user: str | None, host: str, port: str, params: str,
+             headers: str | None) -> SipUri:
+    """The SipUri of a URI's parts as SIP_URI_RE groups them (port "" and params "" when absent)."""
     uri_params: list[tuple[str, str | None]] = []
     if params:
         for part in params[1:].split(";"):
@@ -398,12 +431,45 @@ def _check_name_addr_fn(text: str) -> str:
 
     The fast path of the parser: no objects are built.  Raises ParseError.
     """
+    plain = _plain_name_addr(text)
+    if plain is not None:
+        params = plain
+    else:
+        params = _name_addr_params(text)
+    if params and _PARAMS_RE.fullmatch(params) is None:
+        raise ParseError(f"bad parameters in {text!r}")
+    return params
+
+
+def _plain_name_addr(text: str) -> str | None:
+    """The params text of the common name-addr, ``["display" ]<uri>[;params]`` (a display name without
+    quotes or backslashes inside, a URI of printable ASCII), as NAME_ADDR_RE's third group would give it;
+    None for anything else."""
+    lt = 0
+    if text[:1] == '"':
+        close = text.find('"', 1)
+        if close < 0 or text.find("\\", 1, close) >= 0:
+            return None
+        lt = close + 1
+        while text[lt : lt + 1] == " ":
+            lt += 1
+    if text[lt : lt + 1] != "<":
+        return None
+    gt = text.find(">", lt)
+    if gt < 0 or not is_addr_text(text[lt + 1 : gt]):
+        return None
+    rest = text[gt + 1 :]
+    if rest and rest[0] != ";":
+        return None
+    return rest
+
+
+def _name_addr_params(text: str) -> str:
+    """The params text of any name-addr / addr-spec, by the grammar's regexes.  Raises ParseError."""
     m = (NAME_ADDR_RE if "<" in text else ADDR_SPEC_RE).fullmatch(text)
     if m is None:
         raise ParseError(f"bad name-addr {text!r}")
     params: str = m.group(3) if m.re is NAME_ADDR_RE else m.group(2)
-    if params and _PARAMS_RE.fullmatch(params) is None:
-        raise ParseError(f"bad parameters in {text!r}")
     return params
 
 
@@ -496,6 +562,10 @@ def _parse_via(text: str) -> Via:
 
 def ip_literal(host: str) -> str | None:
     """The host as an IP literal without brackets, or None if it is a name."""
+    return _ip_literal.call(host)
+
+
+def _ip_literal_fn(host: str) -> str | None:
     h = host.strip("[]")
     if ":" in h:
         return h
@@ -503,3 +573,6 @@ def ip_literal(host: str) -> str | None:
     if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
         return h
     return None
+
+
+_ip_literal: Final = Memo(_ip_literal_fn)  # a few hosts, asked about several times per request

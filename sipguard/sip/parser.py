@@ -54,6 +54,7 @@ _NAME_KEYS: Final[dict[str, str]] = {}  # header name as received -> key (bounde
 _LINES: Final[dict[str, HeaderField]] = {}
 _LINES_MAX: Final = 16384
 # every control byte, CR and LF included: deleting them from a clean head removes exactly its CRLFs
+# (CR >= CRLF and LF >= CRLF, so any other CTL, bare CR or bare LF makes the difference larger)
 _CTL_BYTES: Final = bytes(range(0x20)) + b"\x7f"
 _SPLIT: Final = frozenset(("via", "route", "record-route"))
 # a CTL, unless quoted-pair-escaped (quoted-pair allows %x00-09 / %x0B-0C / %x0E-7F), or a bare CR/LF
@@ -62,7 +63,12 @@ _CONTROL_RE: Final = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\
 
 # the header lines a response to one of our transactions is handled by (peek_response)
 _PEEK_KEYS: Final = {"via": 0, "v": 0, "cseq": 1, "to": 2, "t": 2, "content-length": 3, "l": 3}
-_PEEK_FIRST: Final = "vctl"  # the first letters of those names
+_PEEK_FIRST: Final = "vctlVCTL"  # the first letters of those names
+# the usual spellings of those names and of the others starting with those letters: one lookup, no lower()
+_PEEK_NAMES: Final = {"Via": 0, "via": 0, "v": 0, "V": 0, "VIA": 0, "CSeq": 1, "cseq": 1, "CSEQ": 1, "To": 2,
+                      "to": 2, "t": 2, "T": 2, "TO": 2, "Content-Length": 3, "content-length": 3, "l": 3, "L": 3,
+                      "Call-ID": -1, "Call-Id": -1, "call-id": -1, "Contact": -1, "contact": -1, "Content-Type": -1,
+                      "content-type": -1, "c": -1, "Cseq": 1}
 
 
 class ResponsePeek:
@@ -119,42 +125,44 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
     A top Via sharing its line with the next (``Via: a, b``, as SIPp writes them) is read up to
     the comma.
 
-    The head is read as Latin-1 text (one character per byte, so its offsets are the datagram's):
-    compiled, str methods are direct C calls where bytes methods are generic ones.
+    The datagram is read as Latin-1 text (one character per byte, so its offsets are the datagram's):
+    compiled, str methods are direct C calls where bytes methods are generic ones; the walk from line
+    to line finds the empty line that ends the head.
     """
     if len(data) > max_bytes or not data.startswith(b"SIP/2.0 "):
         return None
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head_bytes = data[:end]
-    head = head_bytes.decode("latin-1")
-    crlf = head.count("\r\n")
-    if len(head_bytes) - len(head_bytes.translate(None, _CTL_BYTES)) != 2 * crlf:
-        return None  # a control character, a bare CR or LF: parse() decides
+    head = data.decode("latin-1")  # the head and the body: the walk below stops at the empty line
     code = head[8:11]
     if head[11:12] != " " or not is_digits(code) or not "1" <= code[0] <= "6":
         return None
     top = cseq = to = cl = ""
     cut_start = cut_end = -1
     vias = 0
-    lower = head.lower()  # header names are case-insensitive
-    nxt = lower.find("\r\n")  # the end of the status line
-    while nxt >= 0:
+    crlf = 0  # the CRLFs that end the status line and the header lines
+    nxt = head.find("\r\n")  # the end of the status line
+    if nxt < 0:
+        return None
+    while True:
         line = nxt + 2
-        nxt = lower.find("\r\n", line)
-        line_end = end if nxt < 0 else nxt
-        if line >= line_end:
-            return None  # an empty line inside the headers cannot be (the head ends at the first), but be sure
-        if lower[line] not in _PEEK_FIRST:
+        nxt = head.find("\r\n", line)
+        if nxt == line:
+            break  # the empty line: the head ends at ``line - 2``
+        if nxt < 0:
+            return None  # no empty line: not a whole message
+        crlf += 1
+        line_end = nxt
+        if head[line] not in _PEEK_FIRST:
             continue
-        colon = lower.find(":", line, line_end)
+        colon = head.find(":", line, line_end)
         if colon < 0:
             continue
-        kind = _PEEK_KEYS.get(lower[line:colon].rstrip(" \t"), -1)
+        name = head[line:colon]
+        kind = _PEEK_NAMES.get(name, -2)
+        if kind == -2:  # header names are case-insensitive: any other spelling
+            kind = _PEEK_KEYS.get(name.rstrip(" \t").lower(), -1)
         if kind < 0:
             continue
-        if nxt >= 0 and lower[nxt + 2] in " \t":
+        if head[nxt + 2 : nxt + 3] in (" ", "\t"):
             return None  # the next line continues this one (folding)
         if kind == 2:
             if to:
@@ -192,6 +200,11 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
             cl = value
     if vias < 2 or not top or not cseq or not to or not _is_digits(cl):
         return None
+    end = line - 2
+    # one pass in C: a head whose only control bytes are its CRLFs loses exactly 2 per CRLF
+    head_bytes = data[:end]
+    if len(head_bytes) - len(head_bytes.translate(None, _CTL_BYTES)) != 2 * crlf:
+        return None  # a control character, a bare CR or LF: parse() decides
     body_end = end + 4 + int(cl)
     if body_end > len(data):
         return None
@@ -237,6 +250,21 @@ def _header_key(name_part: str) -> str:
         if len(_NAME_KEYS) < 4096:
             _NAME_KEYS[name_part] = key
     return key
+
+
+def _check_controls(line: str) -> None:
+    """Refuse a control character in a header or start line (TEXT-UTF8 and the start lines exclude them;
+    a quoted-pair may escape one), and a CR or LF that is not part of a CRLF (the lines were split at
+    CRLF).  Raises ParseError.  ``isprintable`` is one pass in C; only a line it does not pass (a tab,
+    non-ASCII text, a control character) is looked at closely."""
+    if line.isprintable():
+        return
+    ctl = _CONTROL_RE.search(line)
+    if ctl is None:
+        return
+    if ctl.group() in ("\r", "\n"):
+        raise ParseError("a bare CR or LF in the headers")
+    raise ParseError(f"control character {ctl.group()!r} in the headers")
 
 
 def _is_digits(text: str) -> bool:
@@ -294,16 +322,9 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     head_bytes = data[:end]
     head = head_bytes.decode("utf-8", "surrogateescape")
     lines = head.split("\r\n")
-    crlf = len(lines) - 1
-    # One pass in C over the bytes: a head whose only control bytes are its CRLFs loses exactly 2 per CRLF
-    # (CR >= CRLF and LF >= CRLF, so any other CTL, bare CR or bare LF makes the difference larger).
-    if len(head_bytes) - len(head_bytes.translate(None, _CTL_BYTES)) != 2 * crlf:
-        # rare: look closely (a quoted-pair may escape a CTL)
-        ctl = _CONTROL_RE.search(head)
-        if ctl is not None and ctl.group() not in ("\r", "\n"):  # TEXT-UTF8 and the start lines exclude CTLs
-            raise ParseError(f"control character {ctl.group()!r} in the headers")
-        if head.count("\r") != crlf or head.count("\n") != crlf:  # only CRLF separates lines
-            raise ParseError("a bare CR or LF in the headers")
+    # Control characters are looked for line by line, in the lines not seen before (_LINES keeps only
+    # lines that passed): the start line, the Vias, a new call's From, To, Call-ID.
+    _check_controls(lines[0])
     body_start = end + 4
     is_request, first, second, third = start_line(lines[0])
     if is_request:
@@ -322,6 +343,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         if not line:
             raise ParseError("empty header line")
         if line[0] in " \t":  # folding: continuation of the previous header (§7.3.1)
+            _check_controls(line)
             if previous == -2:  # a folded Content-Length
                 cl_values[-1] = (cl_values[-1] + " " + line.strip()).strip()
                 continue
@@ -337,6 +359,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
             continue
         field = _LINES.get(line)
         if field is None:
+            _check_controls(line)
             name, colon, value = line.partition(":")
             if not colon:
                 raise ParseError(f"bad header line {line[:60]!r}")

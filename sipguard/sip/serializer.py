@@ -93,6 +93,14 @@ class SetRequestUri:
         self.uri = uri
 
 
+def _first(keys: list[str], key: str) -> int:
+    """The index of the first field with this key, or -1."""
+    for i in range(len(keys)):
+        if keys[i] == key:
+            return i
+    return -1
+
+
 Edit = Prepend | Append | ReplaceFirst | RemoveFirst | SetHeader | RemoveAll | SetRequestUri
 
 
@@ -102,55 +110,62 @@ def serialize(message: Message, edits: tuple[Edit, ...] | list[Edit] = ()) -> by
     A field kept unchanged is written as received (``raw_lines``); an edited or
     added one as ``Name: value``.  Raises ValueError for SetRequestUri on a response.
     """
-    # fields: [key, line]
-    fields: list[tuple[str, str]] = []
-    for (key, name, value), raw in zip(message.headers, message.raw_lines):
-        fields.append((key, raw if raw is not None else f"{name}: {value}"))
+    # two parallel lists, the key and the line of each field (no tuple per field: they are made per message)
+    keys: list[str] = []
+    lines: list[str] = []
+    headers = message.headers
+    raws = message.raw_lines
+    for i in range(len(headers)):
+        field = headers[i]
+        raw = raws[i]
+        keys.append(field[0])
+        lines.append(raw if raw is not None else f"{field[1]}: {field[2]}")
     if isinstance(message, Request):
         start = f"{message.method} {message.uri} SIP/2.0"
     else:
         start = f"SIP/2.0 {message.status} {message.reason}"
     for edit in edits:
         if isinstance(edit, Prepend):
-            line = f"{header_name(edit.key)}: {edit.value}"
-            for i, (key, _line) in enumerate(fields):
-                if key == edit.key:
-                    fields.insert(i, (edit.key, line))
-                    break
-            else:
-                fields.insert(0, (edit.key, line))
+            at = _first(keys, edit.key)
+            keys.insert(0 if at < 0 else at, edit.key)
+            lines.insert(0 if at < 0 else at, f"{header_name(edit.key)}: {edit.value}")
         elif isinstance(edit, Append):
-            fields.append((edit.key, f"{header_name(edit.key)}: {edit.value}"))
+            keys.append(edit.key)
+            lines.append(f"{header_name(edit.key)}: {edit.value}")
         elif isinstance(edit, ReplaceFirst):
-            for i, (key, _line) in enumerate(fields):
-                if key == edit.key:
-                    fields[i] = (key, f"{header_name(key)}: {edit.value}")
-                    break
+            at = _first(keys, edit.key)
+            if at >= 0:
+                lines[at] = f"{header_name(edit.key)}: {edit.value}"
         elif isinstance(edit, RemoveFirst):
-            for i, (key, _line) in enumerate(fields):
-                if key == edit.key:
-                    del fields[i]
-                    break
+            at = _first(keys, edit.key)
+            if at >= 0:
+                del keys[at]
+                del lines[at]
         elif isinstance(edit, SetHeader):
             line = f"{header_name(edit.key)}: {edit.value}"
-            idx = [i for i, (key, _l) in enumerate(fields) if key == edit.key]
-            if idx:
-                fields[idx[0]] = (edit.key, line)
-                for i in reversed(idx[1:]):
-                    del fields[i]
+            at = _first(keys, edit.key)
+            if at < 0:
+                keys.append(edit.key)
+                lines.append(line)
             else:
-                fields.append((edit.key, line))
+                lines[at] = line
+                for i in range(len(keys) - 1, at, -1):
+                    if keys[i] == edit.key:
+                        del keys[i]
+                        del lines[i]
         elif isinstance(edit, RemoveAll):
-            fields = [f for f in fields if f[0] != edit.key]
+            for i in range(len(keys) - 1, -1, -1):
+                if keys[i] == edit.key:
+                    del keys[i]
+                    del lines[i]
         elif isinstance(edit, SetRequestUri):
             if not isinstance(message, Request):
                 raise ValueError("SetRequestUri on a response")
             start = f"{message.method} {edit.uri} SIP/2.0"
         else:  # pragma: no cover - exhaustive
             raise TypeError(f"unknown edit {edit!r}")
-    out = [start]
-    out.extend(line for _key, line in fields)
-    out.append(f"Content-Length: {len(message.body)}")
-    out.append("")
-    out.append("")
-    return "\r\n".join(out).encode("utf-8", "surrogateescape") + message.body
+    lines.insert(0, start)
+    lines.append(f"Content-Length: {len(message.body)}")
+    lines.append("")
+    lines.append("")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + message.body

@@ -172,10 +172,16 @@ def test_control_character_check_agrees_with_the_grammar(extra: list[str]) -> No
     bad = re.search(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n", head) is not None
     try:
         parse(data)
-        refused = False
+        error = ""
     except SipError as err:
-        refused = "control character" in str(err) or "bare CR or LF" in str(err)
-    assert refused == bad, extra
+        error = str(err)
+    for_controls = "control character" in error or "bare CR or LF" in error
+    if not bad:
+        assert not for_controls, extra
+    elif "CSeq: 1 OPTIONS" in extra:  # a second CSeq: refused for whichever of the two the parser meets first
+        assert error, extra
+    else:
+        assert for_controls, extra
 
 
 NUMBERISH = st.text(alphabet="0123456789 \t١²x-", max_size=13)

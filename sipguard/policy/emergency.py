@@ -26,7 +26,7 @@ import phonenumbers
 
 from ..sip.message import Request
 from .model import Account, Site
-from .numbers import VISUAL, NumberIndex, NumberPlan, identity_of, uri_user
+from .numbers import NumberIndex, NumberPlan, identity_of, uri_user, without_separators
 
 __all__ = ["EmergencyOutcome", "EmergencyNumbers", "called_number", "locate", "route_identity"]
 
@@ -52,7 +52,7 @@ class EmergencyNumbers:
             lower = uri.lower()
             return lower.startswith(_SOS) and (len(lower) == len(_SOS) or lower[len(_SOS)] == ".")
         user = uri_user(uri)
-        return user is not None and user.translate(VISUAL) in self.forms
+        return user is not None and without_separators(user) in self.forms
 
     def datagram(self, data: bytes) -> bool:
         """Whether a datagram is an INVITE to an emergency service, read from its request line alone."""

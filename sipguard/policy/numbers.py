@@ -15,13 +15,21 @@ from typing import Final
 
 import phonenumbers
 
-from ..sip.grammar import ADDR_SPEC_RE, NAME_ADDR_RE
+from ..sip.grammar import ADDR_SPEC_RE, NAME_ADDR_RE, is_digits
 from ..sip.memo import MEMO_SIZE, Memo
 from .model import NumberBlock
 
-__all__ = ["NumberPlan", "NumberIndex", "VISUAL", "uri_user", "identity_of", "display_number"]
+__all__ = ["NumberPlan", "NumberIndex", "VISUAL", "without_separators", "uri_user", "identity_of", "display_number"]
 
 VISUAL: Final = str.maketrans("", "", " -.()")  # the separators people write numbers with
+
+
+def without_separators(text: str) -> str:
+    """The text without the VISUAL separators.  Most numbers have none: digits, perhaps after a '+', are
+    returned as they are (``str.translate`` with a table is a generic call, about 5,000 instructions)."""
+    if is_digits(text) or (text[:1] == "+" and is_digits(text[1:])):
+        return text
+    return text.translate(VISUAL)
 
 
 def uri_user(uri: str) -> str | None:
@@ -86,7 +94,7 @@ class NumberPlan:
 def _normalize_fn(text_country: tuple[str, str]) -> str | None:
     """(dialled text, ISO country) -> E.164, or None; one argument, the memo's key."""
     text, country = text_country
-    raw = text.translate(VISUAL)
+    raw = without_separators(text)
     if not raw or not (raw[0] == "+" or raw[0].isdigit()) or not raw[1:].isdigit():
         return None
     if raw.startswith("+"):

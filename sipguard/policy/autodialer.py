@@ -33,7 +33,6 @@ attempts kept; the oldest keys are evicted first.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -95,21 +94,57 @@ class Assessment:
         self.blocked_until = blocked_until
 
 
+class _Ring:
+    """A first-in first-out list of (time, value): what a window keeps per feature.  Its operations are
+    native calls in the compiled core, where a deque's are generic method calls (docs/compiled.md)."""
+
+    __slots__ = ("times", "values", "head")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.values: list[int] = []
+        self.head = 0  # the oldest entry; the ones before it were taken
+
+    def size(self) -> int:
+        return len(self.times) - self.head
+
+    def __len__(self) -> int:
+        return self.size()
+
+    def push(self, at: float, value: int = 0) -> None:
+        self.times.append(at)
+        self.values.append(value)
+
+    def first_time(self) -> float:
+        """The oldest entry's time (the ring is not empty)."""
+        return self.times[self.head]
+
+    def pop(self) -> int:
+        """Take the oldest entry (the ring is not empty); its value.  The lists are cut down when half taken."""
+        value = self.values[self.head]
+        self.head += 1
+        if self.head >= 64 and 2 * self.head >= len(self.times):
+            del self.times[: self.head]
+            del self.values[: self.head]
+            self.head = 0
+        return value
+
+
 @dataclass(slots=True)
 class _Window:
     """Incremental state of one key: every feature is O(1) to update and read."""
 
-    minute: deque[float] = field(default_factory=deque)  # attempt times, last 60 s
-    second: deque[float] = field(default_factory=deque)  # attempt times, last 1 s
-    gaps: deque[float] = field(default_factory=deque)  # the last min_gaps gaps between attempts
+    minute: _Ring = field(default_factory=_Ring)  # attempt times, last 60 s
+    second: _Ring = field(default_factory=_Ring)  # attempt times, last 1 s
+    gaps: _Ring = field(default_factory=_Ring)  # the last min_gaps gaps between attempts (as times)
     gap_sum: float = 0.0
     gap_sq: float = 0.0
     last_at: float | None = None
-    dest: deque[tuple[float, int]] = field(default_factory=deque)  # (time, number), distinct window
+    dest: _Ring = field(default_factory=_Ring)  # (time, number), distinct window
     dest_count: dict[int, int] = field(default_factory=dict)  # number -> times in ``dest``
     run: int = 0
     last_number: int | None = None
-    ended: deque[tuple[float, bool]] = field(default_factory=deque)  # (at, short or unanswered)
+    ended: _Ring = field(default_factory=_Ring)  # (at, 1 if short or unanswered)
     short: int = 0  # how many of ``ended`` are short
     blocked_until: float = 0.0
     last: Assessment | None = None
@@ -167,22 +202,23 @@ class DialerDetector:
             self._trim(w, now)
             if w.last_at is not None and now < w.last_at:
                 now = w.last_at  # another worker's attempt, mirrored a moment after one of this worker's
-            w.minute.append(now)
-            w.second.append(now)
+            w.minute.push(now)
+            w.second.push(now)
             if w.last_at is not None:
                 gap = now - w.last_at
-                w.gaps.append(gap)
+                w.gaps.push(gap)
                 w.gap_sum += gap
                 w.gap_sq += gap * gap
-                if len(w.gaps) > c.min_gaps:
-                    old = w.gaps.popleft()
+                if w.gaps.size() > c.min_gaps:
+                    old = w.gaps.first_time()
+                    w.gaps.pop()
                     w.gap_sum -= old
                     w.gap_sq -= old * old
             w.last_at = now
             if number is not None:
-                w.dest.append((now, number))
+                w.dest.push(now, number)
                 w.dest_count[number] = w.dest_count.get(number, 0) + 1
-                if len(w.dest) > c.max_attempts:
+                if w.dest.size() > c.max_attempts:
                     self._drop_dest(w)
                 if w.last_number is not None and number - w.last_number == 1:
                     w.run += 1
@@ -191,8 +227,8 @@ class DialerDetector:
                 w.last_number = number
             else:
                 w.run = 0
-            if len(w.minute) > c.max_attempts:
-                w.minute.popleft()
+            if w.minute.size() > c.max_attempts:
+                w.minute.pop()
             if not assess:
                 continue
             a = self._assess(w, now)
@@ -219,11 +255,10 @@ class DialerDetector:
         for key in keys:
             w = self._windows.get(key)
             if w is not None:
-                w.ended.append((now, short))
-                w.short += short
-                if len(w.ended) > self.config.max_attempts:
-                    _at, was_short = w.ended.popleft()
-                    w.short -= was_short
+                w.ended.push(now, 1 if short else 0)
+                w.short += 1 if short else 0
+                if w.ended.size() > self.config.max_attempts:
+                    w.short -= w.ended.pop()
 
     def block(self, keys: tuple[str, ...], now: float) -> float:
         if self.mirror is not None:
@@ -273,7 +308,7 @@ class DialerDetector:
     # ------------------------------------------------------------------ features
     @staticmethod
     def _drop_dest(w: _Window) -> None:
-        _t, number = w.dest.popleft()
+        number = w.dest.pop()
         left = w.dest_count[number] - 1
         if left:
             w.dest_count[number] = left
@@ -281,27 +316,26 @@ class DialerDetector:
             del w.dest_count[number]
 
     def _trim(self, w: _Window, now: float) -> None:
-        while w.minute and w.minute[0] <= now - 60.0:
-            w.minute.popleft()
-        while w.second and w.second[0] <= now - 1.0:
-            w.second.popleft()
+        while w.minute.size() and w.minute.first_time() <= now - 60.0:
+            w.minute.pop()
+        while w.second.size() and w.second.first_time() <= now - 1.0:
+            w.second.pop()
         horizon = now - self.config.distinct_window_s
-        while w.dest and w.dest[0][0] <= horizon:
+        while w.dest.size() and w.dest.first_time() <= horizon:
             self._drop_dest(w)
-        while w.ended and w.ended[0][0] < horizon:
-            _at, was_short = w.ended.popleft()
-            w.short -= was_short
+        while w.ended.size() and w.ended.first_time() < horizon:
+            w.short -= w.ended.pop()
 
     def _assess(self, w: _Window, now: float, full: bool = False) -> Assessment:
         c = self.config
-        per_second = len(w.second)
-        per_minute = len(w.minute)
+        per_second = w.second.size()
+        per_minute = w.minute.size()
         distinct = len(w.dest_count)
         short_share: float | None = None
-        if len(w.ended) >= c.min_calls:
-            short_share = w.short / len(w.ended)
+        if w.ended.size() >= c.min_calls:
+            short_share = w.short / w.ended.size()
         cv: float | None = None
-        n = len(w.gaps)
+        n = w.gaps.size()
         if n >= c.min_gaps:  # running sums: variance = E[g^2] - E[g]^2
             mean = w.gap_sum / n
             if mean > 1e-9:

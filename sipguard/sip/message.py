@@ -483,7 +483,7 @@ def _tag_of_fn(text: str) -> str | None:
     when the value is a ``<...>`` name-addr followed by plain ``;token[=token]`` parameters, the
     part up to ``>`` is validated through a memo of its own and the parameters without a regex."""
     gt = text.rfind(">")
-    if gt > 0 and text[gt + 1 : gt + 2] == ";" and "<" in text[:gt]:
+    if 0 < gt < len(text) - 1 and text[gt + 1] == ";" and text.find("<", 0, gt) >= 0:
         plist = _plain_params(text[gt + 2 :])
         if plist is not None:
             _name_addr_head.call(text[: gt + 1])

@@ -46,7 +46,8 @@ __all__ = ["parse", "Partial", "DEFAULT_MAX_MESSAGE_BYTES", "is_keepalive", "pee
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16384
 _CSEQ_MAX: Final = 2**31 - 1  # RFC 3261 §8.1.1.5: less than 2**31
-_SINGLE_SET: Final = frozenset(("call-id", "cseq", "from", "to", "max-forwards"))
+# the single-valued headers a message needs, by their place in parse()'s list of them
+_SINGLE: Final = {"call-id": 0, "cseq": 1, "from": 2, "to": 3, "max-forwards": 4}
 _NAME_KEYS: Final[dict[str, str]] = {}  # header name as received -> key (bounded memo)
 # A whole header line as received -> its field.  Most lines recur verbatim (within a call: From, To,
 # Call-ID, CSeq, Contact, Record-Route/Route; across calls: Max-Forwards, Content-Type, ...): one
@@ -76,21 +77,28 @@ class ResponsePeek:
 
     status; top_via: the first Via value (as received, Latin-1); cut_start, cut_end: what removing
     it takes out of the datagram (its line with the CRLF before it, or, when the next Via shares the
-    line as ``Via: top, next``, the value with its comma and the blanks after); cseq_method; to: the
-    To value; body_end: where the message ends (Content-Length applied).
+    line as ``Via: top, next``, the value with its comma and the blanks after); cseq_method; to_start,
+    to_end: where the To value is (``to()`` reads it: only an INVITE's final response needs it);
+    body_end: where the message ends (Content-Length applied).
     """
 
-    __slots__ = ("status", "top_via", "cut_start", "cut_end", "cseq_method", "to", "body_end")
+    __slots__ = ("data", "status", "top_via", "cut_start", "cut_end", "cseq_method", "to_start", "to_end", "body_end")
 
-    def __init__(self, status: int, top_via: str, cut_start: int, cut_end: int, cseq_method: str, to: str,
-                 body_end: int) -> None:
+    def __init__(self, data: bytes, status: int, top_via: str, cut_start: int, cut_end: int, cseq_method: str,
+                 to_start: int, to_end: int, body_end: int) -> None:
+        self.data = data
         self.status = status
         self.top_via = top_via
         self.cut_start = cut_start
         self.cut_end = cut_end
         self.cseq_method = cseq_method
-        self.to = to
+        self.to_start = to_start
+        self.to_end = to_end
         self.body_end = body_end
+
+    def to(self) -> str:
+        """The To value, as received (UTF-8, undecodable bytes kept by surrogateescape)."""
+        return self.data[self.to_start : self.to_end].decode("utf-8", "surrogateescape").strip(" \t")
 
     def without_top_via(self, data: bytes) -> bytes:
         """The response as it is forwarded: as received, minus the top Via line (and trailing octets)."""
@@ -135,8 +143,8 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
     code = head[8:11]
     if head[11:12] != " " or not is_digits(code) or not "1" <= code[0] <= "6":
         return None
-    top = cseq = to = cl = ""
-    cut_start = cut_end = -1
+    top = cseq = cl = ""
+    cut_start = cut_end = to_start = to_end = -1
     vias = 0
     crlf = 0  # the CRLFs that end the status line and the header lines
     nxt = head.find("\r\n")  # the end of the status line
@@ -165,9 +173,9 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
         if head[nxt + 2 : nxt + 3] in (" ", "\t"):
             return None  # the next line continues this one (folding)
         if kind == 2:
-            if to:
+            if to_start >= 0:
                 return None
-            to = data[colon + 1 : line_end].decode("utf-8", "surrogateescape").strip(" \t")
+            to_start, to_end = colon + 1, line_end
             continue
         value = head[colon + 1 : line_end].strip(" \t")
         if kind == 0:
@@ -198,7 +206,7 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
             if cl:
                 return None
             cl = value
-    if vias < 2 or not top or not cseq or not to or not _is_digits(cl):
+    if vias < 2 or not top or not cseq or to_start < 0 or not _is_digits(cl):
         return None
     end = line - 2
     # one pass in C: a head whose only control bytes are its CRLFs loses exactly 2 per CRLF
@@ -211,7 +219,7 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
     plain = _plain_cseq(cseq)
     if plain is None or int(plain[0]) > _CSEQ_MAX:
         return None
-    return ResponsePeek(int(code), top, cut_start, cut_end, plain[1], to, body_end)
+    return ResponsePeek(data, int(code), top, cut_start, cut_end, plain[1], to_start, to_end, body_end)
 
 
 def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, stream: bool = False) -> Message:
@@ -335,7 +343,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
     headers: list[HeaderField] = []
     raw: list[str | None] = []
     vias: list[Via] = []
-    single: dict[str, str] = {}  # the single-valued headers a message needs
+    single: list[str | None] = [None, None, None, None, None]  # the values of _SINGLE's headers
     cl_values: list[str] = []
     needs_split = False
     previous: int = -1
@@ -353,8 +361,9 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
             value = (value + " " + line.strip()).strip()
             headers[previous] = (key, name, value)
             raw[previous] = None
-            if key in _SINGLE_SET:
-                single[key] = value
+            at = _SINGLE.get(key, -1)
+            if at >= 0:
+                single[at] = value
             needs_split = needs_split or (key in _SPLIT and "," in value)
             continue
         field = _LINES.get(line)
@@ -374,10 +383,11 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
             cl_values.append(value)
             previous = -2
             continue
-        if key in _SINGLE_SET:
-            if key in single:
+        at = _SINGLE.get(key, -1)
+        if at >= 0:
+            if single[at] is not None:
                 raise ParseError(f"more than one {key} header")
-            single[key] = value
+            single[at] = value
         elif key in _SPLIT and "," in value:
             needs_split = True
         headers.append(field)
@@ -420,21 +430,18 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
 
     if not vias:
         raise ParseError("no Via")
-    values = single
-    if cl_values:
-        values["content-length"] = cl_values[0]
-    call_id = values.get("call-id")
+    call_id = single[0]
     if not call_id:
         raise ParseError("no Call-ID")
     if " " in call_id or "\t" in call_id:
         raise ParseError("bad Call-ID")
-    from_value = values.get("from")
-    to_value = values.get("to")
+    from_value = single[2]
+    to_value = single[3]
     if not from_value or not to_value:
         raise ParseError("no From or To")
     from_tag = tag_of.call(from_value)
     to_tag = tag_of.call(to_value)
-    cseq_value = values.get("cseq")
+    cseq_value = single[1]
     if cseq_value is None:
         raise ParseError("no CSeq")
     plain = _plain_cseq(cseq_value)
@@ -450,7 +457,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         raise ParseError(f"CSeq {cseq} out of range")
 
     # Body and Content-Length (§18.3, §20.14)
-    cl_value = values.get("content-length")
+    cl_value = cl_values[0] if cl_values else None
     available = len(data) - body_start
     if cl_value is None:
         if stream:
@@ -491,7 +498,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         raise ParseError(f"bad Request-URI {uri[:60]!r}")
 
     max_forwards: int | None = None
-    mf_value = values.get("max-forwards")
+    mf_value = single[4]
     if mf_value is not None:
         max_forwards = _digits(mf_value, "Max-Forwards")
     return Request(tuple(headers), body, call_id, cseq, cseq_method, from_tag, to_tag, tuple(vias), tuple(raw),

@@ -839,17 +839,19 @@ class ProxyCore:
             return False
         status = peek.status
         to_tag: str | None = None
+        to = ""
         if txn.invite and status >= 200:  # the To is used: the callee's tag (2xx), the ACK (3xx-6xx)
+            to = peek.to()
             try:
-                to_tag = tag_of.call(peek.to)
+                to_tag = tag_of.call(to)
             except ParseError:
                 return False
         stats = self.stats
         stats.responses[_CLASSES[status // 100]] += 1
         stats.light_responses += 1
-        if status == 503 and txn.alternatives and self._next_alternative(txn, peek.to, now, out):
+        if status == 503 and txn.alternatives and self._next_alternative(txn, to, now, out):
             return True
-        self._txns.response(txn, status, to_tag, peek.to, peek.without_top_via(data), now, out)
+        self._txns.response(txn, status, to_tag, to, peek.without_top_via(data), now, out)
         return True
 
     def _next_alternative(self, txn: Txn, to: str, now: float, out: list[Action]) -> bool:

@@ -431,10 +431,8 @@ def _check_name_addr_fn(text: str) -> str:
 
     The fast path of the parser: no objects are built.  Raises ParseError.
     """
-    plain = _plain_name_addr(text)
-    if plain is not None:
-        params = plain
-    else:
+    params = _plain_name_addr(text)
+    if params is None:
         params = _name_addr_params(text)
     if params and _PARAMS_RE.fullmatch(params) is None:
         raise ParseError(f"bad parameters in {text!r}")

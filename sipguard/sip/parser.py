@@ -66,10 +66,10 @@ _CONTROL_RE: Final = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\
 _PEEK_KEYS: Final = {"via": 0, "v": 0, "cseq": 1, "to": 2, "t": 2, "content-length": 3, "l": 3}
 _PEEK_FIRST: Final = "vctlVCTL"  # the first letters of those names
 # the usual spellings of those names and of the others starting with those letters: one lookup, no lower()
-_PEEK_NAMES: Final = {"Via": 0, "via": 0, "v": 0, "V": 0, "VIA": 0, "CSeq": 1, "cseq": 1, "CSEQ": 1, "To": 2,
-                      "to": 2, "t": 2, "T": 2, "TO": 2, "Content-Length": 3, "content-length": 3, "l": 3, "L": 3,
-                      "Call-ID": -1, "Call-Id": -1, "call-id": -1, "Contact": -1, "contact": -1, "Content-Type": -1,
-                      "content-type": -1, "c": -1, "Cseq": 1}
+_PEEK_NAMES: Final = {"Via": 0, "via": 0, "v": 0, "V": 0, "VIA": 0, "CSeq": 1, "Cseq": 1, "cseq": 1, "CSEQ": 1,
+                      "To": 2, "to": 2, "t": 2, "T": 2, "TO": 2, "Content-Length": 3, "content-length": 3, "l": 3,
+                      "L": 3, "Call-ID": -1, "Call-Id": -1, "call-id": -1, "Contact": -1, "contact": -1,
+                      "Content-Type": -1, "content-type": -1, "c": -1}
 
 
 class ResponsePeek:

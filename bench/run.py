@@ -91,17 +91,39 @@ class Report:
     held: dict[str, float] = field(default_factory=dict)
 
 
-def free_port(host: str) -> int:
-    """A UDP port free on ``host`` now (IPv4 or IPv6)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+# Ports handed out for a server to listen on are taken below the kernel's ephemeral range (32768 and up
+# on Linux), free for UDP *and* TCP on the host, and never twice in one process: a port the kernel chose for
+# us with bind(0) lies in that range, where any outgoing connection (an admin request, a TCP client, Redis)
+# may take it again before the server binds it (a CI run once failed on "Address already in use").  Each
+# hand-out also keeps the next three ports back: workers listen on their admin port + 1 + i.
+_PORT_LOW, _PORT_HIGH, _PORT_STEP = 20000, 32000, 4
+_next_port = _PORT_LOW + (os.getpid() * 97) % (_PORT_HIGH - _PORT_LOW) // _PORT_STEP * _PORT_STEP
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(family, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now for UDP and TCP (IPv4 or IPv6), outside the ephemeral range."""
+    global _next_port
+    for _ in range((_PORT_HIGH - _PORT_LOW) // _PORT_STEP):
+        port = _next_port
+        _next_port = _PORT_LOW if port + _PORT_STEP >= _PORT_HIGH else port + _PORT_STEP
+        if all(_bindable(host, p) for p in range(port, port + _PORT_STEP)):
+            return port
+    raise RuntimeError(f"no free port on {host} between {_PORT_LOW} and {_PORT_HIGH}")
 
 
 def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port("127.0.0.1")
 
 
 def _descendants(pid: int) -> list[int]:

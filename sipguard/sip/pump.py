@@ -187,6 +187,9 @@ class Dispatch:
     same Call-ID, so it reaches the worker that holds the transaction; responses and in-dialog requests
     come to the owner's own port (its Via and Record-Route) and are not dispatched at all.
 
+    The ACK of an overload 503 (its To tag says so, sip/shed.py) ends at whichever worker reads it, while
+    that worker sheds too: under overload it is a datagram in every shed call, not worth a hand-off.
+
     A source that belongs to no account and is no upstream is dispatched by its address instead: one
     worker sees all its packets, so the edge's bucket and ban for it (policy/edge.py) are whole.
 
@@ -207,6 +210,8 @@ class Dispatch:
     # asyncio's DatagramProtocol.datagram_received, for the shared listen socket
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         host: str = addr[0]
+        if data and data[0] == _A and data.startswith(_ACK) and self.pump.shedder.absorbs(data):
+            return  # the ACK of a 503 this process's overload control sent: it ends here, whoever owns its Call-ID
         if self.trusted(host):
             owner = owner_of(data, self.workers)
         else:

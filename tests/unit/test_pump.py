@@ -7,7 +7,9 @@ from collections.abc import Callable
 from helpers import UAC, request
 from sipguard.sip import ProxyCore, parse
 from sipguard.sip.actions import Action, DialogStarted, Peer, Settle
-from sipguard.sip.pump import TICK_S, Pump
+from sipguard.sip.message import Response
+from sipguard.sip.pump import TICK_S, Dispatch, Pump
+from sipguard.sip.raw import owner_of
 
 
 class Loop:
@@ -156,3 +158,41 @@ def test_a_full_send_buffer_loses_the_datagram_and_the_timers_send_it_again(core
     assert core.stats.drops["send_buffer_full"] == 1
     loop.advance(0.6)  # Timer A
     assert attempts.count(("127.0.0.3", 5063)) == 2
+
+
+def _call_id_owned_by(owner: int, workers: int = 2) -> str:
+    return next(c for c in (f"call-{n}@127.0.0.2" for n in range(100)) if owner_of(f"X\r\nCall-ID: {c}\r\n\r\n".encode(),
+                                                                                   workers) == owner)
+
+
+def test_dispatch_hands_a_foreign_call_to_its_owner_with_the_peer_it_came_from(core: ProxyCore) -> None:
+    loop = Loop()
+    pump, sent, _other = _pump(core, loop)
+    handed: list[bytes] = []
+    dispatch = Dispatch(pump, 0, [None, handed.append], lambda host: True)
+    foreign = request(call_id=_call_id_owned_by(1))
+    dispatch.datagram_received(foreign, ("127.0.0.2", 5062))
+    assert handed == [b"127.0.0.2 5062\n" + foreign] and sent == [] and dispatch.handed == 1
+    dispatch.datagram_received(request(call_id=_call_id_owned_by(0)), ("127.0.0.2", 5062))
+    assert len(handed) == 1 and [parse(d).method for d, _a in sent if not d.startswith(b"SIP/")] == ["INVITE"]
+
+
+def test_the_ack_of_an_overload_503_ends_at_the_worker_that_reads_it(core: ProxyCore) -> None:
+    """Under overload every shed call sends an ACK for its 503: no hand-off for it, whoever owns the Call-ID;
+    any other ACK of a foreign call is still handed over (its owner holds the transaction or the dialog)."""
+    loop = Loop()
+    pump, sent, _other = _pump(core, loop)
+    handed: list[bytes] = []
+    dispatch = Dispatch(pump, 0, [None, handed.append], lambda host: True)
+    pump.shedder.forced = True
+    foreign = _call_id_owned_by(1)
+    dispatch.handed_over(b"127.0.0.2 5062\n" + request(call_id=foreign))  # the owner's view of a handed INVITE
+    [(reply, _addr)] = sent
+    shed = parse(reply)
+    assert isinstance(shed, Response) and shed.status == 503 and (shed.to_tag or "").startswith("sgov-")
+    ack = request("ACK", call_id=foreign, to_tag=shed.to_tag, cseq_method="ACK")
+    dispatch.datagram_received(ack, ("127.0.0.2", 5062))
+    assert handed == [] and pump.shedder.absorbed == 1
+    other_ack = request("ACK", call_id=foreign, to_tag="callee", cseq_method="ACK")
+    dispatch.datagram_received(other_ack, ("127.0.0.2", 5062))
+    assert handed == [b"127.0.0.2 5062\n" + other_ack] and pump.shedder.absorbed == 1

@@ -22,13 +22,12 @@ import statistics
 import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import tempfile
 
 from .run import (SIPP_TRANSPORT, UAS_IP, KamailioHtable, Sipguard, Target, _percentile, cpu_seconds, free_port,
-                  machine, sipp_cmd, sipp_outcome, start_uas)
+                  machine, shed_total, sipp_cmd, sipp_outcome, start_uas)
 from .policy import UAC_IP
 
 EMERGENCY_RATE = 10  # calls/s to 112 during the overload
@@ -74,19 +73,6 @@ def run_sipp(workdir: Path, scenario: str, target: Target, rate: int, calls: int
         proc.kill()
         out, _ = proc.communicate()
     return sipp_outcome(out, rundir, calls)
-
-
-def shed_total(target: Target) -> float:
-    if not isinstance(target, Sipguard):
-        return 0.0
-    total = 0.0
-    for i in range(target.workers):
-        port = target.admin if target.workers == 1 else target.admin + 1 + i
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith("sipguard_overload_shed_total "):
-                    total += float(line.split()[1])
-    return total
 
 
 def overload(kind: type[Target] | object, capacity: int, args: argparse.Namespace, workdir: Path) -> Outcome:

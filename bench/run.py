@@ -81,6 +81,7 @@ class Step:
     probe_invite_p99_us: float | None = None
     probe_invite_us: list[float] = field(default_factory=list)  # every probe call, in order (the tail's shape)
     round: int = 1  # --rounds: which pass over the targets
+    shed: int | None = None  # sipguard: new INVITEs its overload control answered 503 in the step (of ``failed``)
 
 
 @dataclass
@@ -280,6 +281,20 @@ class Sipguard(Target):
         raise RuntimeError("sipguard did not start: " + (self.workdir / "sipguard.log").read_text()[-2000:])
 
 
+def shed_total(target: Target) -> float:
+    """sipguard's ``sipguard_overload_shed_total`` over its workers (0 for any other target)."""
+    if not isinstance(target, Sipguard):
+        return 0.0
+    total = 0.0
+    for i in range(target.workers):
+        port = target.admin if target.workers == 1 else target.admin + 1 + i
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("sipguard_overload_shed_total "):
+                    total += float(line.split()[1])
+    return total
+
+
 class Kamailio(Target):
     """Kamailio counting channels with a dialog profile (kamailio.cfg.tmpl)."""
 
@@ -450,6 +465,7 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
         for rate in rates:
             calls = int(rate * args.duration_s)
             cpu0 = cpu_seconds(target.pid) if target.pid else None
+            shed0 = shed_total(target)
             probe: list[ProbeResult] = []
             link = LINK["transport"]
             probe_target = None if direct else (target.host, target.tls_port if link == "tls" else target.port)
@@ -465,7 +481,8 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
             cpu = (cpu_seconds(target.pid) - cpu0) / calls * 1000 if target.pid and cpu0 is not None else None
             peak = memory_mb(target.pid) if target.pid else None
             step = Step(target.name, rate, calls, ok, failed, _percentile(invite, 0.5), _percentile(invite, 0.99),
-                        _percentile(bye, 0.5), _percentile(bye, 0.99), cpu, peak, round=round_no)
+                        _percentile(bye, 0.5), _percentile(bye, 0.99), cpu, peak, round=round_no,
+                        shed=int(shed_total(target) - shed0) if isinstance(target, Sipguard) else None)
             if probe and probe[0].invite_us:
                 step.probe_invite_p50_us = probe[0].percentile("invite", 0.5)
                 step.probe_invite_p99_us = probe[0].percentile("invite", 0.99)
@@ -588,6 +605,8 @@ def medians(steps: list[Step]) -> list[str]:
         for rate in dict.fromkeys(s.rate for s in steps if s.target == target):
             runs = [s for s in steps if s.target == target and s.rate == rate]
             parts = ["failed " + "/".join(str(s.failed) for s in runs)]
+            if any(s.shed for s in runs):  # a 503 of the overload control is a failed call to SIPp
+                parts[0] += " (503 of the overload control " + "/".join(str(s.shed or 0) for s in runs) + ")"
             cpu = [s.cpu_s_per_1000 for s in runs if s.cpu_s_per_1000 is not None]
             if cpu:
                 parts.append(f"CPU s/1k {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})")

@@ -7,7 +7,8 @@
 For each target it steps the call rate up (calls of INVITE/100/180/200/ACK, held
 ``--hold-ms``, BYE/200) and reports, per rate: failed calls, p50/p99 of INVITE->200
 and BYE->200 (timed inside the SIPp scenario), the proxy's CPU seconds per 1,000
-calls and its peak memory.  The highest rate with 0 failed calls is the target's
+calls and its peak memory (for sipguard also how many of the failed calls were 503s of its overload
+control, ``shed`` in the JSON).  The highest rate with 0 failed calls is the target's
 capacity.  For sipguard it then holds ``--concurrent`` calls and reports the memory
 per active dialog and the INVITE->200 of new calls while they are held.  It prints one
 table and the ratios sipguard/Kamailio and sipguard/direct; ``--json FILE`` saves it.

@@ -94,11 +94,24 @@ class Report:
 
 
 # Ports handed out for a server to listen on are taken below the kernel's ephemeral range (32768 and up
-# on Linux), free for UDP *and* TCP on the host, and never twice in one process: a port the kernel chose for
+# on Linux, read from /proc), free for UDP *and* TCP on the host, and never twice in one process: a port the kernel chose for
 # us with bind(0) lies in that range, where any outgoing connection (an admin request, a TCP client, Redis)
 # may take it again before the server binds it (a CI run once failed on "Address already in use").  Each
 # hand-out also keeps the next three ports back: workers listen on their admin port + 1 + i.
-_PORT_LOW, _PORT_HIGH, _PORT_STEP = 20000, 32000, 4
+
+
+def _below_ephemeral(span: int = 12000) -> tuple[int, int]:
+    """[low, high) of ``span`` ports just below the kernel's ephemeral range (Linux: 32768 and up)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    high = max(first - 768, 1024 + span)  # a range of 1024 ports and up, which root may bind
+    return high - span, high
+
+
+(_PORT_LOW, _PORT_HIGH), _PORT_STEP = _below_ephemeral(), 4
 _next_port = _PORT_LOW + (os.getpid() * 97) % (_PORT_HIGH - _PORT_LOW) // _PORT_STEP * _PORT_STEP
 
 

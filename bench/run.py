@@ -93,11 +93,11 @@ class Report:
     held: dict[str, float] = field(default_factory=dict)
 
 
-# Ports handed out for a server to listen on are taken below the kernel's ephemeral range (32768 and up
-# on Linux, read from /proc), free for UDP *and* TCP on the host, and never twice in one process: a port the kernel chose for
-# us with bind(0) lies in that range, where any outgoing connection (an admin request, a TCP client, Redis)
-# may take it again before the server binds it (a CI run once failed on "Address already in use").  Each
-# hand-out also keeps the next three ports back: workers listen on their admin port + 1 + i.
+# Ports handed out for a server to listen on are taken below the kernel's ephemeral range (32768 and up on
+# Linux, read from /proc), free for UDP *and* TCP on the host, and never twice in one process: a port the
+# kernel chose for us with bind(0) lies in that range, where any outgoing connection (an admin request, a
+# TCP client, Redis) may take it again before the server binds it (a CI run once failed on "Address already
+# in use").  Each hand-out also keeps the next three ports back: workers listen on their admin port + 1 + i.
 
 
 def _below_ephemeral(span: int = 12000) -> tuple[int, int]:

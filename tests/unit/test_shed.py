@@ -133,6 +133,9 @@ def test_forced_overload_sheds_new_invites_only() -> None:
     # the ACK of a 503 of ours ends here; any other ACK goes on
     ack = request("ACK", to_tag="sgov-0000abcd", call_id="call-2@127.0.0.2")
     assert shedder.absorbs(ack) and not shedder.absorbs(request("ACK", to_tag="callee"))
+    # only the To tag says so: a caller whose own From tag happens to start the same way keeps its ACK
+    assert not shedder.absorbs(request("ACK", to_tag="callee", from_tag="sgov-0000abcd"))
+    assert not shedder.absorbs(request("ACK", to_tag="callee", from_tag="sgov-1", extra=["Subject: tag=sgov-"]))
 
 
 def test_the_retransmission_of_an_invite_let_through_is_never_shed() -> None:

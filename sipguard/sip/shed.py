@@ -29,8 +29,8 @@ WINDOW_S: Final = 0.1  # how often the budget and the fair share are set again
 KNOWN_S: Final = 4.0  # Call-IDs let through are remembered for one to two of these (INVITE retransmissions)
 CALM_S: Final = 2.0  # nothing shed for this long, queue short: the overload has ended
 TAG_PREFIX: Final = b"sgov-"  # the To tag of a shed INVITE's 503 (and so of its ACK)
-_TAG_EQ: Final = b"tag=" + TAG_PREFIX  # anywhere in an ACK for one of those 503s ...
-_OUR_TAG: Final = b";tag=" + TAG_PREFIX  # ... and in its To, blanks taken out
+_TAG_EQ: Final = b"tag=" + TAG_PREFIX  # the To parameter of an ACK for one of those 503s
+_TO_NAMES: Final = (b"to", b"t")
 _DECREASE: Final = 0.8  # the budget after a window whose mean queue delay was over the target, per window
 _INCREASE: Final = 1.0 / 16  # ... and its growth after a window under half the target
 _ON_ENTRY: Final = 0.75  # the first budget, of what went through in the window before
@@ -39,6 +39,22 @@ _TARGET: Final = 0.5  # the queue delay the budget aims under while overloaded, 
 
 
 def _never(data: bytes) -> bool:
+    return False
+
+
+def _our_to_tag(data: bytes) -> bool:
+    """Whether a ``;tag=sgov-`` parameter stands in the To header line (not in the From, nor elsewhere): a
+    find, then only the lines it is found on.  (A To folded over two lines is not recognised: its ACK goes
+    on to the core, which drops it as belonging to no dialog.)"""
+    at = data.find(_TAG_EQ)
+    while at >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        colon = data.find(b":", start, at)
+        if colon > start and data[start:colon].strip(b" \t").lower() in _TO_NAMES:
+            before = data[colon:at].rstrip(b" \t")
+            if before[-1:] == b";" and before.rfind(b"<") <= before.rfind(b">"):  # a header parameter, not the URI's
+                return True
+        at = data.find(_TAG_EQ, at + 1)
     return False
 
 
@@ -130,11 +146,7 @@ class Shedder:
         """Whether an ACK is for a 503 of ours (its To tag has our prefix): then it ends here."""
         if self.shed == 0:
             return False
-        if data.find(_TAG_EQ) < 0:  # most ACKs stop here
-            return False
-        head = read_head(data)
-        if head is None or not any(line.startswith(b"To: ") and _OUR_TAG in line.replace(b" ", b"")
-                                   for line in head.lines):  # the From's tag or another header said it
+        if not _our_to_tag(data):
             return False
         self.absorbed += 1
         return True

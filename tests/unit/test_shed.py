@@ -136,6 +136,12 @@ def test_forced_overload_sheds_new_invites_only() -> None:
     # only the To tag says so: a caller whose own From tag happens to start the same way keeps its ACK
     assert not shedder.absorbs(request("ACK", to_tag="callee", from_tag="sgov-0000abcd"))
     assert not shedder.absorbs(request("ACK", to_tag="callee", from_tag="sgov-1", extra=["Subject: tag=sgov-"]))
+    assert shedder.absorbs(request("ACK", to_tag="sgov-0000abcd", from_tag="sgov-1"))  # both: the To's counts
+    spaced = request("ACK", to_tag="sgov-0000abcd").replace(b">;tag=sgov-", b"> ; tag=sgov-")
+    compact = request("ACK", to_tag="sgov-0000abcd").replace(b"\r\nTo: ", b"\r\nt : ")
+    assert shedder.absorbs(spaced) and shedder.absorbs(compact)
+    in_uri = request("ACK").replace(b"To: <sip:+3250123400@127.0.0.3>", b"To: <sip:+3250123400@127.0.0.3;tag=sgov-1>")
+    assert b";tag=sgov-1>" in in_uri and not shedder.absorbs(in_uri)  # a URI parameter is not the To's tag
 
 
 def test_the_retransmission_of_an_invite_let_through_is_never_shed() -> None:
@@ -234,3 +240,14 @@ def test_head_age_reads_how_long_the_oldest_datagram_waited() -> None:
     finally:
         rx.close()
         tx.close()
+
+
+@given(st.lists(st.sampled_from([b"tag=sgov-1", b";", b"<", b">", b":", b"To", b"t", b"From", b" ", b"\r\n", b"\n",
+                                 b"x"]), max_size=30))
+def test_the_to_tag_test_never_raises_and_needs_our_tag(pieces: list[bytes]) -> None:
+    shedder = Shedder(0.04, 2)
+    shedder.shed = 1
+    data = b"ACK sip:x SIP/2.0\r\n" + b"".join(pieces)
+    assert shedder.absorbs(data) in (True, False)
+    if b"tag=sgov-" not in data:
+        assert not shedder.absorbs(data)

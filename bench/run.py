@@ -266,6 +266,10 @@ class Sipguard(Target):
             self.redis.wait()
             self.redis = None
 
+    def admin_ports(self) -> list[int]:
+        """Where each process serves admin: the one process on the admin port, worker i on admin port + 1 + i."""
+        return [self.admin] if self.workers == 1 else [self.admin + 1 + i for i in range(self.workers)]
+
     def start(self) -> None:
         self.port = free_port("127.0.0.1")
         self.admin = free_tcp_port()
@@ -285,8 +289,7 @@ class Sipguard(Target):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                for i in range(self.workers):  # workers serve admin on admin port + 1 + index
-                    port = self.admin if self.workers == 1 else self.admin + 1 + i
+                for port in self.admin_ports():
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
                         pass
                 return
@@ -300,8 +303,7 @@ def shed_total(target: Target) -> float:
     if not isinstance(target, Sipguard):
         return 0.0
     total = 0.0
-    for i in range(target.workers):
-        port = target.admin if target.workers == 1 else target.admin + 1 + i
+    for port in target.admin_ports():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
             for line in resp.read().decode().splitlines():
                 if line.startswith("sipguard_overload_shed_total "):

@@ -181,9 +181,12 @@ class RedisStore:
         held = self.own.get(account)
         if held is not None and held.pop(call_key, None) is not None and self.counts.get(account, 0) > 0:
             self.counts[account] -= 1
-        if self.available:  # while Redis is away the leases of released calls run out: nobody renews them
+        # while Redis is away the leases of released calls run out (nobody renews them); before its first answer
+        # (a node starting, in service already: another node's call ended here) the release waits for it
+        if self.available or not self.down_since:
             self._releases.append((account, call_key))
-            self._send_soon()
+            if self.available:
+                self._send_soon()
 
     def release_now(self, claim: ChannelClaim) -> None:
         self.release_key(claim.account, claim.call_key)
@@ -272,6 +275,8 @@ class RedisStore:
                 self.outages.append(Outage(True, "", time.monotonic() - self.down_since))
             self.available = True
             self.down_since = 0.0
+            if self._releases:  # the releases that came before Redis first answered
+                self._send_soon()
 
     def _down(self, err: BaseException) -> None:
         self.errors += 1

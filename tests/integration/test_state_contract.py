@@ -89,6 +89,23 @@ async def test_two_nodes_share_one_limit_and_a_release_frees_it_for_the_other(re
         await b.close()
 
 
+async def test_a_release_before_the_store_first_reached_redis_is_sent_once_it_does(redis_server) -> None:
+    """A node taking over an address hears the BYE of a call another node admitted (its route token) and
+    releases it; if that comes while the node's store is still starting, the release waits, not lost."""
+    a, b = await _pair(redis_server)
+    c = RedisStore(redis_server.url, "node-c", lease_s=30)
+    try:
+        assert await a.claim(ChannelClaim("acme", 1, "a0")) == (True, 1)
+        c.release_key("acme", "a0")  # before c.start(): Redis not reached yet
+        await c.start(["acme"])
+        await _settle(c)
+        assert await b.claim(ChannelClaim("acme", 1, "b0")) == (True, 1)
+    finally:
+        await a.close()
+        await b.close()
+        await c.close()
+
+
 async def test_a_dead_nodes_calls_leave_the_count_when_their_leases_end(redis_server) -> None:
     a, b = await _pair(redis_server, lease_s=1)
     try:

@@ -12,6 +12,11 @@ share of the capacity), the INVITEs answered 503 and the p99 of their INVITE->50
 (neither completed nor answered: timeouts), the emergency calls that failed, the proxy's CPU, and for
 sipguard, when the last INVITE was shed after the load dropped (its ``sipguard_overload_shed_total``
 polled every 0.25 s on each worker's admin port).  BENCHMARKS.md: the table and the command.
+
+``direct`` is the baseline measured in the same run: the UAC calls a SIPp UAS (``uas_shed.xml``) that answers
+a random ``1 - 1/factor`` of the INVITEs 503 at once (never a 112 call) and the rest as the benchmark UAS does,
+so its INVITE->503 is what SIPp and the host add at the offered rate with nothing in between (no CPU, no
+"after": the UAS sheds its share then too).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 import tempfile
 
-from .run import (SIPP_TRANSPORT, UAS_IP, KamailioHtable, Sipguard, Target, _percentile, cpu_seconds, free_port,
-                  machine, shed_total, sipp_cmd, sipp_outcome, start_uas)
+from .run import (SCENARIOS, SIPP_TRANSPORT, UAS_IP, Direct, KamailioHtable, Sipguard, Target, _percentile,
+                  cpu_seconds, free_port, machine, shed_total, sipp_cmd, sipp_outcome, start_uas)
 from .policy import UAC_IP
 
 EMERGENCY_RATE = 10  # calls/s to 112 during the overload
@@ -51,7 +56,7 @@ class Outcome:
     emergency_failed: int
     cpu_cores: float | None
     last_shed_after_drop_s: float | None  # None: no shed after the drop (or not sipguard)
-    after_failed: int  # calls at half capacity after the overload that failed (or were shed)
+    after_failed: int | None  # calls at half capacity after the overload that failed or were shed (direct: None)
 
     @property
     def goodput_share(self) -> float:
@@ -77,7 +82,13 @@ def run_sipp(workdir: Path, scenario: str, target: Target, rate: int, calls: int
 
 def overload(kind: type[Target] | object, capacity: int, args: argparse.Namespace, workdir: Path) -> Outcome:
     uas_port = free_port(UAS_IP)
-    uas = start_uas(workdir, uas_port)
+    if kind is Direct:  # SIPp to SIPp, the UAS answering the excess 503 at once: what SIPp and the host add
+        scenario = workdir / "uas_shed.xml"
+        scenario.write_text((SCENARIOS / "uas_shed.xml").read_text().replace(
+            'value="0.5"', f'value="{1 - 1 / args.factor:.4f}"'))
+        uas = start_uas(workdir, uas_port, str(scenario))
+    else:
+        uas = start_uas(workdir, uas_port)
     target: Target = kind(workdir, uas_port, free_port("127.0.0.7"))  # type: ignore[operator]
     offered = int(capacity * args.factor)
     calls = int(offered * args.duration_s)
@@ -138,7 +149,7 @@ def overload(kind: type[Target] | object, capacity: int, args: argparse.Namespac
                    _percentile(shed_ms, 0.5), _percentile(shed_ms[onset:], 0.99),
                    _percentile(rtds.get("1", []), 0.99), sos_calls, sos_failed + len(sos_rtds.get("3", [])),
                    (cpu1 - cpu0) / elapsed if cpu0 is not None and cpu1 is not None else None, last_after,
-                   after[1] + len(after[2].get("3", [])))
+                   None if kind is Direct else after[1] + len(after[2].get("3", [])))
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
@@ -158,10 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     SIPP_TRANSPORT["mode"] = "u1"
     capacity = {k: int(v) for k, v in (item.split("=") for item in args.capacity.split(","))}
+    if "direct" not in capacity:  # the baseline is offered what the proxies are
+        capacity["direct"] = max(capacity.values())
     if args.smoke:
         args.duration_s = 3.0
         capacity = {k: 100 for k in capacity}
-    kinds: dict[str, object] = {"kamailio-htable": KamailioHtable,
+    kinds: dict[str, object] = {"direct": Direct, "kamailio-htable": KamailioHtable,
                                 "sipguard-2w": lambda w, u, p: Sipguard(w, u, p, workers=2),
                                 "sipguard": Sipguard}
     print(f"machine: {machine()}; {args.factor:g} x capacity for {args.duration_s:g} s from one socket, "
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{o.goodput_share:>8.0%}{o.shed:>7}{_fmt(o.shed_p50_ms, 0):>5}/{_fmt(o.shed_p99_ms, 0):>4}/"
                   f"{_fmt(o.shed_steady_p99_ms, 0):>4}{o.failed:>7}"
                   f"{_fmt(o.invite_p99_ms, 0):>8}{o.emergency_failed:>5}/{o.emergency_sent:<3}"
-                  f"{_fmt(o.cpu_cores, 2):>5}{_fmt(o.last_shed_after_drop_s):>10}{o.after_failed:>6}", flush=True)
+                  f"{_fmt(o.cpu_cores, 2):>5}{_fmt(o.last_shed_after_drop_s):>10}{_fmt(o.after_failed, 0):>6}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
     if args.rounds > 1:

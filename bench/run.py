@@ -457,9 +457,9 @@ def sipp_outcome(out: bytes, rundir: Path, calls: int) -> tuple[int, int, dict[s
     return ok, failed + max(0, calls - ok - failed), rtds
 
 
-def start_uas(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_uas(workdir: Path, port: int, scenario: str = "uas.xml") -> subprocess.Popen[bytes]:
     out = open(workdir / f"uas-{port}.out", "wb")
-    return subprocess.Popen(sipp_cmd("uas.xml", UAS_IP, port), stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+    return subprocess.Popen(sipp_cmd(scenario, UAS_IP, port), stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
 
 
 def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], args: argparse.Namespace, workdir: Path,

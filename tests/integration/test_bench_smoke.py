@@ -184,10 +184,15 @@ def test_overload_benchmark_smoke_run(tmp_path: Path) -> None:
     """bench.overload --smoke: the offered load, the 112 calls beside it and the load after, from one socket."""
     require("sipp")
     out = tmp_path / "overload.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.overload", "--smoke", "--targets", "sipguard-2w", "--json",
-                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "bench.overload", "--smoke", "--targets", "direct,sipguard-2w",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    [o] = json.loads(out.read_text())
+    direct, o = json.loads(out.read_text())
+    # the baseline: SIPp's UAS answers a random half of the INVITEs 503 at once (1 - 1/factor), never a 112 call
+    assert direct["target"] == "direct" and direct["calls"] == 600, direct
+    assert 200 < direct["shed"] < 400 and direct["completed"] + direct["shed"] == 600 and direct["failed"] == 0, direct
+    assert direct["shed_p99_ms"] is not None and direct["emergency_failed"] == 0, direct
+    assert direct["cpu_cores"] is None and direct["after_failed"] is None, direct
     # 100/s is far under capacity: 2 x 100 for 3 s all completed, nothing shed or failed, every 112 call through
     assert (o["capacity"], o["offered"], o["calls"], o["completed"]) == (100, 200, 600, 600), o
     assert o["shed"] == o["failed"] == o["after_failed"] == 0 and o["last_shed_after_drop_s"] is None, o

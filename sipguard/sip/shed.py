@@ -6,7 +6,9 @@ samples every ``TICK_S`` how long the oldest datagram has waited in this process
 row, the process is *overloaded*: each ``WINDOW_S`` it lets through a budget of new INVITEs, which
 shrinks while the window's mean queue delay is over the target (half the threshold) and grows while it
 is under half the target (AIMD), so the queue stays short; the budget is shared max-min fairly among the sources
-that sent INVITEs in the previous window, so one noisy trunk does not get every other source refused.
+that sent INVITEs in the previous window, so one noisy trunk does not get every other source refused, and a
+source's share is paced over the window (a fifth more at every sample), so that the INVITEs let through do
+not come as one burst at the window's start for the 503s to wait behind.
 The rest are answered here, before the parser, statelessly: ``503`` with ``Retry-After`` and a To tag
 that marks them (``TAG_PREFIX``), so their ACKs are absorbed here too.  Never shed: anything but an
 initial INVITE (responses, ACK, BYE, CANCEL, re-INVITEs and every in-dialog request), an INVITE to an
@@ -36,6 +38,7 @@ _INCREASE: Final = 1.0 / 16  # ... and its growth after a window under half the 
 _ON_ENTRY: Final = 0.75  # the first budget, of what went through in the window before
 _ENTER_TICKS: Final = 3  # consecutive samples over the threshold that start the overload (60 ms)
 _TARGET: Final = 0.5  # the queue delay the budget aims under while overloaded, of the threshold
+_SLOTS: Final = 5  # WINDOW_S / TICK_S: a source's share is let through a fifth more at every sample of a window
 
 
 def _never(data: bytes) -> bool:
@@ -91,6 +94,7 @@ class Shedder:
         self.active = False
         self.budget = 1  # new INVITEs let through per window while active
         self.share = 1  # per source, this window
+        self.allowed = 1  # per source so far this window: the share paced over its samples
         self.passed: dict[str, int] = {}  # per source, let through this window
         self.demand: dict[str, int] = {}  # per source, new INVITEs this window
         self.window_passed = 0  # let through this window, every source
@@ -132,7 +136,7 @@ class Shedder:
             return None
         self.demand[host] = self.demand.get(host, 0) + 1
         passed = self.passed.get(host, 0)
-        if (passed < self.share and not self.forced) or self.emergency(data):
+        if (passed < self.allowed and not self.forced) or self.emergency(data):
             self.passed[host] = passed + 1
             self.window_passed += 1
             self._known.add(call_id)
@@ -180,6 +184,8 @@ class Shedder:
                 self._new_window(now)
             return event
         if now + TICK_S / 2 < self._window_end:  # the window ends at the sample nearest its end
+            slot = min(_SLOTS, 1 + int((now - self._window_end + WINDOW_S) / TICK_S + 0.5))
+            self.allowed = min(self.share, (self.share * slot + _SLOTS - 1) // _SLOTS)
             return event
         mean = self.delay_sum / max(self.samples, 1)
         target = self.queue_delay_s * _TARGET
@@ -203,3 +209,4 @@ class Shedder:
         self.delay_sum = 0.0
         self.samples = 0
         self._window_end = now + WINDOW_S
+        self.allowed = (self.share + _SLOTS - 1) // _SLOTS

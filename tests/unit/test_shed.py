@@ -162,14 +162,16 @@ def test_the_budget_is_shared_fairly_and_shrinks_while_the_queue_stays_long() ->
     serial = 1000
 
     def window(noisy: int, quiet: int) -> tuple[int, int]:
+        """A window's INVITEs, spread evenly over its samples."""
         nonlocal serial, now
         passed = [0, 0]
-        for i in range(max(noisy, quiet)):
-            for k, (host, count) in enumerate((("10.0.0.1", noisy), ("10.0.0.2", quiet))):
-                if i < count:
-                    serial += 1
-                    passed[k] += shedder.consider(_invite(serial), host, 5060) is None
-        for _ in range(round(WINDOW_S / TICK_S)):
+        slots = round(WINDOW_S / TICK_S)
+        for _slot in range(slots):
+            for i in range(max(noisy, quiet) // slots):
+                for k, (host, count) in enumerate((("10.0.0.1", noisy), ("10.0.0.2", quiet))):
+                    if i < count // slots:
+                        serial += 1
+                        passed[k] += shedder.consider(_invite(serial), host, 5060) is None
             now += TICK_S
             shedder.tick(now, 1.0)  # the queue stays long
         return passed[0], passed[1]
@@ -182,6 +184,41 @@ def test_the_budget_is_shared_fairly_and_shrinks_while_the_queue_stays_long() ->
     assert noisy == budget - 10  # the noisy one the rest of the budget
     window(300, 10)
     assert shedder.budget < budget
+
+
+def test_a_share_is_let_through_paced_over_the_window_not_at_its_start() -> None:
+    """A burst at a window's start gets a fifth of the share; the rest is let through as the window goes on,
+    and what a source did not use early carries over within the window."""
+    shedder = Shedder(0.04, 2)
+    for n in range(200):
+        shedder.consider(_invite(n), "10.0.0.1", 5060)
+    now = _overloaded(shedder)  # budget 150: one source, its share the whole budget
+    assert shedder.share == 150
+    serial = 1000
+
+    def burst(count: int) -> int:
+        nonlocal serial
+        passed = 0
+        for _ in range(count):
+            serial += 1
+            passed += shedder.consider(_invite(serial), "10.0.0.1", 5060) is None
+        return passed
+
+    assert burst(300) == 30  # the window's first fifth; the other 270 shed
+    now += TICK_S
+    shedder.tick(now, 0.015)  # the second sample: two fifths so far
+    assert burst(300) == 30
+    now += TICK_S
+    shedder.tick(now, 0.015)
+    now += TICK_S
+    shedder.tick(now, 0.015)  # the fourth: four fifths, of which 60 are still unused
+    assert burst(300) == 60
+    now += TICK_S
+    shedder.tick(now, 0.015)
+    assert burst(300) == 30 and shedder.allowed == shedder.share == 150  # the whole share, no more
+    now += TICK_S
+    shedder.tick(now, 0.015)  # a new window (the mean between half the target and the target: kept)
+    assert shedder.share == 150 and shedder.allowed == 30 and burst(300) == 30
 
 
 def test_the_budget_grows_back_once_the_queue_is_short() -> None:

@@ -3,12 +3,13 @@
 What is measured, the thresholds and what an operator sees: docs/overload.md.  In short: the server
 samples every ``TICK_S`` how long the oldest datagram has waited in this process's receive queues
 (and the loop's own lateness) and calls ``tick``.  Over ``queue_delay_s`` in ``_ENTER_TICKS`` samples in a
-row, the process is *overloaded*: each ``WINDOW_S`` it lets through a budget of new INVITEs, which
-shrinks while the window's mean queue delay is over the target (half the threshold) and grows while it
-is under half the target (AIMD), so the queue stays short; the budget is shared max-min fairly among the sources
-that sent INVITEs in the previous window, so one noisy trunk does not get every other source refused, and a
-source's share is paced over the window (a fifth more at every sample), so that the INVITEs let through do
-not come as one burst at the window's start for the 503s to wait behind.
+row, the process is *overloaded*: each ``WINDOW_S`` it lets through a budget of new INVITEs, which starts at
+half what went through before, shrinks while the window's mean queue delay is over the target (half the
+threshold; by target / mean, between a half and four fifths) and grows while it is under half the target
+(AIMD), so the queue stays short; the budget is shared max-min fairly among the sources that sent INVITEs in
+the previous window, so one noisy trunk does not get every other source refused, and a source's share is
+paced over the window (a fifth more at every sample), so that the INVITEs let through do not come as one
+burst at the window's start for the 503s to wait behind.
 The rest are answered here, before the parser, statelessly: ``503`` with ``Retry-After`` and a To tag
 that marks them (``TAG_PREFIX``), so their ACKs are absorbed here too.  Never shed: anything but an
 initial INVITE (responses, ACK, BYE, CANCEL, re-INVITEs and every in-dialog request), an INVITE to an
@@ -33,9 +34,10 @@ CALM_S: Final = 2.0  # nothing shed for this long, queue short: the overload has
 TAG_PREFIX: Final = b"sgov-"  # the To tag of a shed INVITE's 503 (and so of its ACK)
 _TAG_EQ: Final = b"tag=" + TAG_PREFIX  # the To parameter of an ACK for one of those 503s
 _TO_NAMES: Final = (b"to", b"t")
-_DECREASE: Final = 0.8  # the budget after a window whose mean queue delay was over the target, per window
+_DECREASE: Final = 0.8  # at most: the budget after a window whose mean queue delay was over the target
+_DEEPEST: Final = 0.5  # at least: the cut is target / mean between these two (deeper the further over)
 _INCREASE: Final = 1.0 / 16  # ... and its growth after a window under half the target
-_ON_ENTRY: Final = 0.75  # the first budget, of what went through in the window before
+_ON_ENTRY: Final = 0.5  # the first budget, of what went through in the window before
 _ENTER_TICKS: Final = 3  # consecutive samples over the threshold that start the overload (60 ms)
 _TARGET: Final = 0.5  # the queue delay the budget aims under while overloaded, of the threshold
 _SLOTS: Final = 5  # WINDOW_S / TICK_S: a source's share is let through a fifth more at every sample of a window
@@ -190,7 +192,7 @@ class Shedder:
         mean = self.delay_sum / max(self.samples, 1)
         target = self.queue_delay_s * _TARGET
         if mean > target:
-            self.budget = max(int(self.budget * _DECREASE), 1)
+            self.budget = max(int(self.budget * max(_DEEPEST, min(_DECREASE, target / mean))), 1)
         elif mean < target / 2:
             self.budget += max(int(self.budget * _INCREASE), 1)
         self.share = fair_share(self.budget, list(self.demand.values()))

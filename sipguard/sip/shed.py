@@ -40,7 +40,7 @@ _INCREASE: Final = 1.0 / 16  # ... and its growth after a window under half the 
 _ON_ENTRY: Final = 0.5  # the first budget, of what went through in the window before
 _ENTER_TICKS: Final = 3  # consecutive samples over the threshold that start the overload (60 ms)
 _TARGET: Final = 0.5  # the queue delay the budget aims under while overloaded, of the threshold
-_SLOTS: Final = 5  # WINDOW_S / TICK_S: a source's share is let through a fifth more at every sample of a window
+_SLOTS: Final = round(WINDOW_S / TICK_S)  # a source's share is let through a fifth more at every sample of a window
 
 
 def _never(data: bytes) -> bool:
@@ -61,6 +61,11 @@ def _our_to_tag(data: bytes) -> bool:
                 return True
         at = data.find(_TAG_EQ, at + 1)
     return False
+
+
+def _paced(share: int, slot: int) -> int:
+    """How much of a window's ``share`` a source may have had let through by its ``slot``-th sample (from 1)."""
+    return min(share, (share * min(slot, _SLOTS) + _SLOTS - 1) // _SLOTS)
 
 
 def fair_share(budget: int, demands: list[int]) -> int:
@@ -186,8 +191,7 @@ class Shedder:
                 self._new_window(now)
             return event
         if now + TICK_S / 2 < self._window_end:  # the window ends at the sample nearest its end
-            slot = min(_SLOTS, 1 + int((now - self._window_end + WINDOW_S) / TICK_S + 0.5))
-            self.allowed = min(self.share, (self.share * slot + _SLOTS - 1) // _SLOTS)
+            self.allowed = _paced(self.share, 1 + int((now - self._window_end + WINDOW_S) / TICK_S + 0.5))
             return event
         mean = self.delay_sum / max(self.samples, 1)
         target = self.queue_delay_s * _TARGET
@@ -211,4 +215,4 @@ class Shedder:
         self.delay_sum = 0.0
         self.samples = 0
         self._window_end = now + WINDOW_S
-        self.allowed = (self.share + _SLOTS - 1) // _SLOTS
+        self.allowed = _paced(self.share, 1)

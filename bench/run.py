@@ -2,7 +2,7 @@
 
     python -m bench.run [--targets direct,sipguard,sipguard-2w,sipguard-redis,kamailio] [--rates 500,1000,2000]
                         [--duration-s 20] [--hold-ms 1000] [--concurrent 10000] [--smoke]
-                        [--sipp-transport u1|un] [--loopwatch] [--rounds N]
+                        [--sipp-transport u1|un] [--in-dialog route|listen] [--loopwatch] [--rounds N]
 
 For each target it steps the call rate up (calls of INVITE/100/180/200/ACK, held
 ``--hold-ms``, BYE/200) and reports, per rate: failed calls, p50/p99 of INVITE->200
@@ -18,7 +18,11 @@ is a node of its own in Redis, so ``sipguard-redis-2w`` is two nodes sharing one
 ``sipguard-Nw`` is sipguard with ``--workers N`` (one process per core; every worker reads the
 listen socket and hands each call to the worker its Call-ID hashes to), so calls from one socket
 (``--sipp-transport u1``, the default: a trunk) spread over the workers; ``un`` (one SIPp socket per
-call, for every target alike) is the socket-per-call shape beside it.  Past capacity:
+call, for every target alike) is the socket-per-call shape beside it.  The UAC sends ACK and BYE to the
+first hop of the dialog's route set, the proxy's Record-Route, as a UA does (``--in-dialog route``; for
+sipguard with workers, the owning worker's own port); ``--in-dialog listen`` sends them to the address
+the INVITE went to, as SIPp does on its own, so that each worker hands the other worker's half of them
+over: the difference is what a hand-off costs (``hands ... per call`` in the report).  Past capacity:
 ``python -m bench.overload``.
 
 ``--rounds N`` passes over the targets N times, alternating them, and prints per target and rate
@@ -60,6 +64,7 @@ from .probe import PROBE_UAS_IP, ProbeResult, run_probe
 
 ROOT = Path(__file__).parents[1]
 SCENARIOS = ROOT / "sipp_scenarios" / "bench"
+HANDOFFS = "sipguard_worker_handoffs_total"  # datagrams a worker read from the shared socket for another
 UAS_IP = "127.0.0.3"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -83,6 +88,7 @@ class Step:
     probe_invite_us: list[float] = field(default_factory=list)  # every probe call, in order (the tail's shape)
     round: int = 1  # --rounds: which pass over the targets
     shed: int | None = None  # sipguard: new INVITEs its overload control answered 503 in the step (of ``failed``)
+    handoffs: float | None = None  # sipguard with workers: datagrams handed to another worker, per call
 
 
 @dataclass
@@ -298,17 +304,23 @@ class Sipguard(Target):
         raise RuntimeError("sipguard did not start: " + (self.workdir / "sipguard.log").read_text()[-2000:])
 
 
-def shed_total(target: Target) -> float:
-    """sipguard's ``sipguard_overload_shed_total`` over its workers (0 for any other target)."""
+def metric_total(target: Target, name: str) -> float:
+    """A counter of sipguard's (``name``: its sample's name, without labels) summed over its workers (0 for any
+    other target)."""
     if not isinstance(target, Sipguard):
         return 0.0
     total = 0.0
     for port in target.admin_ports():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
             for line in resp.read().decode().splitlines():
-                if line.startswith("sipguard_overload_shed_total "):
+                if line.startswith(name + " "):
                     total += float(line.split()[1])
     return total
+
+
+def shed_total(target: Target) -> float:
+    """sipguard's ``sipguard_overload_shed_total`` over its workers (0 for any other target)."""
+    return metric_total(target, "sipguard_overload_shed_total")
 
 
 class Kamailio(Target):
@@ -366,6 +378,7 @@ class KamailioHtable(Kamailio):
 
 
 SIPP_TRANSPORT = {"mode": "u1"}  # --sipp-transport: the same for every target of a run
+IN_DIALOG = {"to": "route"}  # --in-dialog: where the UAC sends ACK and BYE (the scenarios' in_dialog key)
 LINK = {"transport": "udp", "cert": "", "key": ""}  # --link: what the calls travel over (and the TLS certificate)
 
 
@@ -415,7 +428,7 @@ def sipp_cmd(scenario: str, ip: str, port: int, *extra: str) -> list[str]:
     mode = SIPP_TRANSPORT["mode"] if LINK["transport"] == "udp" else "t1"
     sockets = "1024" if mode in ("u1", "t1") else "16000"  # un: one socket per call in progress
     return ["sipp", "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port), "-nostdin", "-t", mode,
-            "-max_socket", sockets, "-buff_size", "4194304", *extra]
+            "-max_socket", sockets, "-buff_size", "4194304", "-key", "in_dialog", IN_DIALOG["to"], *extra]
 
 
 def run_uac(workdir: Path, target: Target, rate: int, calls: int, hold_ms: int, timeout_s: float,
@@ -482,6 +495,7 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
             calls = int(rate * args.duration_s)
             cpu0 = cpu_seconds(target.pid) if target.pid else None
             shed0 = shed_total(target)
+            handed0 = metric_total(target, HANDOFFS)
             probe: list[ProbeResult] = []
             link = LINK["transport"]
             probe_target = None if direct else (target.host, target.tls_port if link == "tls" else target.port)
@@ -499,6 +513,8 @@ def bench_target(kind: Callable[[Path, int, int], Target], rates: list[int], arg
             step = Step(target.name, rate, calls, ok, failed, _percentile(invite, 0.5), _percentile(invite, 0.99),
                         _percentile(bye, 0.5), _percentile(bye, 0.99), cpu, peak, round=round_no,
                         shed=int(shed_total(target) - shed0) if isinstance(target, Sipguard) else None)
+            if isinstance(target, Sipguard) and target.workers > 1:
+                step.handoffs = (metric_total(target, HANDOFFS) - handed0) / calls
             if probe and probe[0].invite_us:
                 step.probe_invite_p50_us = probe[0].percentile("invite", 0.5)
                 step.probe_invite_p99_us = probe[0].percentile("invite", 0.99)
@@ -624,6 +640,9 @@ def medians(steps: list[Step]) -> list[str]:
             if any(s.shed for s in runs):  # a 503 of the overload control is a failed call to SIPp
                 parts[0] += " (503 of the overload control " + "/".join(str(s.shed or 0) for s in runs) + ")"
             cpu = [s.cpu_s_per_1000 for s in runs if s.cpu_s_per_1000 is not None]
+            handoffs = [s.handoffs for s in runs if s.handoffs is not None]
+            if handoffs:
+                parts.append(f"hand-offs per call {statistics.median(handoffs):.2f}")
             if cpu:
                 parts.append(f"CPU s/1k {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})")
             added = [a for a in (_added_us(s, direct) for s in runs) if a is not None]
@@ -684,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-rate", type=float, default=20.0, help="µs latency probe calls/s (0: off)")
     parser.add_argument("--sipp-transport", choices=("u1", "un"), default="u1",
                         help="SIPp UDP sockets: u1 one for all calls (a trunk), un one per call")
+    parser.add_argument("--in-dialog", choices=("route", "listen"), default="route",
+                        help="where the UAC sends ACK and BYE: to the Record-Route's address, as a UA does (route), or to "
+                             "the address it sent the INVITE to, as SIPp does on its own (listen)")
     parser.add_argument("--link", choices=("udp", "tcp", "tls"), default="udp",
                         help="what the calls travel over, UAC to proxy to UAS (tls: stunnel carries SIPp's TCP)")
     parser.add_argument("--rounds", type=int, default=1,
@@ -692,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="time every callback of sipguard's event loops (bench/loopwatch.py; one rate per run)")
     args = parser.parse_args(argv)
     SIPP_TRANSPORT["mode"] = args.sipp_transport
+    IN_DIALOG["to"] = args.in_dialog
     LINK["transport"] = args.link
     if args.smoke:
         args.rates, args.duration_s, args.hold_ms, args.concurrent = "50", 2.0, 200, 200
@@ -729,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in added_latency(report.steps):
         print(line)
+    if args.rounds == 1:
+        for step in (s for s in report.steps if s.handoffs is not None):
+            print(f"{step.target} at {step.rate}/s hands {step.handoffs:.2f} datagrams per call to another worker")
     if args.rounds > 1:
         print()
         for line in medians(report.steps):

@@ -28,7 +28,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "sip": ("grammar", "memo", "message", "parser", "serializer", "proxy", "pump", "transaction", "dialog", "timers",
             "actions", "raw", "shed", "replies"),
     "policy": ("engine", "callerid", "numbers", "autodialer", "edge", "emergency", "decision"),
-    "state": ("claim",),
+    "state": ("claim", "base", "memory", "shared"),
     "": ("outcomes",),
 }
 STAMP = "_native_stamp.txt"

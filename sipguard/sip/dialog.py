@@ -89,6 +89,7 @@ class Dialog:
         "state",
         "started_at",
         "answered_at",
+        "heard_at",
         "deadlines",
         "alive",
     )
@@ -109,6 +110,7 @@ class Dialog:
         self.state = DialogState.EARLY
         self.started_at = now
         self.answered_at: float | None = None
+        self.heard_at = now  # the last request inside the confirmed dialog (or its 2xx): its silence starts here
         self.deadlines: dict[str, float] = {}
         self.alive = True
 
@@ -163,12 +165,22 @@ class Dialogs:
             dialog.answered_at = now
             dialog.callee_tag = callee_tag
         dialog.move("recv_2xx")
+        dialog.heard_at = now
         self._wheel.set(dialog, "timeout", now + self.timeout_s)
 
     def touched(self, dialog: Dialog, now: float) -> None:
-        """A request inside a confirmed dialog: it is not silent."""
+        """A request inside a confirmed dialog: it is not silent.  Only noted: the timeout, when it comes, looks
+        at it (``timed_out``), instead of a wheel operation per request."""
         if dialog.state is DialogState.CONFIRMED:
-            self._wheel.set(dialog, "timeout", now + self.timeout_s)
+            dialog.heard_at = now
+
+    def timed_out(self, dialog: Dialog, now: float, out: list[Action]) -> None:
+        """Its timeout came: ended if it has been silent for ``timeout_s``, else the timeout moves to that point."""
+        due = dialog.heard_at + self.timeout_s
+        if due > now:
+            self._wheel.set(dialog, "timeout", due)
+        else:
+            self.end(dialog, "timeout", now, out)
 
     def end(self, dialog: Dialog, reason: str, now: float, out: list[Action]) -> None:
         if not dialog.alive:

@@ -343,7 +343,7 @@ class ProxyCore:
             if not owner.alive:  # ended by an earlier timer of this batch
                 continue
             if isinstance(owner, Dialog):
-                self._dialogs.end(owner, "timeout", now, out)
+                self._dialogs.timed_out(owner, now, out)
             else:
                 self._txns.timer(owner, name, now, out)  # type: ignore[arg-type]
         return out

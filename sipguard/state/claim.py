@@ -1,7 +1,7 @@
 """A channel claim: one call holding one channel of an account (state/base.py has the contract).
 
-Its own module so that it can be compiled with the hot path (scripts/native.py): an engine makes
-one per INVITE, and the stores built on ``SyncStore`` stay interpreted classes.
+Its own module so that the Redis store, which stays interpreted, imports it without the in-process
+stores; compiled with the hot path (docs/compiled.md) like them: an engine makes one per INVITE.
 """
 
 from __future__ import annotations

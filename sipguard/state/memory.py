@@ -1,4 +1,5 @@
-"""The embedded default store: one process, sets of call keys per account."""
+"""The embedded default store: one process, sets of call keys per account.  Compiled with the hot path
+(docs/compiled.md)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ across workers exactly.  When a worker dies, the supervisor zeroes its column: i
 calls died with it, and no channel stays held.
 
 Leaves to Redis (docs/pair.md): sharing between machines.
+
+Compiled with the hot path (docs/compiled.md): a call claims and releases once each.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from __future__ import annotations
 import hashlib
 import mmap
 import multiprocessing
-import struct
+from typing import Final
 
 from .base import ChannelClaim, SyncStore
 from .memory import InMemoryStore
 
 __all__ = ["SharedCounts", "SharedStore", "TableFull"]
 
-_ROW_KEY = struct.Struct("=Q")
+_KEY_CELLS: Final = 2  # a row: the account's key hash (64 bits in two int32 cells), then one int32 per worker
 
 
 class TableFull(Exception):
@@ -38,62 +40,69 @@ class SharedCounts:
             raise ValueError("workers and rows must be positive")
         self.workers = workers
         self.rows = rows
-        self._row_bytes = 8 + 4 * workers  # key hash, then one int32 per worker
-        self._mem = mmap.mmap(-1, rows * self._row_bytes)  # MAP_SHARED | MAP_ANONYMOUS: inherited by fork
+        self._row_cells = _KEY_CELLS + workers
+        self._mem = mmap.mmap(-1, rows * self._row_cells * 4)  # MAP_SHARED | MAP_ANONYMOUS: inherited by fork
+        self._cells = memoryview(self._mem).cast("i")  # native int32 cells over the shared pages
         self._lock = multiprocessing.get_context("fork").Lock()
-        self._row_of: dict[str, int] = {}  # per process: account -> row (rows never move)
-        self._row_counts = struct.Struct(f"={workers}i")
-        self._count = struct.Struct("=i")
+        self._first: dict[str, int] = {}  # per process: account -> the index of its row's first count (rows never move)
 
-    def _key(self, account: str) -> int:
-        return int.from_bytes(hashlib.blake2b(account.encode(), digest_size=8).digest(), "little") | 1
+    def _key(self, account: str) -> tuple[int, int]:
+        """The account's key hash as two int32 cells; never (0, 0), which marks a free row."""
+        key = int.from_bytes(hashlib.blake2b(account.encode(), digest_size=8).digest(), "little") | 1
+        low = key & 0xFFFFFFFF
+        high = key >> 32
+        return (low - (1 << 32) if low >= 1 << 31 else low), (high - (1 << 32) if high >= 1 << 31 else high)
 
-    def _row(self, account: str) -> int:
-        """The account's row, made on first use (callers hold the lock).  Open addressing, linear probing."""
-        row = self._row_of.get(account)
-        if row is not None:
-            return row
-        key = self._key(account)
-        start = key % self.rows
+    def _first_count(self, account: str) -> int:
+        """The cell of the account's first count, its row made on first use (callers hold the lock).  Open
+        addressing, linear probing over the rows."""
+        first = self._first.get(account, -1)
+        if first >= 0:
+            return first
+        low, high = self._key(account)
+        cells = self._cells
+        start = (low & 0x7FFFFFFF) % self.rows
         for i in range(self.rows):
-            row = (start + i) % self.rows
-            offset = row * self._row_bytes
-            (found,) = _ROW_KEY.unpack_from(self._mem, offset)
-            if found == 0:
-                _ROW_KEY.pack_into(self._mem, offset, key)
-            if found in (0, key):
-                self._row_of[account] = row
-                return row
+            at = ((start + i) % self.rows) * self._row_cells
+            if cells[at] == 0 and cells[at + 1] == 0:
+                cells[at] = low
+                cells[at + 1] = high
+            if cells[at] == low and cells[at + 1] == high:
+                first = at + _KEY_CELLS
+                self._first[account] = first
+                return first
         raise TableFull(f"the shared channel table holds {self.rows} accounts")
 
-    def _counts(self, row: int) -> tuple[int, ...]:
-        return self._row_counts.unpack_from(self._mem, row * self._row_bytes + 8)
-
-    def _set(self, row: int, worker: int, count: int) -> None:
-        self._count.pack_into(self._mem, row * self._row_bytes + 8 + 4 * worker, count)
+    def _sum(self, first: int) -> int:
+        cells = self._cells
+        total = 0
+        for i in range(first, first + self.workers):
+            total += cells[i]
+        return total
 
     def total(self, account: str) -> int:
         with self._lock:
-            return sum(self._counts(self._row(account)))
+            return self._sum(self._first_count(account))
 
-    def claim(self, account: str, worker: int, local_count: int, limit: int | None) -> bool:
-        """Publish ``local_count + 1`` for ``worker`` if the row's sum is under ``limit`` (None: always)."""
+    def claim(self, account: str, worker: int, local_count: int, limit: int) -> bool:
+        """Publish ``local_count + 1`` for ``worker`` if the row's sum is under ``limit`` (-1: always)."""
         with self._lock:
-            row = self._row(account)
-            if limit is not None and sum(self._counts(row)) >= limit:
+            first = self._first_count(account)
+            if limit >= 0 and self._sum(first) >= limit:
                 return False
-            self._set(row, worker, local_count + 1)
+            self._cells[first + worker] = local_count + 1
             return True
 
     def publish(self, account: str, worker: int, local_count: int) -> None:
         with self._lock:
-            self._set(self._row(account), worker, local_count)
+            self._cells[self._first_count(account) + worker] = local_count
 
     def forget_worker(self, worker: int) -> None:
         """Zero a dead worker's column (its calls ended with it)."""
         with self._lock:
+            cells = self._cells
             for row in range(self.rows):
-                self._set(row, worker, 0)
+                cells[row * self._row_cells + _KEY_CELLS + worker] = 0
 
 
 class SharedStore(SyncStore):
@@ -110,7 +119,7 @@ class SharedStore(SyncStore):
         if self._own.holds(claim):
             return True
         own = self._own.active_now(claim.account)
-        limit = claim.limit if claim.enforce and not claim.emergency else None
+        limit = claim.limit if claim.enforce and not claim.emergency else -1
         if not self.counts.claim(claim.account, self.worker, own, limit):
             return False
         self._own.hold(claim.account, claim.call_key)

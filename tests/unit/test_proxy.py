@@ -413,8 +413,11 @@ def test_in_dialog_requests_refresh_the_dialog_timeout(core, clock) -> None:
     wire = Wire()
     call_up(core, clock, wire)
     feed(core, in_dialog("INVITE", "z9hG4bK-re", 2), UAC, clock.advance(50), wire)
-    actions = run_timers(core, clock.now + 55, wire)
-    assert not [a for a in actions if isinstance(a, DialogEnded)]
+    actions = run_timers(core, clock.now + 55, wire)  # past the first timeout (60 s after the 200): moved on
+    assert not [a for a in actions if isinstance(a, DialogEnded)] and core.dialog_count == 1
+    actions = run_timers(core, clock.now + 61, wire)  # 60 s of silence since the re-INVITE
+    assert [a.reason for a in actions if isinstance(a, DialogEnded)] == ["timeout"]
+    assert core.dialog_count == 0
 
 
 def test_reinvite_is_proxied_without_a_new_dialog(core, clock) -> None:

@@ -80,29 +80,44 @@ class SharedCounts:
             total += cells[i]
         return total
 
+    # The lock is taken with acquire() and release(), the semaphore's own C methods: ``with`` would go through
+    # multiprocessing's Lock.__enter__ and __exit__, interpreted Python on every claim.
+
     def total(self, account: str) -> int:
-        with self._lock:
+        self._lock.acquire()
+        try:
             return self._sum(self._first_count(account))
+        finally:
+            self._lock.release()
 
     def claim(self, account: str, worker: int, local_count: int, limit: int) -> bool:
         """Publish ``local_count + 1`` for ``worker`` if the row's sum is under ``limit`` (-1: always)."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             first = self._first_count(account)
             if limit >= 0 and self._sum(first) >= limit:
                 return False
             self._cells[first + worker] = local_count + 1
             return True
+        finally:
+            self._lock.release()
 
     def publish(self, account: str, worker: int, local_count: int) -> None:
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._cells[self._first_count(account) + worker] = local_count
+        finally:
+            self._lock.release()
 
     def forget_worker(self, worker: int) -> None:
         """Zero a dead worker's column (its calls ended with it)."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             cells = self._cells
             for row in range(self.rows):
                 cells[row * self._row_cells + _KEY_CELLS + worker] = 0
+        finally:
+            self._lock.release()
 
 
 class SharedStore(SyncStore):

@@ -1,12 +1,14 @@
 """Past capacity: twice what a proxy carries, offered from one socket, and what gets through.
 
     python -m bench.overload [--targets sipguard-2w,kamailio-htable] [--capacity sipguard-2w=4000,...]
-                             [--factor 2] [--duration-s 20] [--rounds N] [--smoke]
+                             [--factor 2] [--duration-s 20] [--rounds N] [--in-dialog route|listen] [--smoke]
 
 Per target: a SIPp UAS; the proxy; a SIPp UAC offering ``factor`` x the target's capacity for
 ``--duration-s`` seconds (``sipp_scenarios/bench/uac_overload.xml``: a 503 is ACKed and ends the call,
 it is no failure), every call from one socket as a trunk sends them; beside it, from another socket of
 the same account, emergency calls (112) at 10/s over the same stretch; then half the capacity for 10 s.
+ACK and BYE go to the proxy's Record-Route, as a UA sends them (``--in-dialog listen``: to the address the
+INVITE went to, SIPp's own habit; bench/run.py).
 Reported: goodput (calls that got their 200 and their BYE answered, per second of the overload, and as a
 share of the capacity), the INVITEs answered 503 and the p99 of their INVITE->503, the calls that failed
 (neither completed nor answered: timeouts), the emergency calls that failed, the proxy's CPU, and for
@@ -31,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 import tempfile
 
-from .run import (SCENARIOS, SIPP_TRANSPORT, UAS_IP, Direct, KamailioHtable, Sipguard, Target, _percentile,
+from .run import (IN_DIALOG, SCENARIOS, SIPP_TRANSPORT, UAS_IP, Direct, KamailioHtable, Sipguard, Target, _percentile,
                   cpu_seconds, free_port, machine, shed_total, sipp_cmd, sipp_outcome, start_uas)
 from .policy import UAC_IP
 
@@ -164,10 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=2.0)
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--in-dialog", choices=("route", "listen"), default="route",
+                        help="where the UAC sends ACK and BYE (bench.run's option)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", help="write the outcomes here")
     args = parser.parse_args(argv)
     SIPP_TRANSPORT["mode"] = "u1"
+    IN_DIALOG["to"] = args.in_dialog
     capacity = {k: int(v) for k, v in (item.split("=") for item in args.capacity.split(","))}
     if "direct" not in capacity:  # the baseline is offered what the proxies are
         capacity["direct"] = max(capacity.values())
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "sipguard-2w": lambda w, u, p: Sipguard(w, u, p, workers=2),
                                 "sipguard": Sipguard}
     print(f"machine: {machine()}; {args.factor:g} x capacity for {args.duration_s:g} s from one socket, "
-          f"112 at {EMERGENCY_RATE}/s beside it, then half the capacity for {AFTER_S:g} s")
+          f"112 at {EMERGENCY_RATE}/s beside it, then half the capacity for {AFTER_S:g} s; ACK and BYE to the "
+          + ("Record-Route" if args.in_dialog == "route" else "listen address"))
     print(f"{'target':<16}{'cap/s':>6}{'offer/s':>8}{'done/s':>8}{'goodput':>8}{'503':>7}{'p50/p99/steady':>15}"
           f"{'failed':>7}{'INV p99':>8}{'112 bad':>8}{'cores':>6}{'last shed':>10}{'after':>6}")
     outcomes: list[Outcome] = []

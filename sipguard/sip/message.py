@@ -498,13 +498,13 @@ tag_of: Final = Memo(_tag_of_fn)
 _name_addr_head: Final = Memo(_check_name_addr_fn)  # '"name" <uri>' of a From / To, validated
 
 
-def _parse_via_fn(text: str) -> Via:
+def parse_via(text: str) -> Via:
     """Parse one via-parm.  Raises ParseError; the version is checked by the caller.
 
-    Memoised: a Via recurs in every response of its transaction, ours at the top, the
-    sender's below it (and a Via is immutable).  A Via seen for the first time usually
-    differs from earlier ones only in its branch: then the sent-protocol and sent-by part
-    comes from a memo of its own, and the parameters are checked without a regex."""
+    Not memoised: the parser reads the Vias of requests (responses take the light path,
+    ``peek_response``), and a request's Via is new (its branch) but for a retransmission.
+    It usually differs from earlier ones only in its branch: the sent-protocol and sent-by
+    part comes from a memo of its own, and the parameters are checked without a regex."""
     if " " not in text[12:] and "\t" not in text:  # 'SIP/2.0/UDP ' then no more whitespace
         head, semi, params = text.partition(";")
         plist = _plain_params(params) if semi else None
@@ -525,9 +525,6 @@ def _plain_params(text: str) -> list[tuple[str, str | None]] | None:
             return None
         plist.append((name.lower(), value if eq else None))
     return plist
-
-
-parse_via: Final = Memo(_parse_via_fn)
 
 
 def _via_head_fn(text: str) -> Via:

@@ -415,7 +415,7 @@ def _parse(data: bytes, max_bytes: int, stream: bool, partial: Partial) -> Messa
         if key == "via":
             if not value:
                 raise ParseError("empty Via")
-            vias.append(parse_via.call(value))
+            vias.append(parse_via(value))
     partial.vias = vias
 
     version = first if not is_request else third

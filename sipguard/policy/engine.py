@@ -493,8 +493,11 @@ class Engine:
         config = dialer.config
         keys = (account.name, f"{account.name}|{source.host}")
         blocked = dialer.blocked_until(keys, now)
-        called = self.plan.normalize(called_number(request)) or called_number(request)
+        number = called_number(request)
+        called = self.plan.normalize(number) or number
         assessment = dialer.attempt(keys, called, f"{request.call_id};{request.from_tag or ''}", now)
+        if blocked is None and assessment.level == "none":
+            return None  # the common case: no evidence to build
         evidence: list[tuple[str, str | int | float | bool | None]] = [
             ("level", assessment.level), ("score", assessment.score), ("source", source.host),
             *assessment.features,

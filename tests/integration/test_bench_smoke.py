@@ -87,6 +87,13 @@ def test_load_benchmark_smoke_run_over_tcp_and_tls(tmp_path: Path, link: str) ->
     assert f"link {link}" in proc.stdout and "sipguard at 50/s adds INVITE->200 p50" in proc.stdout
 
 
+def test_mirror_benchmark_smoke_run() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.mirror", "--calls", "300", "--repeat", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "300 calls x 2 repeats" in proc.stdout and "2.0 records" in proc.stdout, proc.stdout
+
+
 def test_micro_benchmark_smoke_run() -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.micro", "--n", "300", "--repeat", "2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env={**os.environ})

@@ -10,9 +10,10 @@ counters of emergency calls, fax, rewrites and detections) goes back to the serv
 ``record``, interpreted.
 
 The store stays behind its contract (state/base.py; the in-process stores are compiled too, the Redis
-store is not).  An in-process store settles a claim at once (``claim_now``); the Redis store's claim is a round trip, so the server awaits it (``settle_async``)
-and hands the answer back to ``claimed``, which the synchronous path uses too: the core hears of a settled
-claim the same way either way, never from inside the store.
+store is not).  An in-process store settles a claim at once (``claim_now``); the Redis store's claim is a
+round trip, so the server awaits it (``settle_async``) and hands the answer back to ``claimed``, which the
+synchronous path uses too: the core hears of a settled claim the same way either way, never from inside
+the store.
 """
 
 from __future__ import annotations

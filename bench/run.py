@@ -755,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds == 1:
         for step in (s for s in report.steps if s.handoffs is not None):
             print(f"{step.target} at {step.rate}/s hands {step.handoffs:.2f} datagrams per call to another worker")
+        for step in (s for s in report.steps if s.shed):
+            print(f"{step.target} at {step.rate}/s: {step.shed} of the {step.failed} failed calls were 503s of its "
+                  "overload control")
     if args.rounds > 1:
         print()
         for line in medians(report.steps):

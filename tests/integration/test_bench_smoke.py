@@ -63,6 +63,19 @@ def test_the_uac_sends_in_dialog_requests_where_it_is_told(tmp_path: Path, in_di
     assert f"sipguard-2w at 50/s hands {step['handoffs']:.2f} datagrams per call" in proc.stdout
 
 
+def test_a_single_round_says_which_failed_calls_were_shed(tmp_path: Path) -> None:
+    """With sipguard forced into overload (its test hook), every call fails as a 503 of the overload control,
+    and a one-round run says so beside the table (with rounds, the medians' lines do)."""
+    require("sipp")
+    force = tmp_path / "overloaded"
+    force.touch()
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--probe-rate", "0", "--targets",
+                           "sipguard-2w"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SIPGUARD_FORCE_OVERLOAD": str(force)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sipguard-2w at 50/s: 100 of the 100 failed calls were 503s of its overload control" in proc.stdout
+
+
 @pytest.mark.parametrize("link", ["tcp", "tls"])
 def test_load_benchmark_smoke_run_over_tcp_and_tls(tmp_path: Path, link: str) -> None:
     """--link: SIPp over TCP (TLS: through stunnel) to sipguard and to Kamailio over the same transport."""

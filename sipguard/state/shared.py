@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import multiprocessing
+import struct
 from typing import Final
 
 from .base import ChannelClaim, SyncStore
@@ -26,6 +27,7 @@ from .memory import InMemoryStore
 __all__ = ["SharedCounts", "SharedStore", "TableFull"]
 
 _KEY_CELLS: Final = 2  # a row: the account's key hash (64 bits in two int32 cells), then one int32 per worker
+_KEY: Final = struct.Struct("=ii")  # those two cells, read from the hash's 8 bytes
 
 
 class TableFull(Exception):
@@ -47,11 +49,9 @@ class SharedCounts:
         self._first: dict[str, int] = {}  # per process: account -> the index of its row's first count (rows never move)
 
     def _key(self, account: str) -> tuple[int, int]:
-        """The account's key hash as two int32 cells; never (0, 0), which marks a free row."""
-        key = int.from_bytes(hashlib.blake2b(account.encode(), digest_size=8).digest(), "little") | 1
-        low = key & 0xFFFFFFFF
-        high = key >> 32
-        return (low - (1 << 32) if low >= 1 << 31 else low), (high - (1 << 32) if high >= 1 << 31 else high)
+        """The account's key hash as two int32 cells; never (0, 0), which marks a free row (the first is odd)."""
+        low, high = _KEY.unpack(hashlib.blake2b(account.encode(), digest_size=8).digest())
+        return low | 1, high
 
     def _first_count(self, account: str) -> int:
         """The cell of the account's first count, its row made on first use (callers hold the lock).  Open

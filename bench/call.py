@@ -1,12 +1,14 @@
 """Micro-benchmark of whole calls through the server, without sockets.
 
     python -m bench.call [--calls 5000] [--repeat 5] [--profile] [--by-message] [--handoff]
+    python -m bench.call --gc-pause 1500
 
 Replays complete calls (INVITE / 100 / 180 / 200 / ACK / BYE / 200, as the load benchmark's
 SIPp scenarios send them) through the server's datagram path (``Server.pump``) on the benchmark policy: parse,
 attribution, every policy rule, the channel claim, transactions, dialogs, timers, metrics
 and the bytes sent, everything but the system calls.  Prints µs per call inside the server (median and
 spread of the repeats).  ``--profile`` prints a cProfile table of one repeat instead.
+``--gc-pause RATE``: what Python's cyclic GC costs one worker carrying RATE calls/s (``gc_pause``).
 ``--handoff``: each INVITE enters as with ``--workers 2`` on one socket: through the shared socket's
 ``Dispatch`` of worker 1, which hands the half of the calls whose Call-ID worker 0 owns over a real Unix
 datagram pair (send, receive, the peer line read back) -- the system calls included here -- so that
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import socket
@@ -47,6 +50,7 @@ class _Clock:
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.pace = 1.0  # the harness's 10 ms of clock per call, times this (--gc-pause: the rate of one worker)
         self.spent = 0.0
         self.at: float | None = None
         self.callback: Callable[[], None] | None = None
@@ -62,7 +66,7 @@ class _Clock:
         self.at = self.callback = None
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.now += seconds * self.pace
         if self.at is not None and self.callback is not None and self.at <= self.now:
             callback, self.at, self.callback = self.callback, None, None
             t0 = time.perf_counter()
@@ -266,6 +270,51 @@ def measure(calls: int, repeat: int, profile: bool = False, by_message: bool = F
     return results
 
 
+def gc_pause(rate: float, rounds: int = 5) -> None:
+    """What Python's cyclic GC costs one worker carrying ``rate`` calls/s (docs/compiled.md, "Objects the GC
+    never sees"): its young collections while it carries 32 s of calls (the transactions Timers J/L/M keep),
+    then the full collection the server runs every GC_FULL_EVERY_S, over that live state."""
+    young: list[float] = []
+    started = [0.0]
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 0:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            young.append(time.perf_counter() - started[0])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp))
+        for n in range(200):
+            h.call(n)
+        tune_gc()  # as Server.start() does
+        h.clock.pace = 1.0 / (rate * 0.010)  # call() moves the clock 10 ms: now 1/rate
+        live = int(rate * 32)
+        gc.callbacks.append(watch)
+        t0 = time.perf_counter()
+        for n in range(200, 200 + live):
+            h.call(n)
+        spent = time.perf_counter() - t0
+        gc.callbacks.remove(watch)
+        print(f"one worker at {rate:.0f} calls/s, {live} calls (32 s of transactions): "
+              f"{len(young)} young collections, {sum(young) / live * 1e6:.1f} µs per call "
+              f"({100 * sum(young) / spent:.1f}% of the calls' time), longest {max(young, default=0) * 1e3:.1f} ms")
+        tracked = len(gc.get_objects())
+        full = []
+        first = 200 + live
+        for _ in range(rounds):  # each after a second more of calls, as the server's would be
+            for n in range(first, first + int(rate)):
+                h.call(n)
+            first += int(rate)
+            t0 = time.perf_counter()
+            gc.collect()
+            full.append(time.perf_counter() - t0)
+        print(f"objects the GC tracks: {tracked}; a full collection: median {statistics.median(full) * 1e3:.1f} ms "
+              f"(first {full[0] * 1e3:.1f}, max {max(full) * 1e3:.1f}, {rounds} rounds)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=5000)
@@ -273,7 +322,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--by-message", action="store_true", help="where the time goes, by message (last repeat)")
     parser.add_argument("--handoff", action="store_true", help="INVITEs through the workers' dispatch (see above)")
+    parser.add_argument("--gc-pause", type=float, metavar="RATE",
+                        help="instead: what the cyclic GC costs one worker at RATE calls/s (see gc_pause)")
     args = parser.parse_args()
+    if args.gc_pause:
+        gc_pause(args.gc_pause)
+        return
     results = measure(args.calls, args.repeat, args.profile, args.by_message, args.handoff)
     if results:
         print(f"whole call through the server{', INVITEs dispatched as by 2 workers' if args.handoff else ''}, "

@@ -19,8 +19,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MODULES", "STAMP", "GROUP", "sources", "digest", "check_build", "is_compiled", "native_core"]
+__all__ = ["MODULES", "STAMP", "GROUP", "sources", "digest", "check_build", "is_compiled", "native_core", "mypyc_attr"]
+
+if TYPE_CHECKING:  # what mypyc reads: the class attributes it compiles in (docs/compiled.md, "Objects the GC never sees")
+    from mypy_extensions import mypyc_attr
+else:
+    try:
+        from mypy_extensions import mypyc_attr
+    except ImportError:  # installed without mypy: the decorator only speaks to mypyc
+        def mypyc_attr(*_attrs: Any, **_kwattrs: Any) -> Any:
+            return lambda cls: cls
 
 ROOT = Path(__file__).resolve().parent  # the sipguard package
 # package (relative to the sipguard package) -> its compiled modules

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
+
 __all__ = ["DialerConfig", "Thresholds", "Assessment", "DialerDetector", "LEVELS"]
 
 LEVELS = ("none", "warning", "critical")
@@ -79,6 +81,7 @@ class DialerConfig:
     max_attempts: int = 512
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)  # compiled __init__: see sip/actions.py
 class Assessment:
     level: Final[str]  # none | warning | critical

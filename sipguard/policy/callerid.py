@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from ..sip.errors import ParseError
 from ..sip.message import Request, parse_name_addr, split_list
 from .model import Account
@@ -37,6 +38,7 @@ __all__ = ["Screening", "screen"]
 _IDENTITY_HEADERS: Final = frozenset(("p-asserted-identity", "p-preferred-identity", "remote-party-id"))
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)  # compiled __init__: see sip/actions.py
 class Screening:
     ok: Final[bool]

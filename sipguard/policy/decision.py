@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from ..sip.symbol import Symbol
 
 __all__ = ["Verdict", "Mode", "Decision", "Evidence"]
@@ -25,6 +26,7 @@ class Mode(Symbol):
 Evidence = tuple[tuple[str, str | int | float | bool | None], ...]
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)  # compiled __init__: see sip/actions.py
 class Decision:
     """One rule's conclusion about one request.

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from .message import Request
 from .serializer import Edit
 
@@ -41,6 +42,7 @@ __all__ = [
 # gives ``__eq__``, ``__hash__``, ``__repr__`` and ``dataclasses.replace``.
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Peer:
     """A transport address: ``host`` is an IP literal without brackets."""
@@ -55,6 +57,7 @@ class Peer:
         self.port = port
 
 
+@mypyc_attr(acyclic=True, free_list_len=1)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Send:
     data: Final[bytes]
@@ -69,6 +72,7 @@ class Send:
         self.status = status
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Settle:
     """Settle ``claim`` in the state store, then call ``core.settled(ticket, ok, now)``."""
@@ -83,6 +87,7 @@ class Settle:
         self.emergency = emergency
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Resolve:
     """Find where ``target`` (a host name: RFC 3263) goes, then call ``core.resolved(ticket, peers, why, now)``."""
@@ -95,6 +100,7 @@ class Resolve:
         self.target = target
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class DialogStarted:
     dialog_id: Final[str]
@@ -111,6 +117,7 @@ class DialogStarted:
         self.claim = claim
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class DialogEnded:
     dialog_id: Final[str]
@@ -130,6 +137,7 @@ class DialogEnded:
         self.duration_s = duration_s
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class EndedByToken:
     """A call admitted by another process (before a restart, or another node of a pair) ended with a BYE relayed
@@ -143,6 +151,7 @@ class EndedByToken:
         self.account_tag = account_tag
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Decided:
     """A policy decision to log and count (the server decides what is logged)."""
@@ -160,6 +169,7 @@ class Decided:
 Action = Send | Settle | Resolve | DialogStarted | DialogEnded | EndedByToken | Decided
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Reject:
     status: Final[int]
@@ -172,6 +182,7 @@ class Reject:
         self.headers = headers
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Admission:
     """The answer for a new out-of-dialog request.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from .actions import Action, DialogEnded, DialogStarted
 from .message import Request
 from .symbol import Symbol
@@ -75,6 +76,7 @@ DIALOG_TRANSITIONS: Final[dict[tuple[DialogState, str], DialogState]] = {
 }
 
 
+@mypyc_attr(acyclic=True)  # acyclic: a Dialog holds strings, times and its claim, none of which leads back to it
 class Dialog:
     __slots__ = (
         "dialog_id",

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from .errors import ParseError
 from .memo import Memo
 from .grammar import (
@@ -71,6 +72,7 @@ def _param(params: Params, name: str) -> str | None:
 
 
 # Immutable values with a written-out __init__ and Final fields, not frozen dataclasses: see actions.py.
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class SipUri:
     """A sip:/sips: URI (RFC 3261 §19.1)."""
@@ -116,6 +118,7 @@ class SipUri:
         return out
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class NameAddr:
     """name-addr / addr-spec with header parameters (From, To, Contact, Route...)."""
@@ -139,6 +142,7 @@ class NameAddr:
         return self.param("tag")
 
 
+@mypyc_attr(acyclic=True, free_list_len=1)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Via:
     """One via-parm (RFC 3261 §20.42)."""
@@ -176,6 +180,7 @@ class Via:
         return out
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class _Base:
     headers: Final[tuple[HeaderField, ...]]
@@ -223,6 +228,7 @@ class _Base:
         return False
 
 
+@mypyc_attr(acyclic=True, free_list_len=1)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Request(_Base):
     method: Final[str]
@@ -244,6 +250,7 @@ class Request(_Base):
         return True
 
 
+@mypyc_attr(acyclic=True, free_list_len=1)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Response(_Base):
     status: Final[int]

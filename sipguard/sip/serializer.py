@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from .grammar import CANONICAL_NAMES
 from .message import Message, Request
 
@@ -37,6 +38,7 @@ def header_name(key: str) -> str:
 
 
 # The edits: immutable values with a compiled __init__ (see sip/actions.py), on two shapes.
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class _Key:
     key: Final[str]
@@ -45,6 +47,7 @@ class _Key:
         self.key = key
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class _KeyValue:
     key: Final[str]
@@ -55,36 +58,43 @@ class _KeyValue:
         self.value = value
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Prepend(_KeyValue):
     """Insert a field before the first field of the same key (or on top)."""
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class Append(_KeyValue):
     """Add a field after the last header."""
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class ReplaceFirst(_KeyValue):
     """Replace the value of the first field with this key."""
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class RemoveFirst(_Key):
     """Remove the first field with this key (a popped Route, our Via)."""
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class SetHeader(_KeyValue):
     """Make this key hold exactly this one value (replace all, or add)."""
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class RemoveAll(_Key):
     """Remove every field with this key."""
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False, unsafe_hash=True)  # compiled __init__: see sip/actions.py
 class SetRequestUri:
     uri: Final[str]

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Final
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from .actions import Action, Admission, CoreStats, Peer, Send
 from .dialog import Dialog, Dialogs
 from .message import Request
@@ -155,6 +156,7 @@ def move(table: dict[tuple[Enum, str], Enum], state: Enum, event: str) -> Enum:
     return nxt
 
 
+@mypyc_attr(acyclic=True)  # acyclic: what a Txn holds (messages, peers, its dialog, its admission) never leads back to a Txn
 class Txn:
     """One proxied request: its server side, its client side, and what links them."""
 

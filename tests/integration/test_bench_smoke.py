@@ -127,6 +127,21 @@ def test_whole_call_benchmark_smoke_run(handoff: list[str]) -> None:
     assert median > 0, proc.stdout
 
 
+def test_gc_pause_benchmark_smoke_run() -> None:
+    """bench.call --gc-pause: one worker's 32 s of calls, and what the cyclic GC makes of them.  Compiled, the
+    transactions, dialogs and messages are classes the GC never tracks (docs/compiled.md)."""
+    from sipguard._compiled import native_core
+
+    proc = subprocess.run([sys.executable, "-m", "bench.call", "--gc-pause", "100"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "one worker at 100 calls/s, 3200 calls (32 s of transactions)" in proc.stdout, proc.stdout
+    tracked = int(proc.stdout.split("objects the GC tracks: ")[1].split(";")[0])
+    assert "a full collection: median" in proc.stdout
+    if native_core():  # pure Python tracks every transaction and peer: several per call
+        assert tracked < 3200, proc.stdout
+
+
 def test_claims_benchmark_smoke_run() -> None:
     require("redis-server")
     proc = subprocess.run([sys.executable, "-m", "bench.claims", "--claims", "300", "--in-flight", "1,8"], cwd=ROOT,

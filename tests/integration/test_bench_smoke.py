@@ -136,10 +136,10 @@ def test_gc_pause_benchmark_smoke_run() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "one worker at 100 calls/s, 3200 calls (32 s of transactions)" in proc.stdout, proc.stdout
-    tracked = int(proc.stdout.split("objects the GC tracks: ")[1].split(";")[0])
+    tracked = int(proc.stdout.split("objects the GC tracks more than before the calls: ")[1].split(";")[0])
     assert "a full collection: median" in proc.stdout
-    if native_core():  # pure Python tracks every transaction and peer: several per call
-        assert tracked < 3200, proc.stdout
+    if native_core():  # the timer wheel's buckets stay (one per 10-ms tick: 3,200), no longer the calls' objects
+        assert tracked < 2 * 3200, proc.stdout  # pure Python: 35,708 (11 per call)
 
 
 def test_claims_benchmark_smoke_run() -> None:

@@ -73,3 +73,16 @@ def test_a_touched_source_keeps_the_compiled_core(tmp_path: Path) -> None:
     proc = _import_copy(tmp_path, "touch")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["so", "True"] and proc.stderr == ""
+
+
+def test_the_core_imports_without_mypy_installed() -> None:
+    """``mypyc_attr`` (docs/compiled.md) comes from mypy_extensions, installed with mypy; an install without
+    mypy (pure Python) gets a no-op decorator in its place and the same classes."""
+    code = ("import sys; sys.modules['mypy_extensions'] = None\n"  # as if not installed: its import fails
+            "from sipguard.sip.actions import Peer\n"
+            "from sipguard._compiled import mypyc_attr\n"
+            "assert Peer('udp', '192.0.2.1', 5060).port == 5060\n"
+            "print(mypyc_attr.__module__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["sipguard._compiled"]

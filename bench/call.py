@@ -314,7 +314,8 @@ def gc_pause(rate: float, rounds: int = 5) -> None:
             t0 = time.perf_counter()
             gc.collect()
             full.append(time.perf_counter() - t0)
-        print(f"objects the GC tracks more than before the calls: {tracked}; a full collection: median {statistics.median(full) * 1e3:.1f} ms "
+        print(f"objects the GC tracks more than before the calls: {tracked}; "
+              f"a full collection: median {statistics.median(full) * 1e3:.1f} ms "
               f"(first {full[0] * 1e3:.1f}, max {max(full) * 1e3:.1f}, {rounds} rounds)")
 
 

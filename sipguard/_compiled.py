@@ -21,9 +21,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["MODULES", "STAMP", "GROUP", "sources", "digest", "check_build", "is_compiled", "native_core", "mypyc_attr"]
+__all__ = ["MODULES", "STAMP", "GROUP", "sources", "digest", "check_build", "is_compiled", "native_core",
+           "mypyc_attr"]
 
-if TYPE_CHECKING:  # what mypyc reads: the class attributes it compiles in (docs/compiled.md, "Objects the GC never sees")
+# The class attributes mypyc compiles in (docs/compiled.md, "Objects the GC never sees"): what mypy reads
+if TYPE_CHECKING:
     from mypy_extensions import mypyc_attr
 else:
     try:

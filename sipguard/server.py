@@ -163,8 +163,8 @@ def tune_gc() -> None:
     thousands of calls): what it keeps alive (transactions, dialogs) is freed by reference counting.
     A collection of an older generation walks every live object it tracks, and those walks were the
     INVITE->200 p99 under load (BENCHMARKS.md); compiled, the transactions, dialogs and messages are not
-    tracked at all (docs/compiled.md, "Objects the GC never sees").  So: freeze what startup made, let the youngest
-    generation be collected often and briefly (what dies young, such as an admin connection's
+    tracked at all (docs/compiled.md, "Objects the GC never sees").  So: freeze what startup made, let the
+    youngest generation be collected often and briefly (what dies young, such as an admin connection's
     cycles, is reclaimed there), and never collect the older ones on their own: the server runs a
     full collection every GC_FULL_EVERY_S instead, for the rare cycle that aged.
     """

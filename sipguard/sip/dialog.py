@@ -76,7 +76,8 @@ DIALOG_TRANSITIONS: Final[dict[tuple[DialogState, str], DialogState]] = {
 }
 
 
-@mypyc_attr(acyclic=True)  # acyclic: a Dialog holds strings, times and its claim, none of which leads back to it
+# acyclic: a Dialog holds strings, times and its claim, none of which leads back to it
+@mypyc_attr(acyclic=True)
 class Dialog:
     __slots__ = (
         "dialog_id",

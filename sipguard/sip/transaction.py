@@ -156,7 +156,8 @@ def move(table: dict[tuple[Enum, str], Enum], state: Enum, event: str) -> Enum:
     return nxt
 
 
-@mypyc_attr(acyclic=True)  # acyclic: what a Txn holds (messages, peers, its dialog, its admission) never leads back to a Txn
+# acyclic: what a Txn holds (its messages, peers, dialog, admission) never leads back to a Txn
+@mypyc_attr(acyclic=True)
 class Txn:
     """One proxied request: its server side, its client side, and what links them."""
 

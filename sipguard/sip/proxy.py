@@ -317,11 +317,11 @@ class ProxyCore:
         txn = self._txns.client(msg.vias[0].branch or "", msg.method)
         if txn is None or not self._txns.waiting(txn):
             return out
-        if txn.alternatives and txn.key[0] != "cancel" and self._failover(txn, now, out):
+        if txn.alternatives and not txn.our_cancel and self._failover(txn, now, out):
             return out  # RFC 3263 §4.3: a transport error moves on to the next target
         adm = txn.admission
         if (adm is not None and adm.target is not None and adm.target.transport == "udp" and txn.target is not None
-                and txn.target.transport == "tcp" and txn.key[0] != "cancel" and ip_literal(adm.target.host)):
+                and txn.target.transport == "tcp" and not txn.our_cancel and ip_literal(adm.target.host)):
             # sent over TCP for its size only (§18.1.1): the next hop does not take TCP, so UDP after all
             local = self._local_for(adm.target)
             if local is not None:
@@ -416,13 +416,17 @@ class ProxyCore:
             return False
         return self._uri_is_me(uri)
 
-    def _server_key(self, req: Request, method: str) -> tuple[object, ...]:
+    def _server_key(self, req: Request, method: str) -> str:
+        """The key of a request's server transaction (RFC 3261 §17.2.3): its parts joined by LF, which no
+        parsed header value contains (the transaction tables are keyed by strings: transaction.py)."""
         via = req.vias[0]
         branch = via.branch
         if branch and branch.startswith(_COOKIE) and len(branch) > len(_COOKIE):
-            return (branch, via.host, via.port, method)
-        # RFC 2543 matching (§17.2.3 last paragraph), also for a bare magic cookie
-        return ("2543", req.call_id, req.cseq, req.from_tag, str(via), req.uri, method)
+            return f"{branch}\n{via.host}\n{via.port}\n{method}"
+        # RFC 2543 matching (§17.2.3 last paragraph), also for a bare magic cookie; a From without a tag
+        # ("\0") is not one with an empty tag
+        tag = req.from_tag if req.from_tag is not None else "\0"
+        return f"2543\n{req.call_id}\n{req.cseq}\n{tag}\n{via}\n{req.uri}\n{method}"
 
     def _refused(self, method: str, uri: str, call_id: str, source: Peer, status: int, why: str, cause: str,
                  out: list[Action]) -> None:
@@ -539,7 +543,7 @@ class ProxyCore:
             txn.dialog = self._start_dialog(txn, req, adm, now, out)
         self._go_on(txn, adm, now, out)
 
-    def _unroutable(self, req: Request, key: tuple[object, ...], reply_to: Peer, source: Peer, target: Peer,
+    def _unroutable(self, req: Request, key: str, reply_to: Peer, source: Peer, target: Peer,
                     now: float, out: list[Action]) -> None:
         """503 for a request no listen address can send on (a family or a transport sipguard does not serve)."""
         why = f"no listen address reaches {target.transport}:{_format_host(target.host)}:{target.port}"
@@ -551,7 +555,7 @@ class ProxyCore:
         return ruri is not None and ruri.user is None and self._uri_is_me(ruri)
 
     def _local_reply(
-        self, req: Request, key: tuple[object, ...], reply_to: Peer, status: int, now: float, out: list[Action],
+        self, req: Request, key: str, reply_to: Peer, status: int, now: float, out: list[Action],
         extra: Iterable[tuple[str, str]] = (), reason_text: str | None = None,
     ) -> None:
         """Answer a request ourselves inside a server transaction that absorbs its retransmissions."""
@@ -559,7 +563,7 @@ class ProxyCore:
         txn.local = True
         self._txns.answer(txn, status, reason_text or reason(status), now, out, tuple(extra))
 
-    def _options_reply(self, req: Request, key: tuple[object, ...], reply_to: Peer, now: float, out: list[Action],
+    def _options_reply(self, req: Request, key: str, reply_to: Peer, now: float, out: list[Action],
                        extra: tuple[tuple[str, str], ...]) -> None:
         """An OPTIONS addressed to sipguard (a keep-alive, a dispatcher's probe): 200, or while stopping the
         503 that tells the prober to move away."""
@@ -675,7 +679,7 @@ class ProxyCore:
 
     def _forward_in_dialog(
         self, req: Request, source: Peer, now: float, out: list[Action], routes: list[str], popped: int,
-        loop: str, *, stateless: bool, key: tuple[object, ...] | None = None, reply_to: Peer | None = None,
+        loop: str, *, stateless: bool, key: str | None = None, reply_to: Peer | None = None,
     ) -> None:
         """Loose routing of a request inside a dialog (§16.4, §16.6), ACK for 2xx statelessly.
 
@@ -773,7 +777,7 @@ class ProxyCore:
         return None
 
     def _refuse_in_dialog(self, req: Request, source: Peer, status: int, why: str, stateless: bool,
-                          key: tuple[object, ...] | None, reply_to: Peer | None, now: float, out: list[Action]) -> None:
+                          key: str | None, reply_to: Peer | None, now: float, out: list[Action]) -> None:
         if stateless:  # an ACK gets no answer
             self.stats.drops["unknown_dialog" if status == 481 else "route_leaves_dialog"] += 1
             return
@@ -806,7 +810,7 @@ class ProxyCore:
                     return
             self.stats.drops["stray_response"] += 1
             return
-        if txn.key[0] == "cancel":
+        if txn.our_cancel:
             self._txns.cancel_answered(txn, resp.status, now)
             return
         if len(resp.vias) < 2:
@@ -835,7 +839,7 @@ class ProxyCore:
             return False  # not our Via
         # a branch we made is a key of ours exactly: anything after it (a parameter a later hop added) misses
         txn = self._txns.client(branch, peek.cseq_method)
-        if txn is None or txn.key[0] == "cancel":
+        if txn is None or txn.our_cancel:
             return False
         status = peek.status
         to_tag: str | None = None

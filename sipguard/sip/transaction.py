@@ -175,6 +175,8 @@ class Txn:
         "branch",
         "via",
         "client_key",
+        "client_method",
+        "our_cancel",
         "target",
         "alternatives",
         "out_bytes",
@@ -191,7 +193,7 @@ class Txn:
         "alive",
     )
 
-    def __init__(self, key: tuple[object, ...], request: Request, reply_to: Peer) -> None:
+    def __init__(self, key: str, request: Request, reply_to: Peer) -> None:
         self.key = key
         self.method = request.method
         self.request: Request | None = request  # None once both sides are final (slim)
@@ -204,7 +206,9 @@ class Txn:
         self.retransmit_s = 0.0
         self.branch = ""
         self.via = ""  # our Via on the forwarded request (its CANCEL and ACK carry the same)
-        self.client_key: tuple[str, str] | None = None
+        self.client_key: str | None = None  # our branch and the method its responses carry: "branch\nMETHOD"
+        self.client_method = ""
+        self.our_cancel = False  # the CANCEL we send downstream for an INVITE (cancel_client)
         self.target: Peer | None = None
         self.alternatives: tuple[Peer, ...] = ()  # the next hops to try after this one (RFC 3263 §4.3)
         self.out_bytes = b""
@@ -269,8 +273,10 @@ class Transactions:
         self._dialogs = dialogs
         self._stats = stats
         self.server_header = server_header
-        self._by_key: dict[tuple[object, ...], Txn] = {}
-        self._by_client: dict[tuple[str, str], Txn] = {}
+        # keyed by strings, not tuples: a dict of strings and Txns (untracked) is never walked by the GC
+        # (docs/compiled.md, "Objects the GC never sees")
+        self._by_key: dict[str, Txn] = {}
+        self._by_client: dict[str, Txn] = {}
         # the proxy's: send a request whose next hop timed out to its next alternative (True: sent)
         self.failover: Callable[[Txn, float, list[Action]], bool] | None = None
 
@@ -280,15 +286,15 @@ class Transactions:
     def all(self) -> list[Txn]:
         return list(self._by_key.values())
 
-    def get(self, key: tuple[object, ...]) -> Txn | None:
+    def get(self, key: str) -> Txn | None:
         """The record whose server side ``key`` names (proxy.server_key)."""
         return self._by_key.get(key)
 
     def client(self, branch: str, method: str) -> Txn | None:
         """The record whose client side a response with our ``branch`` and CSeq ``method`` answers."""
-        return self._by_client.get((branch, method))
+        return self._by_client.get(branch + "\n" + method)
 
-    def add(self, key: tuple[object, ...], req: Request, reply_to: Peer) -> Txn:
+    def add(self, key: str, req: Request, reply_to: Peer) -> Txn:
         txn = Txn(key, req, reply_to)
         self._by_key[key] = txn
         return txn
@@ -355,7 +361,9 @@ class Transactions:
     def start_client(self, txn: Txn, data: bytes, via: str, now: float, out: list[Action]) -> None:
         """Send a request downstream (``via``: our Via on it) and start its client side: Timers A/E (UDP)
         and B/F."""
-        txn.client_key = (txn.branch, txn.method if txn.key[0] != "cancel" else "CANCEL")
+        method = "CANCEL" if txn.our_cancel else txn.method
+        txn.client_method = method
+        txn.client_key = txn.branch + "\n" + method
         self._by_client[txn.client_key] = txn
         txn.client_move("send")
         self._transmit(txn, data, via, now, out)
@@ -364,7 +372,7 @@ class Transactions:
         txn.out_bytes = data
         txn.via = via
         assert txn.target is not None and txn.client_key is not None
-        out.append(Send(data, txn.target, txn.client_key[1], 0))
+        out.append(Send(data, txn.target, txn.client_method, 0))
         if txn.target.transport == "udp":
             txn.retransmit_s = self.timers.t1_s
             self._wheel.set(txn, "A" if txn.invite else "E", now + txn.retransmit_s)
@@ -396,7 +404,8 @@ class Transactions:
         that retransmits it until its final."""
         req = txn.request
         assert req is not None, "a slim transaction is not forwarded again"
-        c = Txn(("cancel", txn.branch), req, txn.reply_to)
+        c = Txn("cancel\n" + txn.branch, req, txn.reply_to)
+        c.our_cancel = True
         c.invite = False
         c.server = ServerState.TERMINATED
         c.local = True
@@ -516,7 +525,7 @@ class Transactions:
         for name in ("A", "B", "C", "E", "F"):
             self._wheel.cancel(txn, name)
         txn.client_move("transport_error")
-        if txn.key[0] != "cancel" and txn.request is not None and txn.server in (ServerState.TRYING,
+        if not txn.our_cancel and txn.request is not None and txn.server in (ServerState.TRYING,
                                                                                  ServerState.PROCEEDING):
             self.answer(txn, 503, "Service Unavailable", now, out, (warning,))
             return True
@@ -536,21 +545,21 @@ class Transactions:
         if name in ("A", "E"):  # retransmit downstream over UDP
             txn.client_move("timer_a" if name == "A" else "timer_e")
             assert txn.target is not None and txn.client_key is not None
-            out.append(Send(txn.out_bytes, txn.target, txn.client_key[1], 0))
+            out.append(Send(txn.out_bytes, txn.target, txn.client_method, 0))
             if name == "A":
                 txn.retransmit_s *= 2
             else:
                 txn.retransmit_s = t.t2_s if txn.client is ClientState.PROCEEDING else min(txn.retransmit_s * 2, t.t2_s)
             self._wheel.set(txn, name, now + txn.retransmit_s)
         elif name in ("B", "F"):  # no final from downstream
-            if txn.alternatives and txn.key[0] != "cancel" and self.failover is not None and \
+            if txn.alternatives and not txn.our_cancel and self.failover is not None and \
                     txn.client in (ClientState.CALLING, ClientState.TRYING, ClientState.PROCEEDING) and \
                     self.failover(txn, now, out):
                 return
             self._wheel.cancel(txn, "A")
             self._wheel.cancel(txn, "E")
             txn.client_move("timer_b" if name == "B" else "timer_f")
-            if txn.key[0] != "cancel" and txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
+            if not txn.our_cancel and txn.server in (ServerState.TRYING, ServerState.PROCEEDING):
                 self.answer(txn, 408, "Request Timeout", now, out)
                 if txn.dialog is not None and txn.dialog.alive:
                     self._dialogs.end(txn.dialog, "no_response", now, out)

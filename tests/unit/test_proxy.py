@@ -190,6 +190,21 @@ def test_retransmitted_invite_is_absorbed_and_gets_the_last_response(core, clock
     assert wire.statuses_to(UAC) == [180]
 
 
+def test_an_rfc_2543_invite_is_matched_by_its_fields(core, clock) -> None:
+    """Without the magic cookie in its branch (RFC 3261 §17.2.3, last paragraph): the same Call-ID, CSeq,
+    From tag, Via and Request-URI is a retransmission; another From tag is another request."""
+    wire = Wire()
+    feed(core, request(branch="2543-1"), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    feed(core, response_to(fwd, 180, "Ringing"), UAS, clock.advance(0.01), wire)
+    wire.clear()
+    feed(core, request(branch="2543-1"), UAC, clock.advance(0.01), wire)
+    assert wire.to(UAS) == [] and wire.statuses_to(UAC) == [180]
+    wire.clear()
+    feed(core, request(branch="2543-1", from_tag="ft2"), UAC, clock.advance(0.01), wire)
+    assert len(wire.to(UAS)) == 1, "another From tag: a new request, forwarded"
+
+
 def test_retransmitted_bye_gets_the_final_again(core, clock) -> None:
     wire = Wire()
     call_up(core, clock, wire)

@@ -156,6 +156,12 @@ def move(table: dict[tuple[Enum, str], Enum], state: Enum, event: str) -> Enum:
     return nxt
 
 
+def _client_key(branch: str, method: str) -> str:
+    """The key of a client side: our branch and the method its responses carry (a string: the table stays
+    untracked by the GC, docs/compiled.md)."""
+    return branch + "\n" + method
+
+
 # acyclic: what a Txn holds (its messages, peers, dialog, admission) never leads back to a Txn
 @mypyc_attr(acyclic=True)
 class Txn:
@@ -292,7 +298,7 @@ class Transactions:
 
     def client(self, branch: str, method: str) -> Txn | None:
         """The record whose client side a response with our ``branch`` and CSeq ``method`` answers."""
-        return self._by_client.get(branch + "\n" + method)
+        return self._by_client.get(_client_key(branch, method))
 
     def add(self, key: str, req: Request, reply_to: Peer) -> Txn:
         txn = Txn(key, req, reply_to)
@@ -363,7 +369,7 @@ class Transactions:
         and B/F."""
         method = "CANCEL" if txn.our_cancel else txn.method
         txn.client_method = method
-        txn.client_key = txn.branch + "\n" + method
+        txn.client_key = _client_key(txn.branch, method)
         self._by_client[txn.client_key] = txn
         txn.client_move("send")
         self._transmit(txn, data, via, now, out)

@@ -330,8 +330,9 @@ class Server:
                 elif worker is None:
                     listener = UdpListener(host, port)
                 else:
-                    # workers: new requests arrive on the shared address, bound by the supervisor and read by
-                    # every worker, each datagram dispatched by its Call-ID (workers.py); Via and Record-Route
+                    # workers: new requests arrive on the shared address, bound by the supervisor: this worker's
+                    # socket of a group the kernel steers by Call-ID, or one every worker reads; either way each
+                    # datagram is dispatched by its Call-ID (workers.py, sip/pump.py Dispatch); Via and Record-Route
                     # name the worker's own port, so that responses and in-dialog requests come back to the
                     # worker that holds the transaction and dialog
                     shared = UdpListener(host, port, sock=worker.listen[spec])

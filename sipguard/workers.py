@@ -6,15 +6,19 @@ its calls' channels are free again), and giving up when a worker cannot start.
 Leaves to each worker (a ``Server`` with a ``WorkerSlot``): its sockets, its admin
 endpoint, its transactions and dialogs.
 
-How traffic reaches the right worker: the supervisor binds each listen address once, and every
-worker inherits that socket and reads it; a datagram whose Call-ID hashes to another worker is
-handed to it over a local socket (a Unix datagram pair per worker, also made before the fork),
+How traffic reaches the right worker: the supervisor binds each UDP listen address once per worker, the
+sockets in one ``SO_REUSEPORT`` group in worker order, and attaches a classic BPF program to the group that
+gives each datagram to the worker its Call-ID hashes to (transport/steer.py); each worker reads its own.
+What the program cannot read (a compact ``i:`` header, a Call-ID far into the datagram), and everything
+on a kernel that refuses the program (then one socket every worker reads), reaches some worker that
+hands it to its owner over a local socket (a Unix datagram pair per worker, also made before the fork),
 with the peer it came from (sip/pump.py ``Dispatch``).  So the calls of a peer that sends them all
 from one socket (a PBX trunk, a carrier, SIPp ``-t u1``) are spread over every worker, and an
 INVITE's retransmissions, its CANCEL and the ACK of a non-2xx reach the worker that holds it.  Via
 and Record-Route name the worker's own port (listen port + 1 + index), so responses and in-dialog
-requests come back to it directly.  A socket bound once (no SO_REUSEPORT) also means that a second
-sipguard cannot share the address: it fails to bind.
+requests come back to it directly.  A second sipguard cannot share the address: the supervisor holds an
+abstract socket named after it (``_claim_addresses``), and one without ``--workers`` (no SO_REUSEPORT)
+fails to bind.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from . import systemd
 from .config import Settings
 from .policy import load
 from .state.shared import SharedCounts
+from .transport.steer import bind_steered
 from .transport.stream import bind_stream
 from .transport.udp import RCVBUF_BYTES, bind_udp, parse_listen
 
@@ -117,7 +122,7 @@ class _MachineHandler(BaseHTTPRequestHandler):
 
 class Sockets:
     """What the supervisor makes before forking and every worker inherits: the listen sockets (by listen
-    spec); per worker, a Unix datagram pair (``inboxes[i]`` read by worker i, ``outboxes[i]`` written by
+    spec: one every worker reads, or for UDP, when the kernel steers, one per worker in ``steered``); per worker, a Unix datagram pair (``inboxes[i]`` read by worker i, ``outboxes[i]`` written by
     the others to hand it a datagram); and ``drained``, a byte per worker in shared memory, 1 once it
     drained its calls (or is gone): a worker stops when every byte is 1, so that none leaves while another
     still hands it new INVITEs to answer 503."""
@@ -125,6 +130,7 @@ class Sockets:
     def __init__(self, specs: tuple[str, ...], workers: int) -> None:
         self.drained = mmap.mmap(-1, max(workers, 1))
         self.listen: dict[str, socket.socket] = {}
+        self.steered: dict[str, list[socket.socket]] = {}
         self.inboxes: list[socket.socket] = []
         self.outboxes: list[socket.socket] = []
         try:
@@ -132,7 +138,12 @@ class Sockets:
                 transport, host, port = parse_listen(spec)
                 if port == 0:
                     raise ValueError(f"{spec}: workers share a fixed port; port 0 is not allowed with --workers")
-                self.listen[spec] = bind_udp(host, port) if transport == "udp" else bind_stream(host, port)
+                group = bind_steered(host, port, workers) if transport == "udp" else None
+                if group is not None:
+                    self.steered[spec] = group
+                    self.listen[spec] = group[0]
+                else:
+                    self.listen[spec] = bind_udp(host, port) if transport == "udp" else bind_stream(host, port)
             for _ in range(workers):
                 inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
                 for end in (inbox, outbox):
@@ -148,8 +159,13 @@ class Sockets:
             self.close()
             raise
 
+    def listen_of(self, index: int) -> dict[str, socket.socket]:
+        """Worker ``index``'s listen sockets by spec: its own of a steered group, else the shared one."""
+        return {spec: self.steered[spec][index] if spec in self.steered else sock for spec, sock in self.listen.items()}
+
     def close(self) -> None:
-        for sock in [*self.listen.values(), *self.inboxes, *self.outboxes]:
+        for sock in [*self.listen.values(), *(s for group in self.steered.values() for s in group[1:]),
+                     *self.inboxes, *self.outboxes]:
             sock.close()
         self.drained.close()
 
@@ -170,7 +186,7 @@ def _worker_main(settings: Settings, index: int, counts: SharedCounts, sockets: 
             pass
 
     async def main() -> None:
-        server = Server(settings, worker=WorkerSlot(index, counts, sockets.listen, sockets.inboxes[index],
+        server = Server(settings, worker=WorkerSlot(index, counts, sockets.listen_of(index), sockets.inboxes[index],
                                                     sockets.outboxes, sockets.drained))
         await server.start()
         os.write(ready_fd, b"1")  # the supervisor tells "could not start" from "died later" by this
@@ -244,6 +260,11 @@ def run_workers(settings: Settings, count: int) -> int:
     threading.Thread(target=machine.serve_forever, name="admin", daemon=True).start()
     log.info("sipguard supervisor %d: %d workers; the machine's admin on %s:%s", os.getpid(), count, admin_host,
              admin_port)
+    for spec in specs:
+        if spec.startswith("udp:"):
+            log.info("%s: %s", spec, "each worker reads its own socket, the kernel steering each datagram by its "
+                     "Call-ID" if spec in sockets.steered else "every worker reads one socket (this kernel does "
+                     "not steer by Call-ID) and hands other workers their calls")
     status = 0
     stopping = False
     ready = False  # told systemd (READY=1) once every worker answered

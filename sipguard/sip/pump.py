@@ -178,7 +178,9 @@ class Pump:
 
 
 class Dispatch:
-    """With ``--workers``: the receiver of the listen socket every worker reads (workers.py).
+    """With ``--workers``: the receiver of the worker's listen socket (workers.py).  The kernel steers most new
+    requests to their owner's socket already (transport/steer.py); what it could not, or all of it where the
+    workers read one socket, some other worker reads and hands over here.
 
     A datagram whose Call-ID hashes to this worker (``owner_of``) goes through its pump; any other is
     handed to its owner over the owner's local socket, framed as ``HOST PORT\\n`` and the datagram, so

@@ -11,10 +11,10 @@ and rejects what is malformed.  A datagram whose fields cannot be found here is 
 
 from __future__ import annotations
 
-import zlib
 from typing import Final
 
-__all__ = ["call_id_of", "owner_of", "RawHead", "read_head", "stateless_reply"]
+__all__ = ["call_id_of", "call_id_hash", "owner_of", "RawHead", "read_head", "stateless_reply", "HASH_BYTES",
+           "HASH_MUL", "HASH_MIX"]
 
 _FAST: Final = b"\r\nCall-ID:"
 # header names (lower case) of the fields a stateless reply copies, by their long and compact forms
@@ -45,13 +45,33 @@ def call_id_of(data: bytes) -> bytes | None:
     return None
 
 
+# The Call-ID hash: simple enough for the kernel to compute it too (transport/steer.py builds the same
+# hash as a classic BPF program that steers each datagram to its owner's socket), so the two must agree.
+HASH_BYTES: Final = 48  # the Call-ID's first bytes that count (a longer one is told apart by these)
+HASH_MUL: Final = 31
+HASH_MIX: Final = 0x9E3779B1  # Knuth's multiplicative mix; the owner is taken from bits 16-31
+
+
+def call_id_hash(call_id: bytes) -> int:
+    """The hash of a Call-ID value: its bytes up to the first blank or control byte, at most HASH_BYTES of them,
+    h = h * 31 + byte (32 bits), then mixed; 0 to 65535."""
+    h = 0
+    for i in range(min(len(call_id), HASH_BYTES)):
+        byte = call_id[i]
+        if byte <= 0x20:
+            break
+        h = (h * HASH_MUL + byte) & 0xFFFFFFFF
+    return ((h * HASH_MIX) & 0xFFFFFFFF) >> 16
+
+
 def owner_of(data: bytes, workers: int) -> int:
-    """Which of ``workers`` processes owns the datagram's call: a hash of its Call-ID, the same in every
-    process (CRC-32, not Python's salted ``hash``).  Without a Call-ID: worker 0 (the parser answers it)."""
+    """Which of ``workers`` processes owns the datagram's call: the hash of its Call-ID (``call_id_hash``, the
+    same in every process and in the kernel's steering program), modulo ``workers``.  Without a Call-ID:
+    worker 0 (the parser answers it)."""
     call_id = call_id_of(data)
     if call_id is None:
         return 0
-    return zlib.crc32(call_id) % workers
+    return call_id_hash(call_id) % workers
 
 
 class RawHead:

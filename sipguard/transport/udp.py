@@ -48,15 +48,18 @@ class _Protocol(asyncio.DatagramProtocol):
         self.listener.errors += 1
 
 
-def bind_udp(host: str, port: int) -> socket.socket:
-    """A UDP socket bound to ``host:port``, non-blocking, with large buffers.  No SO_REUSEADDR nor
-    SO_REUSEPORT: on Linux either would let a second process bind the same address and take its datagrams,
-    so a second sipguard on an address in use fails here (EADDRINUSE) instead."""
+def bind_udp(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
+    """A UDP socket bound to ``host:port``, non-blocking, with large buffers.  No SO_REUSEADDR, and
+    SO_REUSEPORT only for the workers' steered group (transport/steer.py, behind the supervisor's claim of
+    the address): either would let a second process bind the same address and take its datagrams, so a
+    second sipguard on an address in use fails here (EADDRINUSE) instead."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF_BYTES)

@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.run import free_port, free_tcp_port  # one helper for the benchmark and the tests
+from sipguard.sip.raw import call_id_hash
 
 ROOT = Path(__file__).parents[2]
 SCENARIOS = ROOT / "sipp_scenarios"
@@ -89,6 +90,18 @@ class Sipguard:
         """The decision log's lines (of one rule), as written so far."""
         lines = self.decision_log.read_text().splitlines() if self.decision_log.exists() else []
         return [d for d in map(json.loads, lines) if rule in (None, d["rule"])]
+
+
+_serial = iter(range(10**9))
+
+
+def call_id_for(worker: int, workers: int = 2, prefix: str = "w") -> str:
+    """A new Call-ID whose calls worker ``worker`` of ``workers`` owns (sip/raw.py ``call_id_hash``, as the
+    kernel's steering and the workers' hand-off compute it)."""
+    while True:
+        call_id = f"{prefix}{worker}-{next(_serial)}-{time.monotonic_ns()}@{UAC_IP}"
+        if call_id_hash(call_id.encode()) % workers == worker:
+            return call_id
 
 
 def until(check: Callable[[], object], timeout_s: float = 20.0) -> bool:

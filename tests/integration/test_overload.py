@@ -6,26 +6,16 @@ on its own once the hook is gone.  The real signal (the queue's age) is measured
 
 from __future__ import annotations
 
-import itertools
 import time
-import zlib
 
 import pytest
 
-from .conftest import UAC_IP, Sipp, office_users, until
+from .conftest import Sipp, UAC_IP, call_id_for, office_users, until
 from .phone import Phone
 
 pytestmark = pytest.mark.integration
 
 CALLEE = "+3250123400"
-_serial = itertools.count()
-
-
-def _call_id_for(worker: int) -> str:
-    while True:
-        call_id = f"ov{worker}-{next(_serial)}-{time.monotonic_ns()}@{UAC_IP}"
-        if zlib.crc32(call_id.encode()) % 2 == worker:
-            return call_id
 
 
 def test_an_overloaded_sipguard_sheds_new_invites_but_not_calls_up_nor_112(sipguard_factory, sipp: Sipp,
@@ -35,14 +25,14 @@ def test_an_overloaded_sipguard_sheds_new_invites_but_not_calls_up_nor_112(sipgu
     workers = sg.workers  # type: ignore[attr-defined]
     uas = sipp.uas("basic/uas.xml", sg.uas_port)  # type: ignore[attr-defined]
     trunk = Phone(UAC_IP, ("127.0.0.1", sg.sip_port))
-    up = [trunk.call(CALLEE, call_id=_call_id_for(w)) for w in (0, 1)]  # a call up on each worker
+    up = [trunk.call(CALLEE, call_id=call_id_for(w)) for w in (0, 1)]  # a call up on each worker
     assert [c.status for c in up] == [200, 200]
     assert all(w.metric("sipguard_overload_active") == 0 for w in workers)
 
     hook.touch()
     assert all(until(lambda w=w: w.metric("sipguard_overload_active") == 1) for w in workers)
     for w in (0, 1):  # a new call is shed on either worker: 503, Retry-After, the Warning says why
-        shed = trunk.call(CALLEE, call_id=_call_id_for(w))
+        shed = trunk.call(CALLEE, call_id=call_id_for(w))
         assert shed.status == 503, shed.headers
         assert shed.headers.get("retry-after") == "2" and "overloaded" in shed.headers.get("warning", "")
         assert (shed.to_tag or "").startswith("sgov-")
@@ -50,7 +40,7 @@ def test_an_overloaded_sipguard_sheds_new_invites_but_not_calls_up_nor_112(sipgu
     # the calls already up complete: their BYE passes and is answered
     assert [trunk.hangup(c) for c in up] == [200, 200]
     # an emergency call is never shed
-    sos = trunk.call("112", call_id=_call_id_for(0))
+    sos = trunk.call("112", call_id=call_id_for(0))
     assert sos.status == 200, sos.headers
     assert trunk.hangup(sos) == 200
     # the shed INVITEs' ACKs were absorbed at the edge: no routing refusal, no dialog, nothing held
@@ -63,7 +53,7 @@ def test_an_overloaded_sipguard_sheds_new_invites_but_not_calls_up_nor_112(sipgu
     hook.unlink()  # the load is gone: the state ends by itself (nothing shed for 2 s) and calls are admitted
     assert all(until(lambda w=w: w.metric("sipguard_overload_active") == 0, timeout_s=8) for w in workers)
     assert sg.log.read_text().count("overload ended after") == 2
-    after = trunk.call(CALLEE, call_id=_call_id_for(1))
+    after = trunk.call(CALLEE, call_id=call_id_for(1))
     assert after.status == 200 and trunk.hangup(after) == 200
     trunk.close()
     uas.kill()

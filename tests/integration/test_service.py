@@ -5,17 +5,15 @@ after logrotate, with every emergency call in it.  Calls are held by ``phone.Pho
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import signal
 import subprocess
 import sys
 import time
-import zlib
 
 import pytest
 
-from .conftest import CALLER2_IP, ROOT, UAC_IP, Sipguard, Sipp, office_users, until
+from .conftest import CALLER2_IP, ROOT, Sipguard, Sipp, UAC_IP, call_id_for, office_users, until
 from .phone import Phone
 
 pytestmark = pytest.mark.integration
@@ -89,28 +87,19 @@ def test_workers_drain_together(sipguard_factory, sipp: Sipp) -> None:
     sg = sipguard_factory(workers=2)
     uas = sipp.uas("basic/uas.xml", sg.uas_port)  # type: ignore[attr-defined]
     with Phone(UAC_IP, ("127.0.0.1", sg.sip_port)) as trunk:
-        held = [trunk.call(CALLEE, call_id=_call_id_for(0)) for _ in range(2)]
+        held = [trunk.call(CALLEE, call_id=call_id_for(0)) for _ in range(2)]
         assert [c.status for c in held] == [200, 200]
         sg.proc.send_signal(signal.SIGTERM)  # the supervisor: every worker drains
         assert until(lambda: sg.log.read_text().count("stopping: new calls get 503") == 2, 10)
         time.sleep(0.5)  # worker 1 has no call: it would have left by now
         for worker in (1, 0):
-            refused = trunk.call(CALLEE, call_id=_call_id_for(worker), timeout_s=3)
+            refused = trunk.call(CALLEE, call_id=call_id_for(worker), timeout_s=3)
             assert refused.status == 503 and "stopping" in refused.headers.get("warning", ""), worker
         for call in held:
             assert trunk.hangup(call) == 200
     assert _exits(sg.proc, 10) == 0
     assert sg.log.read_text().count("the last call ended") == 2
     uas.kill()
-
-
-def _call_id_for(worker: int) -> str:
-    """A Call-ID worker ``worker`` of two owns (the CRC-32 of the Call-ID, modulo the workers)."""
-    for n in itertools.count():
-        call_id = f"drain{worker}-{n}-{time.monotonic_ns()}@{UAC_IP}"
-        if zlib.crc32(call_id.encode()) % 2 == worker:
-            return call_id
-    raise AssertionError("unreachable")
 
 
 def _json(sg: Sipguard, path: str) -> dict:

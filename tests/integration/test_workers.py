@@ -1,14 +1,14 @@
 """Several worker processes on one address (``sipguard run --workers N``), with real SIPp calls.
 
-Calls from one socket (a trunk) spread over the workers by Call-ID (every worker reads the listen
-socket and hands a datagram to the worker its Call-ID hashes to), each call's responses and
+Calls from one socket (a trunk) spread over the workers by Call-ID (the kernel steers each datagram to
+the socket of the worker its Call-ID hashes to; what it cannot steer, the worker that reads it hands
+on), each call's responses and
 in-dialog requests come back to the worker that admitted it (its own port in Via and Record-Route),
 and an account's channel limit holds across workers; a worker that dies gives its channels back.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
@@ -16,14 +16,13 @@ import socket
 import subprocess
 import sys
 import time
-import zlib
 
 import pytest
 
 
 from helpers import request
 
-from .conftest import ROOT, UAC_IP, Sipguard, Sipp, free_tcp_port, free_udp_port, office_users, until
+from .conftest import ROOT, Sipguard, Sipp, UAC_IP, call_id_for, free_tcp_port, free_udp_port, office_users, until
 from .phone import Phone
 
 pytestmark = pytest.mark.integration
@@ -64,8 +63,10 @@ def test_calls_spread_over_two_workers_and_complete(sipguard_factory, sipp: Sipp
     # both workers admitted calls (the Call-ID hash splits 300 calls about evenly: far from 0 either way)
     assert sum(invites) == 300 and min(invites) > 60, invites
     assert started == invites
+    # the kernel steered every INVITE to its owner's socket (transport/steer.py): no worker handed one on
     handed = [w.metric("sipguard_worker_handoffs_total") for w in _workers(sg)]
-    assert sum(handed) > 0 and sum(w.metric("sipguard_worker_handoffs_lost_total") for w in _workers(sg)) == 0
+    assert handed == [0, 0], handed
+    assert "the kernel steering each datagram by its Call-ID" in sg.log.read_text()
     # every BYE went to the worker that admitted its call: as many BYEs as INVITEs on each
     assert byes == invites, (byes, invites)
     assert all(until(lambda w=w: w.metric("sipguard_dialogs") == 0) for w in _workers(sg))
@@ -73,15 +74,32 @@ def test_calls_spread_over_two_workers_and_complete(sipguard_factory, sipp: Sipp
     uas.kill()
 
 
-_serial = itertools.count()
-
-
-def _call_id_for(worker: int, workers: int = 2) -> str:
-    """A Call-ID whose calls the worker ``worker`` owns: the CRC-32 of the Call-ID, modulo the workers."""
-    while True:
-        call_id = f"w{worker}-{next(_serial)}-{time.monotonic_ns()}@{UAC_IP}"
-        if zlib.crc32(call_id.encode()) % workers == worker:
-            return call_id
+def test_what_the_kernel_cannot_steer_is_handed_to_its_owner(sipguard_factory) -> None:
+    """Call-IDs in the compact form ("i:") are not steered: the kernel gives the trunk's datagrams to one
+    socket, and that worker hands the other's calls over, with the peer they came from."""
+    sg = sipguard_factory(POLICY, workers=2, users=office_users(2))
+    trunk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    trunk.bind((UAC_IP, 0))
+    via = f"{UAC_IP}:{trunk.getsockname()[1]}"
+    for n in range(40):  # From a number the account does not own: each refused 403 by the worker owning it
+        call_id = call_id_for(n % 2, prefix="compact")
+        data = request(call_id=call_id, branch=f"z9hG4bK-c{n}", via_host=via, from_user="+3299999999")
+        trunk.sendto(data.replace(b"Call-ID:", b"i:"), ("127.0.0.1", sg.sip_port))
+    trunk.settimeout(2.0)
+    refused: set[bytes] = set()
+    while len(refused) < 40:
+        try:
+            data, _ = trunk.recvfrom(65535)
+        except socket.timeout:
+            break
+        if data.startswith(b"SIP/2.0 403 "):
+            refused.add(re.search(rb"\r\n(?:Call-ID|i): *([^\r]+)", data).group(1))  # type: ignore[union-attr]
+    trunk.close()
+    assert len(refused) == 40, len(refused)
+    handed = [w.metric("sipguard_worker_handoffs_total") for w in _workers(sg)]
+    invites = [w.metric('sipguard_requests_total{method="INVITE"}') for w in _workers(sg)]
+    assert invites == [20, 20], invites  # each worker handled its own 20: the owner, whoever read them
+    assert sorted(handed) == [0, 20], handed  # one socket read them all, and handed half on
 
 
 def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_back(
@@ -92,8 +110,8 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
     proxy = ("127.0.0.1", sg.sip_port)
     trunk = Phone(UAC_IP, proxy)  # every call from one socket, as a trunk: the Call-ID decides the worker
     # two calls admitted by each worker, held until hung up: the account's four channels
-    held0 = [trunk.call(CALLEE, call_id=_call_id_for(0)) for _ in range(2)]
-    held1 = [trunk.call(CALLEE, call_id=_call_id_for(1)) for _ in range(2)]
+    held0 = [trunk.call(CALLEE, call_id=call_id_for(0)) for _ in range(2)]
+    held1 = [trunk.call(CALLEE, call_id=call_id_for(1)) for _ in range(2)]
     assert [c.status for c in held0 + held1] == [200] * 4
     assert until(lambda: w0.metric("sipguard_dialogs") == 2 and w1.metric("sipguard_dialogs") == 2)
     # each worker sees the account's four calls in use, and holds two of them (a sum over the workers is right)
@@ -104,13 +122,13 @@ def test_channel_limit_holds_across_workers_and_a_dead_workers_channels_come_bac
     # the next call is refused whichever worker it reaches: 486 with the Warning naming the limit
     for worker in (w0, w1):
         before = worker.metric('sipguard_decisions_total{outcome="reject",rule="channel_limit"}')
-        refused = trunk.call(CALLEE, call_id=_call_id_for(_workers(sg).index(worker)))
+        refused = trunk.call(CALLEE, call_id=call_id_for(_workers(sg).index(worker)))
         assert refused.status == 486 and "channel limit" in refused.headers.get("warning", ""), refused.headers
         assert worker.metric('sipguard_decisions_total{outcome="reject",rule="channel_limit"}') == before + 1
     # worker 1's calls end: worker 0 admits again
     assert [trunk.hangup(c) for c in held1] == [200, 200]
     assert until(lambda: w0.metric('sipguard_channels_in_use{account="limited"}') == 2)
-    again = trunk.call(CALLEE, call_id=_call_id_for(0))
+    again = trunk.call(CALLEE, call_id=call_id_for(0))
     assert again.status == 200 and trunk.hangup(again) == 200
     # worker 0 dies with two calls held: the supervisor frees its channels and starts it again
     pid0 = int(re.search(r"sipguard worker 0 \(pid (\d+)\)", sg.log.read_text()).group(1))  # type: ignore[union-attr]

@@ -64,6 +64,7 @@ log = logging.getLogger("sipguard")
 
 LIMIT_LOG_EVERY_S = 60  # an account at its channel limit: one log line per this many seconds
 RECV_MAX = 65536 + 64  # a hand-off: the largest UDP datagram and the line naming its peer
+LISTEN_BATCH = 64  # datagrams a worker reads from its listen socket per turn of the loop (sip/pump.py drain)
 MIRROR = b"\0"  # starts a message of auto-dialer records between workers (no SIP datagram starts so)
 MIRROR_EVERY_S = 0.01  # how often a worker sends the other workers its auto-dialer records
 EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logged
@@ -336,7 +337,7 @@ class Server:
                     # name the worker's own port, so that responses and in-dialog requests come back to the
                     # worker that holds the transaction and dialog
                     shared = UdpListener(host, port, sock=worker.listen[spec])
-                    await shared.start()
+                    await shared.start(batch=LISTEN_BATCH)
                     self.shared_listeners.append(shared)
                     listener = UdpListener(host, worker.private_port(port))
                 await listener.start()

@@ -29,7 +29,7 @@ from .raw import owner_of
 from .shed import Shedder
 from .timers import TICK_S
 
-__all__ = ["Pump", "Dispatch", "SendTo", "TICK_S"]
+__all__ = ["Pump", "Dispatch", "SendTo", "TICK_S", "drain"]
 
 SendTo = Callable[[bytes, tuple[str, int]], Any]
 _I: Final = 73  # b"I"[0]: a datagram that may be an INVITE
@@ -239,3 +239,17 @@ class Dispatch:
         if not port.isdigit():
             return
         self.pump.receive(message[nl + 1:], Peer("udp", host.decode("ascii", "replace"), int(port)))
+
+
+def drain(recvfrom_into: Callable[[Any], tuple[int, Any]], buffer: memoryview, receive: Callable[[bytes, Any], None],
+          batch: int) -> None:
+    """The event loop's reader of a worker's listen socket: up to ``batch`` datagrams, each to ``receive``
+    (``Dispatch.datagram_received``), then back to the loop.  A batch larger than the event loop's own (32
+    per socket and turn) keeps new INVITEs from waiting behind the responses on the worker's own port.
+    Read into one buffer (``recvfrom`` would allocate 64 KiB for each datagram and shrink it)."""
+    for _ in range(batch):
+        try:
+            size, addr = recvfrom_into(buffer)
+        except OSError:  # BlockingIOError: none left
+            return
+        receive(bytes(buffer[:size]), addr)

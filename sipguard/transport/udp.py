@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from ..sip.pump import SendTo
+from ..sip.pump import SendTo, drain
 
 __all__ = ["UdpListener", "parse_listen", "bind_udp"]
 
@@ -109,11 +109,16 @@ class UdpListener:
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Protocol | None = None
         self._sendto: SendTo | None = None
+        self._reader: asyncio.AbstractEventLoop | None = None  # start(batch=...): read by ``drain``
+        self.batch = 0
 
     def set_receiver(self, receiver: Receiver) -> None:
         self.receiver = receiver
         if self._protocol is not None:
             self._protocol.datagram_received = receiver  # type: ignore[method-assign,assignment]
+        if self._reader is not None and self.sock is not None:
+            self._reader.add_reader(self.sock.fileno(), drain, self.sock.recvfrom_into, memoryview(bytearray(65536)),
+                                    receiver, self.batch)
 
     def sender(self) -> SendTo:
         """The socket's own ``sendto(data, (host, port))``: as fast as the transport's, and an error is raised
@@ -126,7 +131,9 @@ class UdpListener:
     def family(self) -> int:
         return 6 if ":" in self.host else 4
 
-    async def start(self) -> None:
+    async def start(self, batch: int = 0) -> None:
+        """Bind (unless bound) and read.  ``batch``: read up to that many datagrams per turn of the loop with
+        ``drain`` (no transport, nothing sent from this socket); 0: the event loop's datagram transport."""
         sock = self.sock if self.sock is not None else bind_udp(self.host, self.port)
         self.sock = sock
         try:
@@ -136,6 +143,11 @@ class UdpListener:
         if self.port == 0:
             self.port = sock.getsockname()[1]
         loop = asyncio.get_running_loop()
+        self.batch = batch
+        if batch:
+            self._reader = loop
+            self.set_receiver(self.receiver)
+            return
         transport, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
         self._protocol = protocol
@@ -147,6 +159,10 @@ class UdpListener:
         return head_age(self.sock, now_ns) if self.sock is not None else 0.0
 
     def close(self) -> None:
+        if self._reader is not None and self.sock is not None:
+            self._reader.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self._reader = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None

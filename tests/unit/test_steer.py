@@ -2,7 +2,8 @@
 
 Two checks of the classic BPF program: an interpreter here runs it on datagrams of every shape and must
 agree with ``owner_of`` wherever the program steers at all; and the kernel runs it on a real reuseport
-group on loopback, where every datagram must arrive at the socket of its owner.
+group on loopback, where every datagram must arrive at the socket of its owner.  And how a worker reads
+its socket of the group (sip/pump.py ``drain``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipguard.sip.pump import drain
 from sipguard.sip.raw import call_id_hash, call_id_of, owner_of
 from sipguard.transport.steer import NOT_STEERED, SCAN_END, Insn, bind_steered, steering_program
 
@@ -132,22 +134,28 @@ def test_calls_spread_over_the_workers() -> None:
             assert abs(owners.count(w) - 3000 / workers) < 3000 / workers * 0.15
 
 
-@pytest.mark.parametrize("workers", [2, 3])
-def test_the_kernel_delivers_each_datagram_to_its_owner(workers: int) -> None:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
+@pytest.mark.parametrize("workers,host,source", [(2, "127.0.0.1", "127.0.0.2"), (3, "127.0.0.1", "127.0.0.2"),
+                                                  (2, "::1", "::1")])
+def test_the_kernel_delivers_each_datagram_to_its_owner(workers: int, host: str, source: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        probe.bind((host, 0))
+    except OSError:
+        probe.close()
+        pytest.skip(f"no {host} on this machine")
     port = probe.getsockname()[1]
     probe.close()
-    group = bind_steered("127.0.0.1", port, workers)
+    group = bind_steered(host, port, workers)
     assert group is not None, "this kernel refused the steering program"
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind(("127.0.0.2", 0))  # one socket, as a trunk sends
+    sender = socket.socket(family, socket.SOCK_DGRAM)
+    sender.bind((source, 0))  # one socket, as a trunk sends
     try:
         sent: dict[bytes, int] = {}
         for n in range(300):
             data = _invite(b"%x-%d@10.1.2.3" % (n * 7919, n))
             sent[data] = owner_of(data, workers)
-            sender.sendto(data, ("127.0.0.1", port))
+            sender.sendto(data, (host, port))
         got: dict[bytes, int] = {}
         for _ in range(50):  # bounded: every datagram is on loopback already
             ready, _w, _x = select.select(group, [], [], 0.1)
@@ -184,3 +192,29 @@ def test_a_group_is_not_joined_by_a_plain_socket() -> None:
     finally:
         for sock in group:
             sock.close()
+
+
+def test_a_worker_reads_its_listen_socket_in_batches_and_keeps_each_datagram() -> None:
+    """sip/pump.py ``drain``: at most a batch per turn of the loop, each datagram its own bytes (not a view of
+    the one buffer they are read into), and an empty socket ends the batch quietly."""
+    listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listen.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # the 100 datagrams all wait in it
+    listen.bind(("127.0.0.1", 0))
+    listen.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.2", 0))
+    sent = [_invite(b"%d-batch@h" % n) for n in range(100)]
+    for data in sent:
+        sender.sendto(data, listen.getsockname())
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    buffer = memoryview(bytearray(65536))
+    turns = []
+    for _ in range(4):
+        before = len(got)
+        drain(listen.recvfrom_into, buffer, lambda data, addr: got.append((data, addr)), 64)
+        turns.append(len(got) - before)
+    listen.close()
+    sender.close()
+    assert turns == [64, 36, 0, 0]
+    assert [data for data, _addr in got] == sent
+    assert {addr[0] for _data, addr in got} == {"127.0.0.2"}

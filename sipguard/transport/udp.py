@@ -133,7 +133,7 @@ class UdpListener:
 
     async def start(self, batch: int = 0) -> None:
         """Bind (unless bound) and read.  ``batch``: read up to that many datagrams per turn of the loop with
-        ``drain`` (no transport, nothing sent from this socket); 0: the event loop's datagram transport."""
+        ``drain`` instead of the event loop's datagram transport (0)."""
         sock = self.sock if self.sock is not None else bind_udp(self.host, self.port)
         self.sock = sock
         try:
@@ -146,6 +146,7 @@ class UdpListener:
         self.batch = batch
         if batch:
             self._reader = loop
+            self._sendto = sock.sendto
             self.set_receiver(self.receiver)
             return
         transport, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
@@ -163,6 +164,7 @@ class UdpListener:
             self._reader.remove_reader(self.sock.fileno())
             self.sock.close()
             self._reader = None
+            self._sendto = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None

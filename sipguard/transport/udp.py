@@ -110,6 +110,7 @@ class UdpListener:
         self._protocol: _Protocol | None = None
         self._sendto: SendTo | None = None
         self._reader: asyncio.AbstractEventLoop | None = None  # start(batch=...): read by ``drain``
+        self._buffer = memoryview(b"")  # ... into this one buffer
         self.batch = 0
 
     def set_receiver(self, receiver: Receiver) -> None:
@@ -117,8 +118,8 @@ class UdpListener:
         if self._protocol is not None:
             self._protocol.datagram_received = receiver  # type: ignore[method-assign,assignment]
         if self._reader is not None and self.sock is not None:
-            self._reader.add_reader(self.sock.fileno(), drain, self.sock.recvfrom_into, memoryview(bytearray(65536)),
-                                    receiver, self.batch)
+            self._reader.add_reader(self.sock.fileno(), drain, self.sock.recvfrom_into, self._buffer, receiver,
+                                    self.batch)
 
     def sender(self) -> SendTo:
         """The socket's own ``sendto(data, (host, port))``: as fast as the transport's, and an error is raised
@@ -146,6 +147,7 @@ class UdpListener:
         self.batch = batch
         if batch:
             self._reader = loop
+            self._buffer = memoryview(bytearray(65536))
             self._sendto = sock.sendto
             self.set_receiver(self.receiver)
             return

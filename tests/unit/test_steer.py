@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.run import free_port  # one helper for the benchmark and the tests
 from sipguard.sip.pump import drain
 from sipguard.sip.raw import call_id_hash, call_id_of, owner_of
 from sipguard.transport.steer import NOT_STEERED, SCAN_END, Insn, bind_steered, steering_program
@@ -138,14 +139,12 @@ def test_calls_spread_over_the_workers() -> None:
                                                   (2, "::1", "::1")])
 def test_the_kernel_delivers_each_datagram_to_its_owner(workers: int, host: str, source: str) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        probe.bind((host, 0))
-    except OSError:
-        probe.close()
-        pytest.skip(f"no {host} on this machine")
-    port = probe.getsockname()[1]
-    probe.close()
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            pytest.skip(f"no {host} on this machine")
+    port = free_port(host)
     group = bind_steered(host, port, workers)
     assert group is not None, "this kernel refused the steering program"
     sender = socket.socket(family, socket.SOCK_DGRAM)
@@ -178,10 +177,7 @@ def test_the_kernel_delivers_each_datagram_to_its_owner(workers: int, host: str,
 
 def test_a_group_is_not_joined_by_a_plain_socket() -> None:
     """A second sipguard (one process, no SO_REUSEPORT) on the steered address fails to bind."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     group = bind_steered("127.0.0.1", port, 2)
     assert group is not None
     try:

@@ -132,6 +132,12 @@ class _Ring:
             self.head = 0
         return value
 
+    def copy(self) -> "_Ring":
+        ring = _Ring()
+        ring.times = self.times[self.head:]
+        ring.values = self.values[self.head:]
+        return ring
+
 
 @dataclass(slots=True)
 class _Window:
@@ -151,6 +157,15 @@ class _Window:
     short: int = 0  # how many of ``ended`` are short
     blocked_until: float = 0.0
     last: Assessment | None = None
+    # as an account's window: the key of the one part of its traffic seen so far (``account|source``), whose
+    # window this is too (DialerDetector._windows_of); "" once a second part has been seen
+    part: str | None = None
+
+    def copy(self) -> "_Window":
+        """The same state in a window of its own (a part's, when its account's traffic gets a second part)."""
+        return _Window(self.minute.copy(), self.second.copy(), self.gaps.copy(), self.gap_sum, self.gap_sq,
+                       self.last_at, self.dest.copy(), dict(self.dest_count), self.run, self.last_number,
+                       self.ended.copy(), self.short, self.blocked_until, self.last, "")
 
 
 def _encode(kind: str, now: float, fields: str) -> bytes:
@@ -185,15 +200,48 @@ class DialerDetector:
     def _window(self, key: str) -> _Window:
         w = self._windows.get(key)
         if w is None:
-            if len(self._windows) >= self.config.max_keys:
-                # evict the oldest tenth (insertion order), keeping any that are blocked
-                for old in list(self._windows)[: max(1, self.config.max_keys // 10)]:
-                    del self._windows[old]
-            w = self._windows[key] = _Window()
+            w = self._store(key, _Window())
         return w
 
+    def _store(self, key: str, w: _Window) -> _Window:
+        if len(self._windows) >= self.config.max_keys:
+            # evict the oldest tenth (insertion order)
+            for old in list(self._windows)[: max(1, self.config.max_keys // 10)]:
+                del self._windows[old]
+        self._windows[key] = w
+        return w
+
+    def _windows_of(self, keys: tuple[str, ...]) -> list[_Window]:
+        """The distinct windows of ``keys``: the account's (``keys[0]``), then its parts' (``account|source``).
+
+        A part's window is its account's own window while the account's traffic has had no other part: the
+        two would hold the same attempts (a trunk's one PBX), so they are kept, updated and assessed once.
+        When a second part appears, the first gets a copy of the account's window (every attempt in it was
+        that part's) and the new one a window of its own; from then on each is kept apart, as they would
+        have been from the start."""
+        account = self._window(keys[0])
+        out = [account]
+        for key in keys[1:]:
+            w = self._windows.get(key)
+            if w is None:
+                if not key.startswith(keys[0] + "|"):
+                    w = self._store(key, _Window())
+                elif account.part is None or account.part == key:  # its first part (or that part's key evicted)
+                    account.part = key
+                    w = self._store(key, account)
+                else:
+                    first = account.part
+                    if first and self._windows.get(first) is account:
+                        self._windows[first] = account.copy()
+                    account.part = ""
+                    w = self._store(key, _Window())
+            if w is not account:
+                out.append(w)
+        return out
+
     def attempt(self, keys: tuple[str, ...], called: str | None, call_key: str, now: float) -> Assessment:
-        """Record one INVITE attempt under every key; the worst assessment among them."""
+        """Record one INVITE attempt under every key (the account's first, then its parts': ``_windows_of``);
+        the worst assessment among them."""
         if self.mirror is not None:
             self.mirror(_encode("A", now, call_key + "\t" + (called or "") + "\t" + "\t".join(keys)))
         worst = self._attempt(keys, called, call_key, now, True)
@@ -206,8 +254,7 @@ class DialerDetector:
         worst: Assessment | None = None
         number = _as_int(called)
         c = self.config
-        for key in keys:
-            w = self._window(key)
+        for w in self._windows_of(keys):
             self._trim(w, now)
             if w.last_at is not None and now < w.last_at:
                 now = w.last_at  # another worker's attempt, mirrored a moment after one of this worker's
@@ -261,9 +308,9 @@ class DialerDetector:
         if keys is None:
             return
         short = (not answered) or duration_s is None or duration_s < self.config.short_call_s
-        for key in keys:
-            w = self._windows.get(key)
-            if w is not None:
+        windows = [self._windows.get(key) for key in keys]
+        for i, w in enumerate(windows):
+            if w is not None and (i == 0 or w is not windows[0]):  # a part's window that is its account's: once
                 w.ended.push(now, 1 if short else 0)
                 w.short += 1 if short else 0
                 if w.ended.size() > self.config.max_attempts:
@@ -294,8 +341,8 @@ class DialerDetector:
 
     def _block(self, keys: tuple[str, ...], now: float) -> float:
         until = now + self.config.cooldown_s
-        for key in keys:
-            self._window(key).blocked_until = until
+        for w in self._windows_of(keys):
+            w.blocked_until = until
         return until
 
     def blocked_until(self, keys: tuple[str, ...], now: float) -> float | None:

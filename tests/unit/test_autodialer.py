@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipguard.policy.autodialer import DialerConfig, DialerDetector, Thresholds
 
@@ -204,3 +206,64 @@ def test_two_workers_mirroring_each_other_see_what_one_detector_sees() -> None:
     b.apply(b"Z\t1.0\tx")
     b.apply(b"A\tnot-a-time\tcall\t\tacme")
     assert b.features_of("acme", 121.0) == before
+
+
+# one step of an account's traffic: an attempt from one of three sources (or its call's end), or a block
+_STEP = st.one_of(
+    st.tuples(st.just("attempt"), st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+              st.sampled_from([None, "+3250123400", "+3250123401", "+3250123402", "+3212345678"]),
+              st.floats(0.0, 3.0)),
+    st.tuples(st.just("end"), st.booleans(), st.floats(0.0, 30.0), st.floats(0.0, 3.0)),
+    st.tuples(st.just("block"), st.sampled_from(["10.0.0.1", "10.0.0.2"]), st.none(), st.floats(0.0, 3.0)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_STEP, max_size=120), st.integers(0, 2**16))
+def test_a_part_shares_its_accounts_window_without_changing_any_assessment(steps: list[tuple], seed: int) -> None:
+    """An account whose calls come from one source (a trunk's PBX) keeps one window for the account and that
+    source, not two with the same attempts in them; a second source splits them.  Every assessment, feature
+    and block is what windows kept apart give (the reference: part keys that do not name the account)."""
+    config = DialerConfig(warning_score=1, critical_score=3, min_calls=3, min_gaps=3)
+    shared, apart = DialerDetector(config), DialerDetector(config)
+    rng = random.Random(seed)
+    now, n, pending = 100.0, 0, []
+    for kind, arg, number, gap in steps:
+        now += gap
+        if kind == "attempt":
+            n += 1
+            call = f"call-{n}"
+            got = shared.attempt(("acme", f"acme|{arg}"), number, call, now)
+            expected = apart.attempt(("acme", f"other|{arg}"), number, call, now)
+            assert (got.level, got.score, got.features, got.blocked_until) == (
+                expected.level, expected.score, expected.features, expected.blocked_until)
+            pending.append(call)
+        elif kind == "end" and pending:
+            call = pending.pop(rng.randrange(len(pending)))
+            shared.ended(call, arg, number if arg else None, now)
+            apart.ended(call, arg, number if arg else None, now)
+        elif kind == "block":
+            assert shared.block(("acme", f"acme|{arg}"), now) == apart.block(("acme", f"other|{arg}"), now)
+    for source in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        assert shared.features_of(f"acme|{source}", now) == apart.features_of(f"other|{source}", now)
+        assert shared.score_of(f"acme|{source}") == apart.score_of(f"other|{source}")
+        assert (shared.blocked_until(("acme", f"acme|{source}"), now)
+                == apart.blocked_until(("acme", f"other|{source}"), now))
+    assert shared.features_of("acme", now) == apart.features_of("acme", now)
+
+
+def test_one_source_keeps_one_window_and_a_second_source_splits_it() -> None:
+    det = DialerDetector()
+    for i in range(5):
+        det.attempt(("acme", "acme|10.0.0.1"), f"+3250123{i:03d}", f"c{i}", float(i))
+    assert det._windows["acme|10.0.0.1"] is det._windows["acme"]  # a trunk: the same attempts, kept once
+    assert dict(det.features_of("acme|10.0.0.1", 5.0))["rate_per_minute"] == 5
+    det.attempt(("acme", "acme|10.0.0.2"), "+3250123999", "c5", 5.0)
+    assert det._windows["acme|10.0.0.1"] is not det._windows["acme"]
+    assert dict(det.features_of("acme", 5.0))["rate_per_minute"] == 6
+    assert dict(det.features_of("acme|10.0.0.1", 5.0))["rate_per_minute"] == 5  # its own five, kept
+    assert dict(det.features_of("acme|10.0.0.2", 5.0))["rate_per_minute"] == 1
+    det.attempt(("acme", "acme|10.0.0.1"), "+3250124000", "c6", 6.0)  # apart from now on
+    assert dict(det.features_of("acme|10.0.0.1", 6.0))["rate_per_minute"] == 6
+    assert dict(det.features_of("acme|10.0.0.2", 6.0))["rate_per_minute"] == 1
+    assert dict(det.features_of("acme", 6.0))["rate_per_minute"] == 7

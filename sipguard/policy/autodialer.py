@@ -220,6 +220,9 @@ class DialerDetector:
         that part's) and the new one a window of its own; from then on each is kept apart, as they would
         have been from the start."""
         account = self._window(keys[0])
+        if account.part == keys[0]:  # an account whose name is another's part ("acme|10.0.0.1"): that part apart again
+            account.part = ""
+            account = self._windows[keys[0]] = account.copy()
         out = [account]
         for key in keys[1:]:
             w = self._windows.get(key)

@@ -267,3 +267,17 @@ def test_one_source_keeps_one_window_and_a_second_source_splits_it() -> None:
     assert dict(det.features_of("acme|10.0.0.1", 6.0))["rate_per_minute"] == 6
     assert dict(det.features_of("acme|10.0.0.2", 6.0))["rate_per_minute"] == 1
     assert dict(det.features_of("acme", 6.0))["rate_per_minute"] == 7
+
+
+def test_an_account_named_like_another_accounts_part_does_not_count_in_that_account() -> None:
+    """Account names are free text: one called "acme|10.0.0.1" has the key of account acme's part from 10.0.0.1
+    (as it always had); it must not count in acme's own window, which that part shared."""
+    det = DialerDetector()
+    for i in range(4):
+        det.attempt(("acme", "acme|10.0.0.1"), f"+3250123{i:03d}", f"a{i}", float(i))
+    for i in range(3):
+        det.attempt(("acme|10.0.0.1", "acme|10.0.0.1|10.0.0.9"), f"+3250999{i:03d}", f"b{i}", 10.0 + i)
+    assert dict(det.features_of("acme", 12.0))["rate_per_minute"] == 4  # acme's own four only
+    assert dict(det.features_of("acme|10.0.0.1", 12.0))["rate_per_minute"] == 7  # the shared key, as before
+    det.attempt(("acme", "acme|10.0.0.1"), "+3250123999", "a4", 13.0)
+    assert dict(det.features_of("acme", 13.0))["rate_per_minute"] == 5

@@ -47,6 +47,9 @@ class CoreCollector(Collector):
         yield CounterMetricFamily("sipguard_responses_light", "Responses to sipguard's own transactions read by the "
                                   "light path (status, top Via, CSeq, To, framing) instead of parsed whole",
                                   value=stats.light_responses)
+        yield CounterMetricFamily("sipguard_requests_light", "In-dialog ACKs and BYEs read by the light path "
+                                  "(sipguard's own Routes, a dialog it holds, no body) instead of parsed whole",
+                                  value=stats.light_requests)
         rep = CounterMetricFamily("sipguard_replies", "Responses sipguard generated itself, by status",
                                   labels=["status"])
         for status, n in sorted(stats.replies.items()):

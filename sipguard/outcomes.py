@@ -77,7 +77,7 @@ class TimedRouter:
         self.timings = timings
         # the rest of the hook goes straight to the engine (bound methods: no extra call on the hot path)
         self.screen_packet = engine.screen_packet
-        self.screen_request = engine.screen_request
+        self.screen_user_agent = engine.screen_user_agent
         self.in_dialog = engine.in_dialog
         self.refused = engine.refused
 

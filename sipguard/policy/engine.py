@@ -23,7 +23,7 @@
    ChannelClaim that the server settles in the state store; a refused claim
    becomes ``reject.channel_limit`` with a Warning naming the limit.
 
-Before all that, ``screen_packet`` and ``screen_request`` (terms general 5) drop
+Before all that, ``screen_packet`` and ``screen_user_agent`` (terms general 5) drop
 banned, flooding and scanning unknown sources silently (EdgeGuard); the core asks
 ``refused`` for the decisions to record when it refuses a request itself.
 
@@ -210,9 +210,8 @@ class Engine:
     def screen_packet(self, data: bytes, source: Peer, now: float) -> str | None:
         return self.edge.packet(source.host, data, now)
 
-    def screen_request(self, request: Request, source: Peer, now: float) -> str | None:
-        ua = request.get("user-agent")
-        if ua is not None and self.edge.user_agent(source.host, ua, now) is not None:
+    def screen_user_agent(self, user_agent: str | None, source: Peer, now: float) -> str | None:
+        if user_agent is not None and self.edge.user_agent(source.host, user_agent, now) is not None:
             return "scanner"
         return None
 

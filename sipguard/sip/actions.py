@@ -233,8 +233,9 @@ class Router(Protocol):
         """Before parsing: None to go on, or why the packet is dropped silently (banned, flood)."""
         ...
 
-    def screen_request(self, request: Request, source: Peer, now: float) -> str | None:
-        """After parsing a request: None to go on, or why it is dropped silently (scanner)."""
+    def screen_user_agent(self, user_agent: str | None, source: Peer, now: float) -> str | None:
+        """After reading a request, its User-Agent (None: none): None to go on, or why the request is dropped
+        silently (scanner)."""
         ...
 
     def admit(self, request: Request, source: Peer, now: float, routes: tuple[str, ...]) -> Admission:
@@ -255,8 +256,8 @@ class Router(Protocol):
 class CoreStats:
     """Counters of the core (the proxy, its transactions), read by the metrics collector at scrape time."""
 
-    __slots__ = ("requests", "responses", "parse_errors", "drops", "replies", "light_responses", "token_relays",
-                 "failovers")
+    __slots__ = ("requests", "responses", "parse_errors", "drops", "replies", "light_responses", "light_requests",
+                 "token_relays", "failovers")
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()  # by method (bounded: the known methods + other)
@@ -265,5 +266,6 @@ class CoreStats:
         self.parse_errors: Counter[int] = Counter()  # by the status it earned
         self.drops: Counter[str] = Counter()  # by reason
         self.light_responses = 0  # responses read by the light path (peek_response), not parsed whole
+        self.light_requests = 0  # in-dialog ACKs and BYEs read by the light path (peek_request)
         self.token_relays = 0  # in-dialog requests relayed on the proof of a route token (no dialog held)
         self.failovers = 0  # requests sent on to the next target of a named next hop (RFC 3263 §4.3)

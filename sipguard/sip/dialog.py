@@ -157,9 +157,12 @@ class Dialogs:
     def find(self, req: Request) -> Dialog | None:
         """The dialog of an in-dialog request, from either end: the caller's tag is the From tag of the
         caller's requests and the To tag of the callee's."""
-        d = self._table.get((req.call_id, req.from_tag or ""))
-        if d is None and req.to_tag is not None:
-            d = self._table.get((req.call_id, req.to_tag))
+        return self.find_tags(req.call_id, req.from_tag, req.to_tag)
+
+    def find_tags(self, call_id: str, from_tag: str | None, to_tag: str | None) -> Dialog | None:
+        d = self._table.get((call_id, from_tag or ""))
+        if d is None and to_tag is not None:
+            d = self._table.get((call_id, to_tag))
         return d
 
     def answered(self, dialog: Dialog, callee_tag: str | None, now: float) -> None:

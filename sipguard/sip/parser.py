@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from .errors import MessageTooLarge, ParseError, SipError, UnsupportedUriScheme, VersionNotSupported
 from .grammar import (
     ABSOLUTE_URI_RE,
@@ -42,7 +43,8 @@ from .message import (
     split_list,
 )
 
-__all__ = ["parse", "Partial", "DEFAULT_MAX_MESSAGE_BYTES", "is_keepalive", "peek_response", "ResponsePeek"]
+__all__ = ["parse", "Partial", "DEFAULT_MAX_MESSAGE_BYTES", "is_keepalive", "peek_response", "ResponsePeek",
+           "peek_request", "RequestPeek"]
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16384
 _CSEQ_MAX: Final = 2**31 - 1  # RFC 3261 §8.1.1.5: less than 2**31
@@ -103,6 +105,285 @@ class ResponsePeek:
     def without_top_via(self, data: bytes) -> bytes:
         """The response as it is forwarded: as received, minus the top Via line (and trailing octets)."""
         return data[: self.cut_start] + data[self.cut_end : self.body_end]
+
+
+class RequestPeek:
+    """What the light path of an in-dialog ACK or BYE reads of it (peek_request), and the bytes it forwards.
+
+    The values are those ``parse`` would give; ``*_at``: where a header line starts (its first character)
+    and ends (its CR), -1 for none; ``head_end``: where the last header line ends.
+    """
+
+    __slots__ = ("data", "method", "uri", "ruri", "via", "via_at", "call_id", "from_tag", "to_tag", "cseq",
+                 "max_forwards", "mf_at", "routes", "route_at", "cl_at", "head_end", "user_agent")
+
+    def __init__(self, data: bytes, method: str, uri: str, ruri: SipUri, via: Via, via_at: tuple[int, int],
+                 call_id: str, from_tag: str | None, to_tag: str | None, cseq: int, max_forwards: int | None,
+                 mf_at: tuple[int, int], routes: list[str], route_at: list[tuple[int, int]], cl_at: tuple[int, int],
+                 head_end: int, user_agent: str | None) -> None:
+        self.data = data
+        self.method = method
+        self.uri = uri
+        self.ruri = ruri
+        self.via = via
+        self.via_at = via_at
+        self.call_id = call_id
+        self.from_tag = from_tag
+        self.to_tag = to_tag
+        self.cseq = cseq
+        self.max_forwards = max_forwards
+        self.mf_at = mf_at
+        self.routes = routes
+        self.route_at = route_at
+        self.cl_at = cl_at
+        self.head_end = head_end
+        self.user_agent = user_agent
+
+    def forwarded(self, our_via: str, top_via: str | None) -> bytes:
+        """The request as a proxy forwards it when every Route is its own: ``Via: our_via`` on top, the
+        received Via replaced by ``top_via`` (received/rport) unless None, Max-Forwards one less (70 when
+        there was none), every Route removed, ``Content-Length: 0`` last; every other line as received.
+        The same bytes ``serialize`` writes for the parsed request with those edits."""
+        data = self.data
+        # (start, end, replacement): what replaces data[start:end], in the order of the datagram
+        cuts: list[tuple[int, int, bytes]] = []
+        start, end = self.via_at
+        ours = ("Via: " + our_via + "\r\n").encode("latin-1")
+        if top_via is None:
+            cuts.append((start, start, ours))
+        else:
+            cuts.append((start, end, ours + ("Via: " + top_via).encode("latin-1")))
+        mf = self.max_forwards
+        if mf is not None:
+            cuts.append((self.mf_at[0], self.mf_at[1], b"Max-Forwards: %d" % (min(mf, 256) - 1)))
+        for start, end in self.route_at:
+            cuts.append((start - 2, end, b""))  # the line with the CRLF before it
+        cuts.append((self.cl_at[0] - 2, self.cl_at[1], b""))
+        cuts.sort()
+        parts: list[bytes] = []
+        at = 0
+        for start, end, text in cuts:
+            parts.append(data[at:start])
+            parts.append(text)
+            at = end
+        parts.append(data[at : self.head_end])
+        parts.append(b"\r\nContent-Length: 0\r\n\r\n" if mf is not None
+                     else b"\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        return b"".join(parts)
+
+
+_NONE_AT: Final = (-1, -1)
+# What a header line means to the light path of requests (peek_request), by kind (Final: docs/compiled.md, "Rules")
+_VIA: Final = 0
+_CALL_ID: Final = 1
+_FROM: Final = 2
+_TO: Final = 3
+_CSEQ: Final = 4
+_MAX_FORWARDS: Final = 5
+_CONTENT_LENGTH: Final = 6
+_ROUTE: Final = 7
+_USER_AGENT: Final = 8
+_OTHER: Final = 9  # a valid name the light path does not read (a Contact checked, a Record-Route not a list)
+_REFUSED: Final = 10  # a line that sends the request to parse(): a bad name, a Date, a Proxy-Require, a list...
+_KINDS: Final = {"via": _VIA, "call-id": _CALL_ID, "from": _FROM, "to": _TO, "cseq": _CSEQ,
+                 "max-forwards": _MAX_FORWARDS, "content-length": _CONTENT_LENGTH, "route": _ROUTE,
+                 "user-agent": _USER_AGENT}
+
+
+# acyclic: a _Line holds strings and an int
+@mypyc_attr(acyclic=True)
+class _Line:
+    """One header line as the light path of requests reads it: its kind, its value, and what is derived from
+    the value alone (a From or To tag, a CSeq's number and method, Max-Forwards).  Remembered by the line
+    (``_REQ_LINES``): a call's lines recur (its From, To, Call-ID, Route in the ACK and the BYE; Max-Forwards,
+    Contact, CSeq across calls)."""
+
+    __slots__ = ("kind", "value", "text", "number")
+
+    def __init__(self, kind: int, value: str = "", text: str | None = None, number: int = 0) -> None:
+        self.kind = kind
+        self.value = value
+        self.text = text  # the tag of a From or To (None: none); the method of a CSeq
+        self.number = number  # a CSeq's number, Max-Forwards
+
+
+_REQ_LINES: Final[dict[str, _Line]] = {}
+_REFUSED_LINE: Final = _Line(_REFUSED)
+
+
+def _req_line(line: str) -> _Line:
+    """What ``line`` (a header line, not folded) is to the light path of requests; ``_REFUSED_LINE`` for
+    anything it leaves to parse().  A Via line (unique: its branch) is read, not remembered.  A line is
+    remembered only once it passed the control-character check: a line found needs none."""
+    if not (line.isascii() and line.isprintable()):
+        return _REFUSED_LINE  # a control character (a tab included), a bare CR or LF, anything but ASCII
+    name, colon, value = line.partition(":")
+    if not colon or line[0] == " ":
+        return _REFUSED_LINE
+    try:
+        key = _header_key(name)
+    except ParseError:
+        return _REFUSED_LINE
+    kind = _KINDS.get(key, _OTHER)
+    value = value.strip()
+    if kind == _VIA:
+        return _Line(_VIA, value)
+    if kind == _OTHER:
+        if key == "contact":
+            if value != "*":
+                if "," in value:
+                    return _REFUSED_LINE
+                try:
+                    check_name_addr.call(value)
+                except ParseError:
+                    return _REFUSED_LINE
+        elif key == "record-route":
+            if "," in value:
+                return _REFUSED_LINE
+        elif key in ("date", "proxy-require"):
+            return _REFUSED_LINE
+        found = _Line(_OTHER)
+    elif kind == _FROM or kind == _TO:
+        if not value:
+            return _REFUSED_LINE
+        try:
+            found = _Line(kind, value, tag_of.call(value))
+        except ParseError:
+            return _REFUSED_LINE
+    elif kind == _CSEQ:
+        plain = _plain_cseq(value)
+        if plain is None or int(plain[0]) > _CSEQ_MAX:
+            return _REFUSED_LINE
+        found = _Line(_CSEQ, value, plain[1], int(plain[0]))
+    elif kind == _MAX_FORWARDS:
+        if not _is_digits(value):
+            return _REFUSED_LINE
+        found = _Line(_MAX_FORWARDS, value, None, int(value))
+    elif kind == _CONTENT_LENGTH:
+        if value != "0":
+            return _REFUSED_LINE
+        found = _Line(_CONTENT_LENGTH, value)
+    elif kind == _CALL_ID:
+        if not value or " " in value:
+            return _REFUSED_LINE
+        found = _Line(_CALL_ID, value)
+    elif kind == _ROUTE:
+        if "," in value:
+            return _REFUSED_LINE
+        found = _Line(_ROUTE, value)
+    else:
+        found = _Line(kind, value)
+    if len(_REQ_LINES) >= _LINES_MAX:
+        _REQ_LINES.clear()
+    _REQ_LINES[line] = found
+    return found
+
+
+def peek_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> RequestPeek | None:
+    """Read an ACK or a BYE the way the light path of in-dialog requests needs it (proxy.py), or None
+    when it is not plain, and ``parse`` must read it whole: anything but ASCII in its head, a control
+    character (a tab included) or a bare CR or LF, a folded line, a request line other than
+    ``METHOD sip-uri SIP/2.0``, a Request-URI with headers, a header name ``parse`` refuses, more than one
+    Via, Call-ID, From, To, CSeq, Max-Forwards, Content-Length or User-Agent, a Via, Route or
+    Record-Route line holding a list, a Contact holding one or failing its check, a Date or a
+    Proxy-Require, a Content-Length other than 0, a CSeq other than ``number METHOD`` of this method,
+    or more than ``max_bytes``.  Whatever it accepts, ``parse`` accepts with the same values (the
+    property tests hold the two to that)."""
+    if len(data) > max_bytes or not (data.startswith(b"ACK ") or data.startswith(b"BYE ")):
+        return None
+    # Latin-1: one character per byte, so the offsets are the datagram's (each line is checked for ASCII and
+    # control characters when it is first read: _req_line)
+    head = data.decode("latin-1")
+    end = head.find("\r\n\r\n")
+    nxt = head.find("\r\n")
+    if end < 0 or nxt == end:
+        return None
+    start = head[:nxt]
+    if not (start.isascii() and start.isprintable()):
+        return None
+    parts = start.split(" ")
+    if len(parts) != 3 or parts[2] != "SIP/2.0":
+        return None
+    method = parts[0]
+    uri = parts[1]
+    if not (uri.startswith("sip:") or uri.startswith("sips:")):
+        return None
+    try:
+        ruri = parse_uri.call(uri)
+    except ParseError:
+        return None
+    if ruri.headers:
+        return None
+    via: Via | None = None
+    via_at = mf_at = cl_at = _NONE_AT
+    call_id: _Line | None = None
+    from_line = to_line = cseq_line = mf_line = cl_line = ua = call_id
+    routes: list[str] = []
+    route_at: list[tuple[int, int]] = []
+    while nxt < end:
+        line = nxt + 2
+        nxt = head.find("\r\n", line)
+        if nxt < 0:
+            nxt = end  # the last header line ends where the empty line starts
+        text = head[line:nxt]
+        found = _REQ_LINES.get(text)
+        if found is None:
+            found = _req_line(text)
+        kind = found.kind
+        if kind == _OTHER:
+            continue
+        if kind == _REFUSED:
+            return None
+        if kind == _VIA:
+            if via is not None or not found.value or "," in found.value:
+                return None
+            try:
+                via = parse_via(found.value)
+            except ParseError:
+                return None
+            if via.version != "2.0":
+                return None
+            via_at = (line, nxt)
+        elif kind == _ROUTE:
+            routes.append(found.value)
+            route_at.append((line, nxt))
+        # one each of the others: locals (a list by kind cost 4,700 instructions per call more, compiled)
+        elif kind == _CALL_ID:
+            if call_id is not None:
+                return None
+            call_id = found
+        elif kind == _FROM:
+            if from_line is not None:
+                return None
+            from_line = found
+        elif kind == _TO:
+            if to_line is not None:
+                return None
+            to_line = found
+        elif kind == _CSEQ:
+            if cseq_line is not None:
+                return None
+            cseq_line = found
+        elif kind == _MAX_FORWARDS:
+            if mf_line is not None:
+                return None
+            mf_line = found
+            mf_at = (line, nxt)
+        elif kind == _CONTENT_LENGTH:
+            if cl_line is not None:
+                return None
+            cl_line = found
+            cl_at = (line, nxt)
+        else:  # User-Agent
+            if ua is not None:
+                return None
+            ua = found
+    if via is None or call_id is None or from_line is None or to_line is None or cseq_line is None or \
+            cl_line is None or cseq_line.text != method:
+        return None
+    return RequestPeek(data, method, uri, ruri, via, via_at, call_id.value, from_line.text, to_line.text,
+                       cseq_line.number, None if mf_line is None else mf_line.number, mf_at, routes, route_at, cl_at,
+                       end, None if ua is None else ua.value)
 
 
 class Partial:

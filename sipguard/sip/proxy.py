@@ -38,7 +38,7 @@ from .dialog import TOKEN_PARAM, Dialog, Dialogs, account_tag, route_token, toke
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
 from .memo import Memo
 from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri, tag_of
-from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, is_keepalive, parse, peek_response
+from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, RequestPeek, is_keepalive, parse, peek_request, peek_response
 from .replies import crc32_text, reason, reply, reply_partial, warning
 from .serializer import Edit, Prepend, RemoveAll, RemoveFirst, ReplaceFirst, SetHeader, serialize
 from .timers import TimerConfig, TimerWheel
@@ -144,6 +144,9 @@ class ProxyCore:
         self._txns.failover = self._failover
         self._counter = 0
         self.unavailable: Reject | None = None  # while stopping: the answer to an OPTIONS addressed to sipguard
+        # an in-dialog ACK or BYE of a dialog held here read by the light path (_peeked_request); False: every
+        # request parsed whole (the tests run both paths on the same requests and compare what they do)
+        self.light_requests = True
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -187,7 +190,11 @@ class ProxyCore:
             self.stats.drops[dropped] += 1
             return []
         out: list[Action] = []
-        if data.startswith(b"SIP/2.0 ") and self._peeked_response(data, now, out):
+        if data.startswith(b"SIP/2.0 "):
+            if self._peeked_response(data, now, out):
+                return out
+        elif self.light_requests and (data.startswith(b"ACK ") or data.startswith(b"BYE ")) and \
+                self._peeked_request(data, source, now, out):
             return out
         try:
             msg = parse(data, max_bytes=self.max_message_bytes, stream=source.transport != "udp")
@@ -207,7 +214,7 @@ class ProxyCore:
             if isinstance(msg, Request):
                 method = msg.method if msg.method in KNOWN_METHODS else "other"
                 self.stats.requests[method] += 1
-                dropped = self.router.screen_request(msg, source, now)
+                dropped = self.router.screen_user_agent(msg.get("user-agent"), source, now)
                 if dropped is not None:
                     self.stats.drops[dropped] += 1
                     return out
@@ -329,7 +336,7 @@ class ProxyCore:
                 self._txns.resend(txn, self._admitted_bytes(txn, adm, adm.target, local),
                                   local.via_prefix + txn.branch, now, out)
                 return out
-        req = txn.request
+        req = self._txns.request_of(txn)
         why = f"sending to {_format_host(send.dest.host)}:{send.dest.port} failed: {why}"
         if self._txns.transport_error(txn, warning(why), now, out) and req is not None:
             self._refused(req.method, req.uri, req.call_id, txn.reply_to, 503, why, "unroutable", out)
@@ -383,12 +390,8 @@ class ProxyCore:
         return self._counter
 
     def _loop_hash(self, req: Request, routes: Sequence[str]) -> str:
-        # RFC 3261 §16.6 item 8: everything that decides where the request goes, minus Via
-        basis = "\x00".join(
-            (req.uri, req.call_id, req.from_tag or "", req.to_tag or "", str(req.cseq),
-             ",".join(routes), req.get("proxy-require") or "")
-        )
-        return "%08x" % crc32_text(basis)
+        return _loop_hash_of(req.uri, req.call_id, req.from_tag, req.to_tag, req.cseq, ",".join(routes),
+                             req.get("proxy-require") or "")
 
     def _own_routes(self, req: Request) -> tuple[list[str], int]:
         """The Route values and how many at the top are ours (to strip, §16.4)."""
@@ -420,9 +423,9 @@ class ProxyCore:
         """The key of a request's server transaction (RFC 3261 §17.2.3): its parts joined by LF, which no
         parsed header value contains (the transaction tables are keyed by strings: transaction.py)."""
         via = req.vias[0]
-        branch = via.branch
-        if branch and branch.startswith(_COOKIE) and len(branch) > len(_COOKIE):
-            return f"{branch}\n{via.host}\n{via.port}\n{method}"
+        key = _branch_key(via, method)
+        if key is not None:
+            return key
         # RFC 2543 matching (§17.2.3 last paragraph), also for a bare magic cookie; a From without a tag
         # ("\0") is not one with an empty tag
         tag = req.from_tag if req.from_tag is not None else "\0"
@@ -664,18 +667,67 @@ class ProxyCore:
     @staticmethod
     def _received_edit(via: Via, source: Peer) -> Edit | None:
         """RFC 3261 §18.2.1 received, RFC 3581 §4 rport: the top Via as forwarded."""
-        has_rport = via.param("rport") is not None
-        if not has_rport and via.host.strip("[]").lower() == source.host.lower():
-            return None
-        params = []
-        for name, value in via.params:
-            if name == "received" or (name == "rport" and has_rport):
-                continue
-            params.append((name, value))
-        params.append(("received", source.host))
-        if has_rport:
-            params.append(("rport", str(source.port)))
-        return ReplaceFirst("via", str(Via(via.version, via.transport, via.host, via.port, tuple(params))))
+        value = _received_via(via, source)
+        return None if value is None else ReplaceFirst("via", value)
+
+    def _peeked_request(self, data: bytes, source: Peer, now: float, out: list[Action]) -> bool:
+        """The light path of an ACK or a BYE inside a dialog sipguard holds, sent from one of its ends to the
+        other through sipguard's own Record-Route (every Route ours, as written) and carrying no body: read
+        only what relaying it needs (parser.peek_request) and forward it with the edits of
+        ``_forward_in_dialog`` spliced into the bytes as received.  False, with nothing done, when it is not
+        that: a retransmission, an ACK of our own non-2xx, Max-Forwards 0, a Via of ours (a loop), a Route
+        that is not ours as we wrote it, no dialog held (a route token's proof), a request that leaves its
+        dialog or names sipguard: ``parse`` and ``_on_request`` handle every one of those, refusals included.
+        What it does when it is taken is what the whole path does (tests/unit/test_proxy.py holds the two
+        to the same actions)."""
+        peek = peek_request(data, self.max_message_bytes)
+        if peek is None or peek.to_tag is None:
+            return False
+        via = peek.via
+        method = peek.method
+        ack = method == "ACK"
+        key = _branch_key(via, "INVITE" if ack else method)
+        if key is None or self._txns.get(key) is not None:
+            return False
+        mf = peek.max_forwards
+        if (mf is not None and mf <= 0) or self._is_me(via.host, via.port):
+            return False
+        for route in peek.routes:
+            if self._our_token(route) is None:
+                return False
+        dialog = self._dialogs.find_tags(peek.call_id, peek.from_tag, peek.to_tag)
+        if dialog is None or self._uri_is_me(peek.ruri):
+            return False
+        target = self._uri_target(peek.ruri)
+        if target is None or not dialog.joins(source.host, target.host):
+            return False
+        local = self._local_for(target)
+        if local is None:
+            return False
+        stats = self.stats
+        stats.requests[method] += 1
+        dropped = self.router.screen_user_agent(peek.user_agent, source, now)
+        if dropped is not None:
+            stats.drops[dropped] += 1
+            return True
+        stats.light_requests += 1
+        if ack:
+            self._dialogs.touched(dialog, now)
+        else:
+            self._dialogs.end(dialog, "bye", now, out)
+        reply_to = self._reply_address(via, source)
+        loop = _loop_hash_of(peek.uri, peek.call_id, peek.from_tag, peek.to_tag, peek.cseq, "", "")
+        branch = self._our_branch(loop, (via.branch or "") if ack else None)
+        our_via = local.via_prefix + branch
+        forwarded = peek.forwarded(our_via, _received_via(via, reply_to))
+        if ack:
+            out.append(Send(forwarded, target, "ACK", 0))
+            return True
+        txn = self._txns.add_received(key, method, data, reply_to)
+        txn.branch = branch
+        txn.target = target
+        self._txns.start_client(txn, forwarded, our_via, now, out)
+        return True
 
     def _forward_in_dialog(
         self, req: Request, source: Peer, now: float, out: list[Action], routes: list[str], popped: int,
@@ -872,6 +924,38 @@ class ProxyCore:
         assert target is not None
         return self._dialogs.start(req, adm.account, adm.direction, adm.claim, txn.reply_to.host, target.host, now,
                                    out)
+
+
+def _branch_key(via: Via, method: str) -> str | None:
+    """The key of a server transaction whose top Via has an RFC 3261 branch (§17.2.3), None for RFC 2543
+    matching (ProxyCore._server_key)."""
+    branch = via.branch
+    if branch and branch.startswith(_COOKIE) and len(branch) > len(_COOKIE):
+        return f"{branch}\n{via.host}\n{via.port}\n{method}"
+    return None
+
+
+def _loop_hash_of(uri: str, call_id: str, from_tag: str | None, to_tag: str | None, cseq: int, routes: str,
+                  proxy_require: str) -> str:
+    """RFC 3261 §16.6 item 8: a hash of everything that decides where a request goes, minus Via."""
+    basis = "\x00".join((uri, call_id, from_tag or "", to_tag or "", str(cseq), routes, proxy_require))
+    return "%08x" % crc32_text(basis)
+
+
+def _received_via(via: Via, source: Peer) -> str | None:
+    """RFC 3261 §18.2.1 received, RFC 3581 §4 rport: the top Via as forwarded, None when it goes unchanged."""
+    has_rport = via.param("rport") is not None
+    if not has_rport and via.host.strip("[]").lower() == source.host.lower():
+        return None
+    params = []
+    for name, value in via.params:
+        if name == "received" or (name == "rport" and has_rport):
+            continue
+        params.append((name, value))
+    params.append(("received", source.host))
+    if has_rport:
+        params.append(("rport", str(source.port)))
+    return str(Via(via.version, via.transport, via.host, via.port, tuple(params)))
 
 
 def _route_uri_fn(value: str) -> SipUri:

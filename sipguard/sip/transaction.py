@@ -40,7 +40,9 @@ from typing import Final
 from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from .actions import Action, Admission, CoreStats, Peer, Send
 from .dialog import Dialog, Dialogs
+from .errors import SipError
 from .message import Request
+from .parser import parse
 from .replies import ack, cancel, reply
 from .symbol import Symbol
 from .timers import TimerConfig, TimerWheel
@@ -171,6 +173,7 @@ class Txn:
         "key",
         "method",
         "request",
+        "received",
         "invite",
         "reply_to",
         "server",
@@ -199,11 +202,15 @@ class Txn:
         "alive",
     )
 
-    def __init__(self, key: str, request: Request, reply_to: Peer) -> None:
+    def __init__(self, key: str, request: Request | None, reply_to: Peer, method: str = "",
+                 received: bytes = b"") -> None:
+        """request: the request as parsed; or None, with its ``method`` and the bytes ``received`` (the light
+        path of in-dialog requests), parsed only if the proxy must answer it itself (request_of)."""
         self.key = key
-        self.method = request.method
+        self.method = request.method if request is not None else method
         self.request: Request | None = request  # None once both sides are final (slim)
-        self.invite = request.method == "INVITE"
+        self.received = received  # b"" once parsed, or slim
+        self.invite = self.method == "INVITE"
         self.reply_to = reply_to
         self.server: ServerState = ServerState.PROCEEDING if self.invite else ServerState.TRYING
         self.client: ClientState = ClientState.NONE
@@ -253,6 +260,7 @@ class Txn:
         """Drop what a finished transaction no longer needs (the request, the admission, the dialog):
         it lives on for Timers J/L/M/D only to absorb retransmissions."""
         self.request = None
+        self.received = b""
         self.admission = None
         self.dialog = None
         self.out_route = ()
@@ -304,6 +312,27 @@ class Transactions:
         txn = Txn(key, req, reply_to)
         self._by_key[key] = txn
         return txn
+
+    def add_received(self, key: str, method: str, data: bytes, reply_to: Peer) -> Txn:
+        """A transaction of a request the proxy relayed without parsing it whole (the light path of in-dialog
+        requests): parsed only if it must be answered here (request_of)."""
+        txn = Txn(key, None, reply_to, method, data)
+        self._by_key[key] = txn
+        return txn
+
+    @staticmethod
+    def request_of(txn: Txn) -> Request | None:
+        """The request of ``txn``, parsed now if it came by the light path; None once slim."""
+        req = txn.request
+        if req is None and txn.received:
+            try:
+                parsed = parse(txn.received)
+            except SipError:  # the light path takes only what parse accepts (the property tests)
+                return None
+            if isinstance(parsed, Request):
+                txn.request = req = parsed
+            txn.received = b""
+        return req
 
     def _reply(self, req: Request, status: int, reason_text: str,
                extra: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -360,8 +389,9 @@ class Transactions:
     def answer(self, txn: Txn, status: int, reason_text: str, now: float, out: list[Action],
                extra: tuple[tuple[str, str], ...] = ()) -> None:
         """Our own final to the request of ``txn`` (counted)."""
-        assert txn.request is not None
-        self.final(txn, self._reply(txn.request, status, reason_text, extra), status, now, out)
+        req = self.request_of(txn)
+        assert req is not None
+        self.final(txn, self._reply(req, status, reason_text, extra), status, now, out)
 
     # ------------------------------------------------------------------ client side
     def start_client(self, txn: Txn, data: bytes, via: str, now: float, out: list[Action]) -> None:
@@ -531,7 +561,7 @@ class Transactions:
         for name in ("A", "B", "C", "E", "F"):
             self._wheel.cancel(txn, name)
         txn.client_move("transport_error")
-        if not txn.our_cancel and txn.request is not None and txn.server in (ServerState.TRYING,
+        if not txn.our_cancel and self.request_of(txn) is not None and txn.server in (ServerState.TRYING,
                                                                                  ServerState.PROCEEDING):
             self.answer(txn, 503, "Service Unavailable", now, out, (warning,))
             return True
@@ -593,7 +623,7 @@ class Transactions:
     def maybe_free(self, txn: Txn) -> None:
         """Slim a record whose sides are both final; free one whose sides are both terminated."""
         if not txn.done:
-            if txn.request is not None and txn.settled_sides:
+            if (txn.request is not None or txn.received) and txn.settled_sides:
                 txn.slim()
             return
         txn.alive = False

@@ -66,14 +66,12 @@ def test_exempt_sources_upstreams_and_account_networks_are_never_limited() -> No
 def test_scanner_user_agent_bans_an_unknown_source_never_a_trusted_one() -> None:
     engine = Engine(load_text(POLICY))
     scanner = Peer("udp", "192.0.2.66", 5060)
-    req = as_request(request("OPTIONS", extra=["User-Agent: friendly-scanner"]))
-    assert engine.screen_request(req, scanner, 0.0) == "scanner"
+    assert engine.screen_user_agent("friendly-scanner", scanner, 0.0) == "scanner"
     assert engine.screen_packet(b"", scanner, 1.0) == "banned"
-    assert engine.screen_request(as_request(request("OPTIONS", extra=["User-Agent: Yealink SIP-T46S"])),
-                                 Peer("udp", "192.0.2.67", 5060), 0.0) is None
+    assert engine.screen_user_agent("Yealink SIP-T46S", Peer("udp", "192.0.2.67", 5060), 0.0) is None
+    assert engine.screen_user_agent(None, Peer("udp", "192.0.2.68", 5060), 0.0) is None
     # the customer's own monitoring may run sipsak: never banned
-    assert engine.screen_request(as_request(request("OPTIONS", extra=["User-Agent: sipsak 0.9.8"])),
-                                 Peer("udp", "127.0.0.2", 5060), 0.0) is None
+    assert engine.screen_user_agent("sipsak 0.9.8", Peer("udp", "127.0.0.2", 5060), 0.0) is None
     assert engine.screen_packet(b"", Peer("udp", "127.0.0.2", 5060), 1.0) is None
 
 
@@ -308,9 +306,8 @@ def test_a_reload_keeps_the_bans_and_brings_its_own_limits_lists_and_trust() -> 
     lifted = [(e.host, e.reason) for e in engine.edge.drain(T0 + 1) if e.kind == "unban"]
     assert lifted == [("192.0.2.77", "flood; trusted by the new policy"), ("192.0.2.78", "flood; trusted by the new policy")]
     # the new list of scanners, the new idea of who is trusted, the new emergency numbers
-    ua = lambda text: as_request(request("OPTIONS", extra=[f"User-Agent: {text}"]))  # noqa: E731
-    assert engine.screen_request(ua("friendly-scanner"), Peer("udp", "192.0.2.90", 5060), T0 + 1) is None
-    assert engine.screen_request(ua("Evil-Dialer 2.0"), Peer("udp", "192.0.2.91", 5060), T0 + 1) == "scanner"
+    assert engine.screen_user_agent("friendly-scanner", Peer("udp", "192.0.2.90", 5060), T0 + 1) is None
+    assert engine.screen_user_agent("Evil-Dialer 2.0", Peer("udp", "192.0.2.91", 5060), T0 + 1) == "scanner"
     assert all(engine.screen_packet(b"", Peer("udp", "192.0.2.78", 5060), T0 + 1) is None for _ in range(50))
     assert engine.screen_packet(b"INVITE sip:999@x SIP/2.0", Peer("udp", "192.0.2.79", 5060), T0 + 1) is None
     assert engine.screen_packet(b"INVITE sip:112@x SIP/2.0", Peer("udp", "192.0.2.79", 5060), T0 + 1) == "banned"

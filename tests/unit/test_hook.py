@@ -28,7 +28,7 @@ class Recorder:
     def screen_packet(self, data: bytes, source: Peer, now: float) -> str | None:
         return None
 
-    def screen_request(self, request: Request, source: Peer, now: float) -> str | None:
+    def screen_user_agent(self, user_agent: str | None, source: Peer, now: float) -> str | None:
         return None
 
 

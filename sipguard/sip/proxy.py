@@ -38,7 +38,7 @@ from .dialog import TOKEN_PARAM, Dialog, Dialogs, account_tag, route_token, toke
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
 from .memo import Memo
 from .message import Request, Response, SipUri, Via, ip_literal, parse_name_addr, parse_uri, tag_of
-from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, RequestPeek, is_keepalive, parse, peek_request, peek_response
+from .parser import DEFAULT_MAX_MESSAGE_BYTES, Partial, is_keepalive, parse, peek_request, peek_response
 from .replies import crc32_text, reason, reply, reply_partial, warning
 from .serializer import Edit, Prepend, RemoveAll, RemoveFirst, ReplaceFirst, SetHeader, serialize
 from .timers import TimerConfig, TimerWheel
@@ -678,8 +678,8 @@ class ProxyCore:
         that: a retransmission, an ACK of our own non-2xx, Max-Forwards 0, a Via of ours (a loop), a Route
         that is not ours as we wrote it, no dialog held (a route token's proof), a request that leaves its
         dialog or names sipguard: ``parse`` and ``_on_request`` handle every one of those, refusals included.
-        What it does when it is taken is what the whole path does (tests/unit/test_proxy.py holds the two
-        to the same actions)."""
+        What it does when it is taken is what the whole path does (tests/unit/test_light_requests.py holds
+        the two to the same actions)."""
         peek = peek_request(data, self.max_message_bytes)
         if peek is None or peek.to_tag is None:
             return False

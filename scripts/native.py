@@ -3,6 +3,8 @@
     python scripts/native.py build     # needs gcc, the Python headers and mypy (the native/test extras)
     python scripts/native.py clean
     python scripts/native.py status
+    python scripts/native.py build --stage DIR   # compile into DIR, the tree untouched ...
+    python scripts/native.py install DIR         # ... and put that build in place later
 
 The same source, compiled: mypyc turns the type-annotated modules of the SIP core and of the
 policy decision path into C extensions that sit beside the .py files and take precedence on
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,28 +48,58 @@ def stale() -> list[str]:
             if not built or not list(s.parent.glob(f"{s.stem}.*.so"))]
 
 
-def build() -> None:
+def build(stage: Path | None = None) -> None:
+    """Compile in place; with ``stage``, into that directory instead, the tree left as it is (``bash scripts/dev
+    test`` tests the pure-Python core meanwhile, then ``install``s it)."""
     from mypyc.build import mypycify
     from setuptools import setup
 
     os.chdir(ROOT)
-    clean()
+    if stage is None:
+        clean()
+        where = ["--inplace"]
+    else:
+        shutil.rmtree(stage, ignore_errors=True)
+        where = ["--build-lib", str(stage)]
     stamp = digest()  # of the sources as they are when the build starts
     setup(
         name="sipguard-native",
         packages=[],
         ext_modules=mypycify([str(p.relative_to(ROOT)) for p in sources()], group_name=GROUP, opt_level="3"),
-        script_args=["-q", "build_ext", "--inplace", "--force", "--build-temp", "build/native"],
+        script_args=["-q", "build_ext", *where, "--force", "--build-temp", "build/native"],
     )
-    (ROOT / "sipguard" / STAMP).write_text(stamp + "\n")
+    ((ROOT if stage is None else stage) / "sipguard" / STAMP).write_text(stamp + "\n")
+    if stage is None:
+        install_check()
+
+
+def install(stage: Path) -> None:
+    """Put a build made with ``build --stage`` in place of whatever build is there."""
+    built = sorted((stage / "sipguard").rglob("*.so"))
+    if not built or not (stage / "sipguard" / STAMP).exists():
+        raise SystemExit(f"no build in {stage}")
+    clean()
+    for path in built:
+        shutil.copy2(path, ROOT / path.relative_to(stage))
+    shutil.copy2(stage / "sipguard" / STAMP, ROOT / "sipguard" / STAMP)
+    install_check()
+
+
+def install_check() -> None:
     left = stale()
     if left:
-        raise SystemExit(f"native build incomplete: {', '.join(left)}")
+        raise SystemExit(f"native build incomplete or made from other sources: {', '.join(left)}")
 
 
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
-    if command == "build":
+    if command == "build" and argv[2:3] == ["--stage"] and len(argv) == 4:
+        build(Path(argv[3]).resolve())
+        print(f"compiled into {argv[3]} (python scripts/native.py install {argv[3]} puts it in place)")
+    elif command == "install" and len(argv) == 3:
+        install(Path(argv[2]).resolve())
+        print(f"compiled: {len(compiled_files())} extension modules in place, from {argv[2]}")
+    elif command == "build" and len(argv) == 2:
         build()
         print(f"compiled: {len(compiled_files())} extension modules in sipguard/sip, sipguard/policy, sipguard/state and sipguard")
     elif command == "clean":

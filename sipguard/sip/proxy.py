@@ -654,7 +654,8 @@ class ProxyCore:
         sides differ."""
         in_local = self._local_for(source)
         edits: list[Edit] = []
-        if in_local is not None and in_local != out_local:
+        # (``is not`` first: Local's dataclass __eq__ runs interpreted, and the two are usually the same object)
+        if in_local is not None and in_local is not out_local and in_local != out_local:
             edits.append(Prepend("record-route", f"{in_local.rr_prefix}{token}>"))
         edits.append(Prepend("record-route", f"{out_local.rr_prefix}{token}>"))
         return edits

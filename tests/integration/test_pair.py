@@ -34,6 +34,7 @@ accounts:
 """
 ACTIVE = 'sipguard_channels_in_use{account="acme"}'  # the shared count, the same on every node
 HELD = 'sipguard_channels_active{account="acme"}'  # the calls a node holds: summed over the nodes, the count
+ACK_SEEN = 'sipguard_requests_total{method="ACK"}'  # read and relayed in the same callback
 
 
 def _node(factory, redis: RedisServer, uas_port: int, lease_s: float = 3) -> Sipguard:
@@ -153,6 +154,7 @@ def test_a_node_taking_over_an_address_ends_the_calls_of_the_one_before(sipguard
     with Phone(UAC_IP, ("127.0.0.1", a.sip_port)) as phone:
         (call,) = _calls(phone, 1)
         assert _zcard(redis_server) == 1
+        assert a.wait_metric(ACK_SEEN, 1) == 1  # the ACK relayed before a dies (the UAS waits for it)
         b = sipguard_factory.restart(a)  # node a killed; node b started on the same address
         assert b.metric("sipguard_dialogs") == 0
         assert phone.hangup(call) == 200  # relayed by b on the proof of the route token, answered by the UAS
@@ -171,6 +173,8 @@ def test_the_callees_bye_after_a_takeover_is_relayed_and_releases_the_channel(si
     with Phone(UAC_IP, ("127.0.0.1", a.sip_port)) as phone:
         (call,) = _calls(phone, 1)
         assert _zcard(redis_server) == 1
+        # the ACK relayed before a dies: the UAS's 200 is not retransmitted, and without the ACK it never hangs up
+        assert a.wait_metric(ACK_SEEN, 1) == 1
         b = sipguard_factory.restart(a)  # within the UAS's 4 s pause
         byes = phone.serve(15)  # the UAS's BYE, through b, answered 200 by the phone
         assert [r.method for r in byes] == ["BYE"] and byes[0].call_id == call.call_id

@@ -107,6 +107,7 @@ def test_a_bye_after_a_restart_is_relayed_and_a_tampered_token_is_refused(sipgua
         call = phone.call("+3250555555", "+3250123401")
         assert call.status == 200 and len(call.route) == 1 and ";sgt=" in call.route[0]
         assert sg.metric('sipguard_channels_active{account="acme"}') == 1
+        assert sg.wait_metric('sipguard_requests_total{method="ACK"}', 1) == 1  # relayed before the kill
         sg = sipguard_factory.restart(sg)  # SIGKILL, then a new process on the same address: no dialog held
         assert sg.metric("sipguard_dialogs") == 0
         # the same BYE with its route token changed: refused, and it never reaches the UAS

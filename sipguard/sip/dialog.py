@@ -25,7 +25,7 @@ from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never se
 from .actions import Action, DialogEnded, DialogStarted
 from .message import Request
 from .symbol import Symbol
-from .timers import TimerWheel
+from .timers import TimerOwner, TimerWheel
 
 __all__ = ["DialogState", "Dialog", "Dialogs", "DIALOG_TRANSITIONS", "TOKEN_PARAM", "account_tag", "route_token", "token_side"]
 
@@ -78,7 +78,7 @@ DIALOG_TRANSITIONS: Final[dict[tuple[DialogState, str], DialogState]] = {
 
 # acyclic: a Dialog holds strings, times and its claim, none of which leads back to it
 @mypyc_attr(acyclic=True)
-class Dialog:
+class Dialog(TimerOwner):
     __slots__ = (
         "dialog_id",
         "call_id",
@@ -93,14 +93,13 @@ class Dialog:
         "started_at",
         "answered_at",
         "heard_at",
-        "deadlines",
-        "alive",
     )
 
     def __init__(
         self, call_id: str, caller_tag: str, account: str | None, direction: str, claim: object | None, now: float,
         caller_host: str = "", callee_host: str = "",
     ) -> None:
+        super().__init__()
         self.dialog_id = f"{call_id};{caller_tag}"
         self.call_id = call_id
         self.caller_tag = caller_tag
@@ -114,8 +113,6 @@ class Dialog:
         self.started_at = now
         self.answered_at: float | None = None
         self.heard_at = now  # the last request inside the confirmed dialog (or its 2xx): its silence starts here
-        self.deadlines: dict[str, float] = {}
-        self.alive = True
 
     def joins(self, source_host: str, target_host: str) -> bool:
         """Whether a request from ``source_host`` to ``target_host`` goes from one end of the dialog to the other."""

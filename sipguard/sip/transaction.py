@@ -45,7 +45,7 @@ from .message import Request
 from .parser import parse
 from .replies import ack, cancel, reply
 from .symbol import Symbol
-from .timers import TimerConfig, TimerWheel
+from .timers import TimerConfig, TimerOwner, TimerWheel
 
 __all__ = [
     "ServerState",
@@ -166,7 +166,7 @@ def _client_key(branch: str, method: str) -> str:
 
 # acyclic: what a Txn holds (its messages, peers, dialog, admission) never leads back to a Txn
 @mypyc_attr(acyclic=True)
-class Txn:
+class Txn(TimerOwner):
     """One proxied request: its server side, its client side, and what links them."""
 
     __slots__ = (
@@ -198,14 +198,13 @@ class Txn:
         "admission",
         "ticket",
         "local",
-        "deadlines",
-        "alive",
     )
 
     def __init__(self, key: str, request: Request | None, reply_to: Peer, method: str = "",
                  received: bytes = b"") -> None:
         """request: the request as parsed; or None, with its ``method`` and the bytes ``received`` (the light
         path of in-dialog requests), parsed only if the proxy must answer it itself (request_of)."""
+        super().__init__()
         self.key = key
         self.method = request.method if request is not None else method
         self.request: Request | None = request  # None once both sides are final (slim)
@@ -234,8 +233,6 @@ class Txn:
         self.admission: Admission | None = None
         self.ticket = 0
         self.local = False  # answered by us only (no client side will ever start)
-        self.deadlines: dict[str, float] = {}
-        self.alive = True
 
     def server_move(self, event: str) -> None:
         table = SERVER_INVITE if self.invite else SERVER_NON_INVITE

@@ -5,31 +5,26 @@ from __future__ import annotations
 import gc
 import sys
 import tempfile
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sipguard.sip.timers import TimerWheel
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipguard.sip.timers import TimerOwner, TimerWheel
 
 if TYPE_CHECKING:
     from bench.call import Harness
 
 
-class Owner:
-    """A transaction or dialog as the wheel sees it (a plain object, so a weakref can watch it)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.deadlines: dict[str, float] = {}
-        self.alive = True
-
-    def __repr__(self) -> str:
-        return self.name
+def owner() -> TimerOwner:
+    """A transaction or dialog as the wheel sees it."""
+    return TimerOwner()
 
 
 def test_due_timers_come_earliest_first_ties_in_the_order_set_and_only_when_due() -> None:
     wheel = TimerWheel()
-    a, b, c = Owner("a"), Owner("b"), Owner("c")
+    a, b, c = owner(), owner(), owner()
     wheel.set(a, "B", 1032.0)
     wheel.set(b, "A", 1000.504)  # same 10 ms tick as the next two
     wheel.set(c, "A", 1000.501)
@@ -43,43 +38,90 @@ def test_due_timers_come_earliest_first_ties_in_the_order_set_and_only_when_due(
     assert len(wheel) == 1 and wheel.next_deadline() == 1032.0
 
 
-def test_set_replaces_and_cancel_removes_at_once() -> None:
+def test_a_replaced_or_cancelled_deadline_never_fires() -> None:
     wheel = TimerWheel()
-    o = Owner("txn")
+    o = owner()
     wheel.set(o, "C", 1180.0)
     wheel.set(o, "C", 1360.0)  # Timer C restarted by a provisional
-    assert len(wheel) == 1 and wheel.next_deadline() == 1360.0
+    assert len(wheel) == 1 and o.deadlines == {"C": 1360.0}
     wheel.set(o, "A", 1000.5)
+    assert wheel.next_deadline() == 1000.5  # an earlier deadline files the owner earlier at once
     wheel.cancel(o, "A")
-    assert wheel.next_deadline() == 1360.0  # the cached earliest follows a cancel
-    assert wheel.pop_due(1200.0) == []  # the replaced 1180 does not fire
+    assert wheel.pop_due(1000.5) == []  # the cancelled A does not fire
+    assert wheel.pop_due(1200.0) == []  # nor the replaced 1180
+    assert wheel.next_deadline() == 1360.0  # filed again at its earliest
     assert wheel.pop_due(1360.0) == [(o, "C")]
     assert len(wheel) == 0 and wheel.next_deadline() is None
 
 
-def test_an_owner_that_ends_is_not_kept_alive_by_its_timers() -> None:
+def test_an_owner_with_no_deadline_left_is_not_held() -> None:
     wheel = TimerWheel()
-    dialog = Owner("dialog")
+    txn, dialog = owner(), owner()
+    held = sys.getrefcount(txn)
+    wheel.set(txn, "A", 1000.5)
+    wheel.set(txn, "B", 1032.0)
+    assert sys.getrefcount(txn) == held + 1  # filed once, whatever its number of timers
+    wheel.cancel(txn, "B")
+    wheel.cancel(txn, "A")  # its last one
+    assert sys.getrefcount(txn) == held and len(wheel) == 0 and wheel.next_deadline() is None
     wheel.set(dialog, "timeout", 8200.0)  # two hours away
-    txn = Owner("txn")
     wheel.set(txn, "K", 1005.0)
-    watch = weakref.ref(dialog)
-    wheel.cancel_all(dialog)
-    dialog.alive = False
-    del dialog
-    gc.collect()
-    assert watch() is None, "the wheel still holds an ended dialog"
+    held = sys.getrefcount(dialog)
+    wheel.cancel_all(dialog)  # it ended
+    assert sys.getrefcount(dialog) == held - 1, "the wheel still holds an ended dialog"
     assert len(wheel) == 1 and wheel.next_deadline() == 1005.0
 
 
 def test_emptied_ticks_do_not_pile_up() -> None:
     wheel = TimerWheel()
-    o = Owner("dialog")
-    for i in range(20000):  # a dialog timeout re-armed 20,000 times, each in a new tick
-        wheel.set(o, "timeout", 8200.0 + i * 0.05)
+    o = owner()
+    for i in range(20000):  # a deadline moved earlier 20,000 times, each time to a new tick
+        wheel.set(o, "timeout", 8200.0 - i * 0.05)
     assert len(wheel) == 1
     assert len(wheel._ticks) <= 2 * len(wheel._buckets) + 1025
     assert wheel.pop_due(10000.0) == [(o, "timeout")]
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["set", "cancel", "cancel_all", "pop"]), st.integers(0, 3),
+                          st.sampled_from("ABCM"), st.floats(0.0, 3.0)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_the_wheel_fires_exactly_what_a_plain_table_says_is_due(ops: list[tuple[str, int, str, float]]) -> None:
+    """Against a plain table of deadlines: every due timer fires once, at or after its deadline and never
+    before; a replaced or cancelled one never; an owner's due timers earliest first."""
+    wheel = TimerWheel()
+    owners = [owner() for _ in range(4)]
+    table: dict[tuple[int, str], float] = {}
+    now = 1000.0
+    for op, i, name, x in ops:
+        if op == "set":
+            table[(i, name)] = now + x
+            wheel.set(owners[i], name, now + x)
+        elif op == "cancel":
+            table.pop((i, name), None)
+            wheel.cancel(owners[i], name)
+        elif op == "cancel_all":
+            for key in [k for k in table if k[0] == i]:
+                del table[key]
+            wheel.cancel_all(owners[i])
+        else:
+            now += x
+            fired = wheel.pop_due(now)
+            expected = {k for k, at in table.items() if at <= now}
+            got = [(owners.index(o), n) for o, n in fired]
+            assert len(got) == len(set(got)) and set(got) == expected
+            for i_ in range(4):
+                mine = [table[k] for k in got if k[0] == i_]
+                assert mine == sorted(mine)
+            for k in expected:
+                del table[k]
+        assert len(wheel) == len(table)
+        assert all(owners[i_].deadlines == {n: at for (j, n), at in table.items() if j == i_} for i_ in range(4))
+        nxt = wheel.next_deadline()
+        assert (nxt is None) == (not table)
+        assert nxt is None or nxt <= min(table.values())  # never after the earliest: at most an early wake-up
 
 
 def test_finished_calls_leave_no_timers_behind() -> None:
@@ -92,7 +134,7 @@ def test_finished_calls_leave_no_timers_behind() -> None:
             h.call(n)  # INVITE .. BYE/200, 10 ms of clock per call
         core = h.server.core
         wheel = core._timers
-        owners = {id(key[0]): key[0] for bucket in wheel._buckets.values() for key in bucket}
+        owners = {id(o): o for bucket in wheel._buckets.values() for o in bucket}
         assert core.dialog_count == 0
         assert owners, "transactions still in Timer J/K/M/D keep timers"
         assert all(o.alive for o in owners.values()), "an ended transaction or dialog is still in the wheel"

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent  # the sipguard package
 # package (relative to the sipguard package) -> its compiled modules
 MODULES: dict[str, tuple[str, ...]] = {
     "sip": ("grammar", "memo", "message", "parser", "serializer", "proxy", "pump", "transaction", "dialog", "timers",
-            "actions", "raw", "shed", "replies"),
+            "actions", "raw", "shed", "replies", "symbol"),
     "policy": ("engine", "callerid", "numbers", "autodialer", "edge", "emergency", "decision"),
     "state": ("claim", "base", "memory", "shared"),
     "": ("outcomes",),

@@ -24,7 +24,7 @@ from typing import Final
 from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
 from .actions import Action, DialogEnded, DialogStarted
 from .message import Request
-from .symbol import Symbol
+from .symbol import Symbol, move, steps
 from .timers import TimerOwner, TimerWheel
 
 __all__ = ["DialogState", "Dialog", "Dialogs", "DIALOG_TRANSITIONS", "TOKEN_PARAM", "account_tag", "route_token", "token_side"]
@@ -74,6 +74,7 @@ DIALOG_TRANSITIONS: Final[dict[tuple[DialogState, str], DialogState]] = {
     (DialogState.CONFIRMED, "recv_2xx"): DialogState.CONFIRMED,
     (DialogState.CONFIRMED, "end"): DialogState.ENDED,
 }
+_DIALOG_STEPS: Final = steps(DIALOG_TRANSITIONS)  # by state, then event (symbol.py)
 
 
 # acyclic: a Dialog holds strings, times and its claim, none of which leads back to it
@@ -120,10 +121,7 @@ class Dialog(TimerOwner):
         return (source_host == caller and target_host == callee) or (source_host == callee and target_host == caller)
 
     def move(self, event: str) -> None:
-        nxt = DIALOG_TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            raise RuntimeError(f"no dialog transition from {self.state} on {event}")
-        self.state = nxt
+        self.state = move(_DIALOG_STEPS, self.state, event)
 
 
 class Dialogs:

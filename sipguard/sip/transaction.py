@@ -34,7 +34,6 @@ means for its dialog (answered, ended) it tells the dialog table (dialog.py).  T
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 from typing import Final
 
 from .._compiled import mypyc_attr  # docs/compiled.md, "Objects the GC never sees"
@@ -44,7 +43,7 @@ from .errors import SipError
 from .message import Request
 from .parser import parse
 from .replies import ack, cancel, reply
-from .symbol import Symbol
+from .symbol import Symbol, move, steps
 from .timers import TimerConfig, TimerOwner, TimerWheel
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
     "CLIENT_NON_INVITE",
     "Txn",
     "Transactions",
-    "move",
 ]
 
 
@@ -144,18 +142,11 @@ CLIENT_NON_INVITE: Final[dict[tuple[ClientState, str], ClientState]] = {
     (C.COMPLETED, "timer_k"): C.TERMINATED,
 }
 
-# recv_2xx on a non-INVITE is a final like any other
-_ALIASES: Final = {"recv_2xx": "recv_final", "send_2xx": "send_final"}
-
-
-def move(table: dict[tuple[Enum, str], Enum], state: Enum, event: str) -> Enum:
-    """The next state; RuntimeError if the table has no such transition."""
-    nxt = table.get((state, event))
-    if nxt is None and event in _ALIASES:
-        nxt = table.get((state, _ALIASES[event]))
-    if nxt is None:
-        raise RuntimeError(f"no transition from {state} on {event}")
-    return nxt
+# the same tables by state, then event (symbol.py): what the moves below use
+_SERVER_INVITE_STEPS: Final = steps(SERVER_INVITE)
+_SERVER_NON_INVITE_STEPS: Final = steps(SERVER_NON_INVITE)
+_CLIENT_INVITE_STEPS: Final = steps(CLIENT_INVITE)
+_CLIENT_NON_INVITE_STEPS: Final = steps(CLIENT_NON_INVITE)
 
 
 def _client_key(branch: str, method: str) -> str:
@@ -235,12 +226,12 @@ class Txn(TimerOwner):
         self.local = False  # answered by us only (no client side will ever start)
 
     def server_move(self, event: str) -> None:
-        table = SERVER_INVITE if self.invite else SERVER_NON_INVITE
-        self.server = move(table, self.server, event)  # type: ignore[arg-type,assignment]
+        by_state = _SERVER_INVITE_STEPS if self.invite else _SERVER_NON_INVITE_STEPS
+        self.server = move(by_state, self.server, event)
 
     def client_move(self, event: str) -> None:
-        table = CLIENT_INVITE if self.invite else CLIENT_NON_INVITE
-        self.client = move(table, self.client, event)  # type: ignore[arg-type,assignment]
+        by_state = _CLIENT_INVITE_STEPS if self.invite else _CLIENT_NON_INVITE_STEPS
+        self.client = move(by_state, self.client, event)
 
     @property
     def settled_sides(self) -> bool:

@@ -22,15 +22,18 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["MODULES", "STAMP", "GROUP", "sources", "digest", "check_build", "is_compiled", "native_core",
-           "mypyc_attr"]
+           "mypyc_attr", "i64"]
 
-# The class attributes mypyc compiles in (docs/compiled.md, "Objects the GC never sees"): what mypy reads
+# The class attributes mypyc compiles in (docs/compiled.md, "Objects the GC never sees") and its machine
+# integer (docs/compiled.md, "Rules"): what mypy reads
 if TYPE_CHECKING:
-    from mypy_extensions import mypyc_attr
+    from mypy_extensions import i64, mypyc_attr
 else:
     try:
-        from mypy_extensions import mypyc_attr
-    except ImportError:  # installed without mypy: the decorator only speaks to mypyc
+        from mypy_extensions import i64, mypyc_attr
+    except ImportError:  # installed without mypy: the decorator only speaks to mypyc, i64 is an int
+        i64 = int
+
         def mypyc_attr(*_attrs: Any, **_kwattrs: Any) -> Any:
             return lambda cls: cls
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from .._compiled import i64  # docs/compiled.md, "Rules": machine integers in a loop over characters
+
 __all__ = [
     "TOKEN",
     "TOKEN_RE",
@@ -59,14 +61,17 @@ def _all_in(text: str, table: bytes) -> bool:
     """Non-empty, and every character ASCII with a non-zero entry in ``table`` (128 bytes).
 
     One compiled pass: ``ord(text[i])`` reads a character without making a string, where
-    ``text.strip(chars)`` searches ``chars`` for each one and ``isascii`` is a generic method call."""
-    n = len(text)
+    ``text.strip(chars)`` searches ``chars`` for each one and ``isascii`` is a generic method call; the
+    index and the character are machine integers (``i64``, docs/compiled.md)."""
+    n: i64 = len(text)
     if n == 0:
         return False
-    for i in range(n):
-        c = ord(text[i])
+    i: i64 = 0
+    while i < n:
+        c: i64 = ord(text[i])
         if c >= 128 or table[c] == 0:
             return False
+        i += 1
     return True
 
 

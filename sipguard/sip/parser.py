@@ -279,6 +279,18 @@ def _req_line(line: str) -> _Line:
     return found
 
 
+def _crlf(head: str, start: int) -> int:
+    """Where the next CRLF from ``start`` is; -1 if there is none, -2 if an LF without its CR comes first (the
+    light paths leave such a message to ``parse``).  A search for the LF: one character is a ``memchr``,
+    where ``find("\\r\\n")`` sets up a two-character search at every line (about 120 instructions more)."""
+    lf = head.find("\n", start)
+    if lf < 0:
+        return -1
+    if lf == start or head[lf - 1] != "\r":
+        return -2
+    return lf - 1
+
+
 def peek_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> RequestPeek | None:
     """Read an ACK or a BYE the way the light path of in-dialog requests needs it (proxy.py), or None
     when it is not plain, and ``parse`` must read it whole: anything but ASCII in its head, a control
@@ -295,8 +307,8 @@ def peek_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Req
     # control characters when it is first read: _req_line)
     head = data.decode("latin-1")
     end = head.find("\r\n\r\n")
-    nxt = head.find("\r\n")
-    if end < 0 or nxt == end:
+    nxt = _crlf(head, 0)
+    if end < 0 or nxt < 0 or nxt == end:
         return None
     start = head[:nxt]
     if not (start.isascii() and start.isprintable()):
@@ -322,9 +334,9 @@ def peek_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Req
     route_at: list[tuple[int, int]] = []
     while nxt < end:
         line = nxt + 2
-        nxt = head.find("\r\n", line)
+        nxt = _crlf(head, line)  # never past ``end``: the empty line's CRLF comes first
         if nxt < 0:
-            nxt = end  # the last header line ends where the empty line starts
+            return None  # an LF without its CR
         text = head[line:nxt]
         found = _REQ_LINES.get(text)
         if found is None:
@@ -428,16 +440,16 @@ def peek_response(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Re
     cut_start = cut_end = to_start = to_end = -1
     vias = 0
     crlf = 0  # the CRLFs that end the status line and the header lines
-    nxt = head.find("\r\n")  # the end of the status line
+    nxt = _crlf(head, 0)  # the end of the status line
     if nxt < 0:
         return None
     while True:
         line = nxt + 2
-        nxt = head.find("\r\n", line)
+        nxt = _crlf(head, line)
         if nxt == line:
             break  # the empty line: the head ends at ``line - 2``
         if nxt < 0:
-            return None  # no empty line: not a whole message
+            return None  # no empty line (not a whole message), or an LF without its CR
         crlf += 1
         line_end = nxt
         if head[line] not in _PEEK_FIRST:

@@ -311,10 +311,10 @@ def responses(draw) -> bytes:
         f"{usually('Content-Length', 'l', 'content-length')}: {length}",
     ]
     fields += [f"X-{draw(TOKEN)}: {draw(TOKEN)}" for _ in range(draw(st.integers(0, 3)))]
-    extra = usually("", "CSeq: 2 BYE", "l: 0", "t: <sip:x@y>", "X-C: a\x01b", "X-L: a\rb")
+    extra = usually("", "CSeq: 2 BYE", "l: 0", "t: <sip:x@y>", "X-C: a\x01b", "X-L: a\rb", "X-N: a\nb", "X-E: a\n")
     order = draw(st.permutations(fields + ([extra] if extra else [])))
     status = usually(draw(st.sampled_from(["100 Trying", "180 Ringing", "200 OK", "486 Busy", "699 x", "200 Ok é"])),
-                     "099 x", "200", "2000 x", "700 x")
+                     "099 x", "200", "2000 x", "700 x", "200 O\nK")
     head = f"SIP/2.0 {status}\r\n" + "\r\n".join(order)
     return head.encode("utf-8", "surrogateescape") + b"\r\n\r\n" + body + usually("", "trailing").encode()
 

@@ -271,7 +271,7 @@ def in_dialog_traffic(draw) -> tuple[bytes, Peer]:
     extras = ["User-Agent: PBX 1.0", "User-Agent: friendly-scanner", "Subject: hello", "Record-Route: <sip:x;lr>",
               "Record-Route: <sip:x;lr>, <sip:y;lr>", "Date: Sat, 13 Nov 2010 23:29:00 GMT", "Date: never",
               "Proxy-Require: foo", "X-Tab: a\tb", "X-Ctl: a\x01b", "X-Utf: caf\u00e9", "Bad Name: x", "NoColon",
-              "X-Folded: a\r\n b", "X-Bare: a\nb", "Require: 100rel", "User-Agent: two"]
+              "X-Folded: a\r\n b", "X-Bare: a\nb", "X-Bare-End: a\n", "Require: 100rel", "User-Agent: two"]
     fields += draw(st.lists(st.sampled_from(extras[:5] if plain else extras), max_size=3))
     body = usually("", "v=0\n")
     cl = usually(str(len(body)), "absent", "00", str(len(body) + 5))

@@ -11,6 +11,7 @@ from sipguard.policy import Engine, load_text
 from sipguard.sip import (Decided, DialogEnded, DialogStarted, EndedByToken, Local, Peer, ProxyCore, Reject, Request,
                           Send, Settle, SipError, TimerConfig, parse)
 from sipguard.sip.message import parse_name_addr
+from sipguard.sip.parser import peek_response
 
 ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
 
@@ -559,6 +560,26 @@ def test_a_malformed_header_the_proxy_does_not_read_passes_in_a_response(core, c
     assert wire.statuses_to(UAC) == [100, 180]
     with pytest.raises(SipError):
         parse(wire.to(UAC)[-1].data)  # forwarded as it came
+
+
+@pytest.mark.parametrize("where", ["status line", "header", "before its CRLF"])
+def test_a_response_with_a_bare_lf_is_not_forwarded(core, clock, where) -> None:
+    """An LF without its CR would end a header line at the next hop and begin one of the sender's choosing:
+    neither light path takes it (they find each line's end by its LF and look for the CR before it), and
+    parse() refuses it: dropped, counted, never relayed."""
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    fwd = wire.last_to(UAS)
+    ringing = response_to(fwd, 180, "Ringing")
+    bad = {"status line": ringing.replace(b"180 Ringing", b"180 Ring\ning", 1),
+           "header": ringing.replace(b"\r\nContact:", b"\r\nX-Injected: a\nVia: SIP/2.0/UDP 6.6.6.6\r\nContact:", 1),
+           "before its CRLF": ringing.replace(b"\r\nContact:", b"\r\nX-Injected: a\n\r\nContact:", 1)}[where]
+    assert bad != ringing and peek_response(bad) is None
+    feed(core, bad, UAS, clock.advance(0.01), wire)
+    assert wire.statuses_to(UAC) == [100]
+    assert sum(core.stats.parse_errors.values()) == 1
+    feed(core, ringing, UAS, clock.advance(0.01), wire)  # and the transaction goes on
+    assert wire.statuses_to(UAC) == [100, 180]
 
 
 def _unusual(ok: bytes, our_via: bytes, variant: str) -> bytes:

@@ -181,7 +181,7 @@ class TimerWheel:
             if not ready:
                 break
             popped = True
-            ready.sort(key=_filed_at)  # stable: equal moments stay in the order filed
+            ready.sort(key=_moment)  # stable: equal moments stay in the order filed
             for _at, owner in ready:
                 del bucket[owner]
                 self._owners -= 1
@@ -200,7 +200,7 @@ class TimerWheel:
         deadlines = owner.deadlines
         ready = [(at, name) for name, at in deadlines.items() if at <= now]
         if ready:
-            ready.sort(key=_named_at)  # stable: equal deadlines stay in the order set
+            ready.sort(key=_moment)  # stable: equal deadlines stay in the order set
             for _at, name in ready:
                 del deadlines[name]
                 due.append((owner, name))
@@ -212,9 +212,6 @@ class TimerWheel:
         return self._count
 
 
-def _filed_at(entry: tuple[float, TimerOwner]) -> float:
-    return entry[0]
-
-
-def _named_at(entry: tuple[float, str]) -> float:
+def _moment(entry: tuple[float, object]) -> float:
+    """The sort key of a ``(moment, owner or timer name)`` pair."""
     return entry[0]

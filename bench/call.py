@@ -9,6 +9,9 @@ attribution, every policy rule, the channel claim, transactions, dialogs, timers
 and the bytes sent, everything but the system calls.  Prints µs per call inside the server (median and
 spread of the repeats).  ``--profile`` prints a cProfile table of one repeat instead.
 ``--gc-pause RATE``: what Python's cyclic GC costs one worker carrying RATE calls/s (``gc_pause``).
+``--shed``: instead, what an INVITE shed by the overload control costs (sip/shed.py: read raw, answered 503
+statelessly) and the ACK of its 503 (absorbed), the process held overloaded by its test hook; every INVITE from
+one source, so that the per-source fairness bookkeeping runs too.
 ``--handoff``: each INVITE enters as with ``--workers 2`` on one socket: through the shared socket's
 ``Dispatch`` of worker 1, which hands the half of the calls whose Call-ID worker 0 owns over a real Unix
 datagram pair (send, receive, the peer line read back) -- the system calls included here -- so that
@@ -114,9 +117,10 @@ def _reply(request: bytes, status: str, to_tag: str, body: bytes = b"", rr: bool
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def _uac_request(method: str, n: int, cseq: int, to: str, routes: list[str], branch: str) -> bytes:
+def _uac_request(method: str, n: int, cseq: int, to: str, routes: list[str], branch: str,
+                 target: str = f"{UAS_IP}:{UAS_PORT}") -> bytes:
     lines = [
-        f"{method} sip:+3250555{n % 10000:04d}@{UAS_IP}:{UAS_PORT} SIP/2.0",
+        f"{method} sip:+3250555{n % 10000:04d}@{target} SIP/2.0",
         f"Via: SIP/2.0/UDP {UAC_IP}:5062;branch={branch}",
         f'From: "sipp" <sip:+3228807241@{UAC_IP}:5062>;tag=bench{n}',
         to,
@@ -270,6 +274,48 @@ def measure(calls: int, repeat: int, profile: bool = False, by_message: bool = F
     return results
 
 
+def _ack_of(reply: bytes, n: int) -> bytes:
+    """The UAC's ACK of a non-2xx final response to ``_invite(n)`` (RFC 3261 17.1.1.3: its To, with the tag)."""
+    to = _headers(reply, "to")[0]
+    return _uac_request("ACK", n, 1, to, [], f"z9hG4bK-bench-{n}-1", "127.0.0.1:5060")
+
+
+def shed_cost(calls: int, repeat: int) -> tuple[list[float], list[float]]:
+    """µs per shed INVITE and per absorbed ACK, inside the server (no system calls), over ``repeat`` runs."""
+    invites, acks = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp))
+        for n in range(200):
+            h.call(n)
+        tune_gc()
+        shedder = h.server.pump.shedder
+        shedder.forced = True  # what the test hook does (docs/overload.md): every new non-emergency INVITE shed
+        shedder.tick(h.clock.now, 0.0)
+        if not shedder.active:
+            raise RuntimeError("the forced overload did not start")
+        pump = h.server.pump
+        for r in range(repeat):
+            sent = [_invite(n) for n in range((r + 1) * calls, (r + 2) * calls)]
+            t0 = time.perf_counter()
+            for data in sent:
+                pump.receive(data, h.uac)
+            t1 = time.perf_counter()
+            replies = h._take()
+            if len(replies) != calls or not all(d.startswith(b"SIP/2.0 503 ") for d in replies):
+                raise RuntimeError("not every INVITE was answered 503")
+            answers = [_ack_of(d, n) for d, n in zip(replies, range((r + 1) * calls, (r + 2) * calls))]
+            absorbed = shedder.absorbed
+            t2 = time.perf_counter()
+            for data in answers:
+                pump.receive(data, h.uac)
+            t3 = time.perf_counter()
+            if shedder.absorbed - absorbed != calls or h._take():
+                raise RuntimeError("not every ACK of a 503 was absorbed")
+            invites.append((t1 - t0) / calls * 1e6)
+            acks.append((t3 - t2) / calls * 1e6)
+    return invites, acks
+
+
 def gc_pause(rate: float, rounds: int = 5) -> None:
     """What Python's cyclic GC costs one worker carrying ``rate`` calls/s (docs/compiled.md, "Objects the GC
     never sees"): its young collections while it carries 32 s of calls (the transactions Timers J/L/M keep),
@@ -328,7 +374,14 @@ def main() -> None:
     parser.add_argument("--handoff", action="store_true", help="INVITEs through the workers' dispatch (see above)")
     parser.add_argument("--gc-pause", type=float, metavar="RATE",
                         help="instead: what the cyclic GC costs one worker at RATE calls/s (see gc_pause)")
+    parser.add_argument("--shed", action="store_true", help="instead: what a shed INVITE and its ACK cost (see above)")
     args = parser.parse_args()
+    if args.shed:
+        invites, acks = shed_cost(args.calls, args.repeat)
+        print(f"shed INVITE (503 sent) and the ACK of its 503, µs inside the server ({args.calls} x {args.repeat})")
+        print(f"INVITE median {statistics.median(invites):.2f}  min {min(invites):.2f}  max {max(invites):.2f}")
+        print(f"ACK    median {statistics.median(acks):.2f}  min {min(acks):.2f}  max {max(acks):.2f}")
+        return
     if args.gc_pause:
         gc_pause(args.gc_pause)
         return

@@ -4,8 +4,8 @@ What is measured, the thresholds and what an operator sees: docs/overload.md.  I
 samples every ``TICK_S`` how long the oldest datagram has waited in this process's receive queues
 (and the loop's own lateness) and calls ``tick``.  Over ``queue_delay_s`` in ``_ENTER_TICKS`` samples in a
 row, the process is *overloaded*: each ``WINDOW_S`` it lets through a budget of new INVITEs, which starts at
-half what went through before, shrinks while the window's mean queue delay is over the target (half the
-threshold; by target / mean, between a half and four fifths) and grows while it is under half the target
+half what went through before, shrinks while the window's mean queue delay is over the target (three
+tenths of the threshold; by target / mean, between a half and four fifths) and grows while it is under half the target
 (AIMD), so the queue stays short; the budget is shared max-min fairly among the sources that sent INVITEs in
 the previous window, so one noisy trunk does not get every other source refused, and a source's share is
 paced over the window (a fifth more at every sample), so that the INVITEs let through do not come as one
@@ -25,7 +25,7 @@ from typing import Final
 
 from .raw import call_id_of, read_head, reply_port, stateless_reply
 
-__all__ = ["Shedder", "TICK_S", "WINDOW_S", "fair_share", "TAG_PREFIX"]
+__all__ = ["Shedder", "TICK_S", "WINDOW_S", "TARGET", "fair_share", "TAG_PREFIX"]
 
 TICK_S: Final = 0.02  # how often the server samples the queues
 WINDOW_S: Final = 0.1  # how often the budget and the fair share are set again
@@ -39,7 +39,7 @@ _DEEPEST: Final = 0.5  # at least: the cut is target / mean between these two (d
 _INCREASE: Final = 1.0 / 16  # ... and its growth after a window under half the target
 _ON_ENTRY: Final = 0.5  # the first budget, of what went through in the window before
 _ENTER_TICKS: Final = 3  # consecutive samples over the threshold that start the overload (60 ms)
-_TARGET: Final = 0.5  # the queue delay the budget aims under while overloaded, of the threshold
+TARGET: Final = 0.3  # the queue delay the budget aims under while overloaded, of the threshold (docs/overload.md)
 _SLOTS: Final = round(WINDOW_S / TICK_S)  # a source's share is let through a fifth more at every sample of a window
 
 
@@ -194,7 +194,7 @@ class Shedder:
             self.allowed = _paced(self.share, 1 + int((now - self._window_end + WINDOW_S) / TICK_S + 0.5))
             return event
         mean = self.delay_sum / max(self.samples, 1)
-        target = self.queue_delay_s * _TARGET
+        target = self.queue_delay_s * TARGET
         if mean > target:
             self.budget = max(int(self.budget * max(_DEEPEST, min(_DECREASE, target / mean))), 1)
         elif mean < target / 2:

@@ -14,7 +14,7 @@ from sipguard.policy.emergency import EmergencyNumbers
 from sipguard.sip.parser import parse
 from sipguard.sip.message import Response
 from sipguard.sip.raw import call_id_hash, call_id_of, owner_of, read_head, reply_port, stateless_reply
-from sipguard.sip.shed import CALM_S, TICK_S, WINDOW_S, Shedder, fair_share
+from sipguard.sip.shed import CALM_S, TARGET, TICK_S, WINDOW_S, Shedder, fair_share
 from sipguard.transport.udp import SO_TIMESTAMPNS, head_age
 
 SOS = EmergencyNumbers(("112", "100", "101"), "BE")
@@ -177,7 +177,7 @@ def test_the_budget_is_shared_fairly_and_shrinks_while_the_queue_stays_long() ->
 
     window(300, 10)  # a noisy trunk and a quiet PBX: the shares are set from this window's demand
     budget = shedder.budget
-    assert budget == 50  # 100 halved: the queue stayed long, far over the target (a mean of 1 s, not 20 ms)
+    assert budget == 50  # 100 halved: the queue stayed long, far over the target (a mean of 1 s, not 12 ms)
     noisy, quiet = window(300, 10)
     assert quiet == 10  # the quiet source gets all it asks
     assert noisy == budget - 10  # the noisy one the rest of the budget
@@ -189,6 +189,7 @@ def test_a_share_is_let_through_paced_over_the_window_not_at_its_start() -> None
     """A burst at a window's start gets a fifth of the share; the rest is let through as the window goes on,
     and what a source did not use early carries over within the window."""
     shedder = Shedder(0.04, 2)
+    kept = 0.04 * TARGET * 0.75  # a queue delay between half the target and the target: the budget is kept
     for n in range(200):
         shedder.consider(_invite(n), "10.0.0.1", 5060)
     now = _overloaded(shedder)  # budget 100: one source, its share the whole budget
@@ -205,18 +206,18 @@ def test_a_share_is_let_through_paced_over_the_window_not_at_its_start() -> None
 
     assert burst(300) == 20  # the window's first fifth; the other 280 shed
     now += TICK_S
-    shedder.tick(now, 0.015)  # the second sample: two fifths so far
+    shedder.tick(now, kept)  # the second sample: two fifths so far
     assert burst(300) == 20
     now += TICK_S
-    shedder.tick(now, 0.015)
+    shedder.tick(now, kept)
     now += TICK_S
-    shedder.tick(now, 0.015)  # the fourth: four fifths, of which 40 are still unused
+    shedder.tick(now, kept)  # the fourth: four fifths, of which 40 are still unused
     assert burst(300) == 40
     now += TICK_S
-    shedder.tick(now, 0.015)
+    shedder.tick(now, kept)
     assert burst(300) == 20 and shedder.allowed == shedder.share == 100  # the whole share, no more
     now += TICK_S
-    shedder.tick(now, 0.015)  # a new window (the mean between half the target and the target: kept)
+    shedder.tick(now, kept)  # a new window (the mean between half the target and the target: kept)
     assert shedder.share == 100 and shedder.allowed == 20 and burst(300) == 20
 
 
@@ -238,11 +239,12 @@ def test_the_budget_grows_back_once_the_queue_is_short() -> None:
         assert shedder.active
         return shedder.budget
 
+    target = 0.04 * TARGET  # 12 ms: three tenths of the threshold
     budget = shedder.budget
-    assert window(0.03) < budget  # a mean of 30 ms: over the target (20 ms, half the threshold): smaller
+    assert window(target * 1.5) < budget  # a mean over the target: smaller
     budget = shedder.budget
-    assert window(0.015) == budget  # between half the target and the target: kept
-    assert window(0.005) > budget  # under half the target: grows
+    assert window(target * 0.75) == budget  # between half the target and the target: kept
+    assert window(target * 0.25) > budget  # under half the target: grows
 
 
 def test_the_state_ends_once_nothing_was_shed_for_a_while() -> None:

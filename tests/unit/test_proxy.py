@@ -582,6 +582,25 @@ def test_a_response_with_a_bare_lf_is_not_forwarded(core, clock, where) -> None:
     assert wire.statuses_to(UAC) == [100, 180]
 
 
+_CONTROLS = [bytes([b]) for b in [*range(0x0A), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]] + [b"\r", b"\r\r"]
+
+
+@pytest.mark.parametrize("ctl", _CONTROLS, ids=lambda b: b.hex())
+@pytest.mark.parametrize("where", ["status line", "a header it reads", "a header it does not read", "a line end"])
+def test_a_control_byte_anywhere_in_a_response_head_leaves_it_to_parse(core, clock, ctl: bytes, where: str) -> None:
+    """Every control byte but the CRLFs (a tab, NUL, DEL, a bare CR, a CR before the CRLF) sends the response
+    to parse(), which decides: the light path relays only heads whose only control bytes are their CRLFs."""
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    ringing = response_to(wire.last_to(UAS), 180, "Ringing")
+    assert peek_response(ringing) is not None
+    bad = {"status line": ringing.replace(b"180 Ringing", b"180 Ring" + ctl + b"ing", 1),
+           "a header it reads": ringing.replace(b"\r\nCSeq: 1 ", b"\r\nCSeq: 1 " + ctl, 1),
+           "a header it does not read": ringing.replace(b"\r\nContact: <", b"\r\nContact: " + ctl + b"<", 1),
+           "a line end": ringing.replace(b"\r\nContact:", ctl + b"\r\nContact:", 1)}[where]
+    assert bad != ringing and peek_response(bad) is None
+
+
 def _unusual(ok: bytes, our_via: bytes, variant: str) -> bytes:
     if variant == "compact":
         return (ok.replace(b"\r\nVia:", b"\r\nv:").replace(b"\r\nTo:", b"\r\nt:")

@@ -277,7 +277,7 @@ def measure(calls: int, repeat: int, profile: bool = False, by_message: bool = F
 def _ack_of(reply: bytes, n: int) -> bytes:
     """The UAC's ACK of a non-2xx final response to ``_invite(n)`` (RFC 3261 17.1.1.3: its To, with the tag)."""
     to = _headers(reply, "to")[0]
-    return _uac_request("ACK", n, 1, to, [], f"z9hG4bK-bench-{n}-1", "127.0.0.1:5060")
+    return _uac_request("ACK", n, 1, to, [], f"z9hG4bK-bench-{n}-1", f"{PROXY[0]}:{PROXY[1]}")
 
 
 def shed_cost(calls: int, repeat: int) -> tuple[list[float], list[float]]:
@@ -295,7 +295,8 @@ def shed_cost(calls: int, repeat: int) -> tuple[list[float], list[float]]:
             raise RuntimeError("the forced overload did not start")
         pump = h.server.pump
         for r in range(repeat):
-            sent = [_invite(n) for n in range((r + 1) * calls, (r + 2) * calls)]
+            numbers = range((r + 1) * calls, (r + 2) * calls)
+            sent = [_invite(n) for n in numbers]
             t0 = time.perf_counter()
             for data in sent:
                 pump.receive(data, h.uac)
@@ -303,7 +304,7 @@ def shed_cost(calls: int, repeat: int) -> tuple[list[float], list[float]]:
             replies = h._take()
             if len(replies) != calls or not all(d.startswith(b"SIP/2.0 503 ") for d in replies):
                 raise RuntimeError("not every INVITE was answered 503")
-            answers = [_ack_of(d, n) for d, n in zip(replies, range((r + 1) * calls, (r + 2) * calls))]
+            answers = [_ack_of(d, n) for d, n in zip(replies, numbers)]
             absorbed = shedder.absorbed
             t2 = time.perf_counter()
             for data in answers:

@@ -66,7 +66,6 @@ LIMIT_LOG_EVERY_S = 60  # an account at its channel limit: one log line per this
 RECV_MAX = 65536 + 64  # a hand-off: the largest UDP datagram and the line naming its peer
 LISTEN_BATCH = 64  # datagrams a worker reads from its listen socket per turn of the loop (sip/pump.py drain)
 MIRROR = b"\0"  # starts a message of auto-dialer records between workers (no SIP datagram starts so)
-MIRROR_EVERY_S = 0.01  # how often a worker sends the other workers its auto-dialer records
 EDGE_SWEEP_S = 1.0  # how often ended bans are found and the edge's events logged
 LEARN_EVERY_S = 60.0  # how often the addresses of the upstreams named by DNS are looked up again
 MACHINE_ID = Path("/etc/machine-id")
@@ -239,7 +238,9 @@ class Server:
         # a test hook (docs/overload.md): while the file this names exists, every new non-emergency INVITE is shed
         self._force_overload = os.environ.get("SIPGUARD_FORCE_OVERLOAD") or None
         self._overload_timer: asyncio.TimerHandle | None = None
-        self._mirrored: list[bytes] = []  # auto-dialer records for the other workers, sent every MIRROR_EVERY_S
+        # auto-dialer records for the other workers: the detector appends (a C call, where a method of this class
+        # would run interpreted for every attempt and end), the overload tick sends them (_send_mirrored)
+        self._mirrored: list[bytes] = []
         self.mirror_lost = 0
         self._overload_due = 0.0
         self._by_family: dict[tuple[str, int], UdpListener | StreamListener] = {}
@@ -394,7 +395,7 @@ class Server:
             worker.inbox.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self._loop.add_reader(worker.inbox.fileno(), self._read_inbox)
             if len(worker.outboxes) > 1:  # the auto-dialer sees the machine's attempts, not this worker's share
-                self.engine.dialer.mirror = self._mirror_dialer
+                self.engine.dialer.mirror = self._mirrored.append
         self._put_in_force(self.policy, self.engine)
         self._overload_due = self._loop.time() + OVERLOAD_TICK_S
         self._overload_timer = self._loop.call_at(self._overload_due, self._overload_tick)
@@ -430,7 +431,7 @@ class Server:
 
     def _read_inbox(self) -> None:
         """Datagrams another worker read from the shared socket and handed to this one (sip/pump.py), and the
-        other workers' auto-dialer records (``_mirror_dialer``)."""
+        other workers' auto-dialer records (``_send_mirrored``)."""
         assert self.worker is not None and self.dispatch is not None
         recv, handed_over = self.worker.inbox.recv, self.dispatch.handed_over
         for _ in range(64):  # then back to the loop: the other sockets get their turn
@@ -445,17 +446,13 @@ class Server:
             else:
                 handed_over(message)
 
-    def _mirror_dialer(self, record: bytes) -> None:
-        """An auto-dialer record for the other workers: batched, sent every MIRROR_EVERY_S (one send and one
-        wake-up of the other worker per batch, not per INVITE; a dialer's pattern takes seconds to show)."""
-        self._mirrored.append(record)
-        if len(self._mirrored) == 1:
-            assert self._loop is not None
-            self._loop.call_later(MIRROR_EVERY_S, self._send_mirrored)
-
     def _send_mirrored(self) -> None:
+        """The auto-dialer records of this worker's attempts since the last overload tick (OVERLOAD_TICK_S), to the
+        other workers: one send and one wake-up of each per tick, not per INVITE (a dialer's pattern takes
+        seconds to show)."""
         assert self.worker is not None
-        records, self._mirrored = self._mirrored, []
+        records = self._mirrored[:]
+        self._mirrored.clear()  # the same list: the detector's ``mirror`` is its append
         messages: list[bytes] = []
         while records:  # in messages of at most 60,000 bytes (a burst of thousands of attempts in one pass)
             size, n = 0, 0
@@ -499,6 +496,8 @@ class Server:
         elif event == "end":
             log.warning("overload ended after %.1f s: %d new INVITEs were answered 503", now - shedder.started,
                         shedder.shed - shedder.shed_at_start)
+        if self._mirrored:
+            self._send_mirrored()
         self._overload_due = now + OVERLOAD_TICK_S
         self._overload_timer = loop.call_at(self._overload_due, self._overload_tick)
 

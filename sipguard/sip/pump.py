@@ -57,6 +57,11 @@ class Pump:
         self.core = core
         self.shedder = shedder if shedder is not None else Shedder()
         self.sendto = sendto
+        # transport -> (IPv4's, IPv6's): ``_send_for`` picks by a string key, not a (transport, family) tuple
+        self._by_transport: dict[str, tuple[SendTo | None, SendTo | None]] = {}
+        for (transport, family), send in sendto.items():
+            v4, v6 = self._by_transport.get(transport, (None, None))
+            self._by_transport[transport] = (send, v6) if family == 4 else (v4, send)
         self.on_action = on_action
         self.on_error = on_error
         self.call_at = call_at
@@ -90,7 +95,7 @@ class Pump:
 
     def send_raw(self, data: bytes, dest: Peer) -> None:
         """A datagram no transaction keeps: lost when it cannot be sent (the peer retransmits its request)."""
-        send = self.sendto.get((dest.transport, 6 if ":" in dest.host else 4))
+        send = self._send_for(dest)
         if send is not None:
             try:
                 send(data, (dest.host, dest.port))
@@ -115,13 +120,19 @@ class Pump:
         except Exception:
             self.on_error(dest)
 
+    def _send_for(self, dest: Peer) -> SendTo | None:
+        """The ``sendto`` of the listener for ``dest``'s transport and address family; None: there is none."""
+        pair = self._by_transport.get(dest.transport)
+        if pair is None:
+            return None
+        return pair[1] if ":" in dest.host else pair[0]
+
     def carry_out(self, actions: list[Action]) -> None:
-        sendto = self.sendto
         failed: list[tuple[Send, str]] | None = None
         for action in actions:
             if isinstance(action, Send):
                 dest = action.dest
-                send = sendto.get((dest.transport, 6 if ":" in dest.host else 4))
+                send = self._send_for(dest)
                 why = ""
                 if send is None:
                     why = "no socket for this transport and address family"

@@ -123,6 +123,25 @@ def test_loop_is_detected_with_482(core, clock) -> None:
     assert [s.status for s in wire.sent] == [482]  # answered, not forwarded again
 
 
+def test_a_loop_hash_that_only_starts_like_ours_is_not_a_loop(core, clock) -> None:
+    """Our branch is the loop hash (decimal, of varying length), a dot, then a counter: a Via of ours whose
+    branch holds a longer hash that starts with this request's is another request, not this one looped."""
+    wire = Wire()
+    feed(core, request(), UAC, clock.now, wire)
+    looped = wire.to(UAS)[-1].data
+    ours = parse(looped).vias[0].branch
+    assert ours is not None and ours.startswith("z9hG4bK")
+    loop, dot, counter = ours[len("z9hG4bK"):].partition(".")
+    assert dot and loop.isdigit() and counter.isdigit()
+    longer = looped.replace(ours.encode(), f"z9hG4bK{loop}7.{counter}".encode(), 1)
+    wire.clear()
+    feed(core, longer, UAC, clock.advance(0.01), wire)
+    assert 482 not in [s.status for s in wire.sent]
+    wire.clear()
+    feed(core, looped, UAC, clock.advance(0.01), wire)  # the same Via with the branch as written: a loop
+    assert [s.status for s in wire.sent] == [482]
+
+
 def test_spiral_with_a_changed_request_uri_is_not_a_loop(core, clock) -> None:
     wire = Wire()
     feed(core, request(), UAC, clock.now, wire)

@@ -33,7 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from .actions import Action, Admission, CoreStats, Decided, EndedByToken, Peer, Reject, Resolve, Router, Send, Settle
+from .actions import (Action, Admission, CoreStats, Decided, EndedByToken, Peer, PerFamily, Reject, Resolve, Router,
+                      Send, Settle)
 from .dialog import TOKEN_PARAM, Dialog, Dialogs, account_tag, route_token, token_side
 from .errors import BadExtension, LoopDetected, ParseError, SipError, TooManyHops
 from .memo import Memo
@@ -124,16 +125,7 @@ class ProxyCore:
         if not 16 <= len(self.route_key) <= 32:
             raise ValueError("the route key is 16 to 32 bytes (a BLAKE2s key)")
         self._me = {(loc.host.lower(), loc.port) for loc in self.locals}
-        # transport -> its first local address (IPv4, IPv6): a string key and a pick, where a (transport, family)
-        # key cost a tuple built, hashed and compared on every forward (about 400 instructions more)
-        self._by_transport: dict[str, tuple[Local | None, Local | None]] = {}
-        for loc in self.locals:
-            v4, v6 = self._by_transport.get(loc.transport, (None, None))
-            if loc.family == 4 and v4 is None:
-                v4 = loc
-            elif loc.family == 6 and v6 is None:
-                v6 = loc
-            self._by_transport[loc.transport] = (v4, v6)
+        self._by_family: PerFamily[Local] = PerFamily((loc.transport, loc.family, loc) for loc in self.locals)
         self._me_hosts = {loc.host.lower() for loc in self.locals} | {a.lower().strip("[]") for a in aliases}
         self._me_ports = {loc.port for loc in self.locals}
         self._server_header = server_header
@@ -373,10 +365,7 @@ class ProxyCore:
         return self._is_me(uri.host, uri.port)
 
     def _local_for(self, dest: Peer) -> Local | None:
-        pair = self._by_transport.get(dest.transport)
-        if pair is None:
-            return None
-        return pair[1] if ":" in dest.host else pair[0]
+        return self._by_family.get(dest)
 
     def _reply_address(self, via: Via, source: Peer) -> Peer:
         # RFC 3261 §18.2.2 + RFC 3581 §4: over TCP or TLS the connection the request came on; over UDP the

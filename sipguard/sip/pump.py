@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any, Final
 
-from .actions import Action, Peer, Send
+from .actions import Action, PerFamily, Peer, Send
 from .proxy import ProxyCore
 from .raw import owner_of
 from .shed import Shedder
@@ -57,11 +57,8 @@ class Pump:
         self.core = core
         self.shedder = shedder if shedder is not None else Shedder()
         self.sendto = sendto
-        # transport -> (IPv4's, IPv6's): ``_send_for`` picks by a string key, not a (transport, family) tuple
-        self._by_transport: dict[str, tuple[SendTo | None, SendTo | None]] = {}
-        for (transport, family), send in sendto.items():
-            v4, v6 = self._by_transport.get(transport, (None, None))
-            self._by_transport[transport] = (send, v6) if family == 4 else (v4, send)
+        self._by_family: PerFamily[SendTo] = PerFamily((transport, family, send)
+                                                       for (transport, family), send in sendto.items())
         self.on_action = on_action
         self.on_error = on_error
         self.call_at = call_at
@@ -95,7 +92,7 @@ class Pump:
 
     def send_raw(self, data: bytes, dest: Peer) -> None:
         """A datagram no transaction keeps: lost when it cannot be sent (the peer retransmits its request)."""
-        send = self._send_for(dest)
+        send = self._by_family.get(dest)
         if send is not None:
             try:
                 send(data, (dest.host, dest.port))
@@ -120,19 +117,12 @@ class Pump:
         except Exception:
             self.on_error(dest)
 
-    def _send_for(self, dest: Peer) -> SendTo | None:
-        """The ``sendto`` of the listener for ``dest``'s transport and address family; None: there is none."""
-        pair = self._by_transport.get(dest.transport)
-        if pair is None:
-            return None
-        return pair[1] if ":" in dest.host else pair[0]
-
     def carry_out(self, actions: list[Action]) -> None:
         failed: list[tuple[Send, str]] | None = None
         for action in actions:
             if isinstance(action, Send):
                 dest = action.dest
-                send = self._send_for(dest)
+                send = self._by_family.get(dest)
                 why = ""
                 if send is None:
                     why = "no socket for this transport and address family"

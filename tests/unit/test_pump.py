@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from helpers import UAC, request
 from sipguard.sip import ProxyCore, parse
-from sipguard.sip.actions import Action, DialogStarted, Peer, Settle
+from sipguard.sip.actions import Action, DialogStarted, Peer, PerFamily, Settle
 from sipguard.sip.message import Response
 from sipguard.sip.pump import TICK_S, Dispatch, Pump
 from sipguard.sip.raw import owner_of
@@ -196,3 +196,16 @@ def test_the_ack_of_an_overload_503_ends_at_the_worker_that_reads_it(core: Proxy
     other_ack = request("ACK", call_id=foreign, to_tag="callee", cseq_method="ACK")
     dispatch.datagram_received(other_ack, ("127.0.0.2", 5062))
     assert handed == [b"127.0.0.2 5062\n" + other_ack] and pump.shedder.absorbed == 1
+
+
+def test_per_family_picks_by_transport_then_address_family_and_keeps_the_first() -> None:
+    """What the core's local addresses and the pump's sockets are looked up in: the first value of a transport
+    and family wins (the core's first listen address of a family sends), a destination with a ':' in its host
+    is IPv6, and a transport or family with nothing is None (the core answers 503, the pump counts a failed
+    send)."""
+    table = PerFamily([("udp", 4, "udp4"), ("udp", 6, "udp6"), ("udp", 4, "udp4-second"), ("tcp", 4, "tcp4")])
+    assert table.get(Peer("udp", "192.0.2.1", 5060)) == "udp4"
+    assert table.get(Peer("udp", "2001:db8::1", 5060)) == "udp6"
+    assert table.get(Peer("tcp", "192.0.2.1", 5060)) == "tcp4"
+    assert table.get(Peer("tcp", "2001:db8::1", 5060)) is None
+    assert table.get(Peer("tls", "192.0.2.1", 5061)) is None

@@ -56,7 +56,6 @@ class Pump:
                  tick_s: float = TICK_S, shedder: Shedder | None = None) -> None:
         self.core = core
         self.shedder = shedder if shedder is not None else Shedder()
-        self.sendto = sendto
         self._by_family: PerFamily[SendTo] = PerFamily((transport, family, send)
                                                        for (transport, family), send in sendto.items())
         self.on_action = on_action
